@@ -1,0 +1,45 @@
+"""The typed errors vqtok raises.
+
+Every error a user can cause (bad file, bad model, bad argument) is a `VqtokError`; the CLI prints
+its message as one line and exits 1. The message names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VqtokError(Exception):
+    """Base class. `path` (optional) is the file or directory the problem is about."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(VqtokError):
+    """An invalid configuration: unknown key, wrong type, impossible combination."""
+
+
+class QuantizerError(VqtokError):
+    """Bad input to a quantizer: wrong shape, indices out of range, bad remap array."""
+
+
+class RemapError(QuantizerError):
+    """A used-index (remap) array or file that is not a sorted 1-D integer array in range."""
+
+
+class CheckpointError(VqtokError):
+    """A model directory that cannot be loaded exactly as it claims to be."""
+
+
+class VideoError(VqtokError):
+    """A video that cannot be probed, decoded or written."""
+
+
+class TokenFileError(VqtokError):
+    """An index file (or its sidecar) that is malformed or does not match the model."""

@@ -1,0 +1,173 @@
+"""The contract every vqtok quantizer follows, and the layout bookkeeping they share.
+
+A quantizer maps continuous latents to discrete indices and back:
+
+    out = quantizer(z)                     # QuantizerOutput(codes, indices, loss, metrics)
+    quantizer.indices_to_codes(out.indices) == out.codes   # up to float rounding of the ST path
+
+Accepted input layouts (the same rule everywhere, see `Layout.of`):
+
+- channel-first image (B, D, H, W) or video (B, D, T, H, W): rank 4 or 5;
+- channel-last tokens (N, D) or (B, N, D): rank 2 or 3;
+- anything else channel-last by passing ``channel_last=True``.
+
+Indices are int64 with the input's shape minus the channel axis, plus a trailing axis of length
+L when the quantizer has L > 1 codebooks or residual levels (``num_codebooks``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from vqtok.errors import QuantizerError
+
+
+class QuantizerOutput(NamedTuple):
+    """What every quantizer's ``forward`` returns, always these four fields in this order.
+
+    Attributes:
+        codes: quantized latents, same shape and layout as the input; in training the
+            straight-through value ``z + sg(q - z)``, so gradients reach the encoder.
+        indices: int64 codebook indices; input shape without the channel axis
+            (+ trailing L axis for L > 1 codebooks / levels), values in [0, codebook_size).
+        loss: float32 scalar, the total weighted auxiliary loss (commitment, codebook,
+            entropy, KL); zero when the quantizer has none in the current mode.
+        metrics: detached float32 scalars for logging (perplexity, usage, loss parts, ...).
+    """
+
+    codes: Tensor
+    indices: Tensor
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an input tensor maps to a flat (N, D) token matrix and back.
+
+    ``grid`` is the input shape without the channel axis: (B, H, W), (B, T, H, W), (N,),
+    (B, N) or a custom channel-last prefix.
+    """
+
+    grid: tuple[int, ...]
+    dim: int
+    channel_last: bool
+
+    @classmethod
+    def of(cls, z: Tensor, channel_last: bool | None = None) -> Layout:
+        """Describe ``z``; ``channel_last=None`` means: rank 4/5 channel-first, else channel-last."""
+        if z.ndim < 2:
+            raise QuantizerError(f"expected at least 2 dims (N, D), got shape {tuple(z.shape)}")
+        if channel_last is None:
+            channel_last = z.ndim not in (4, 5)
+        if channel_last:
+            return cls(tuple(z.shape[:-1]), z.shape[-1], True)
+        return cls((z.shape[0], *z.shape[2:]), z.shape[1], False)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    def to_tokens(self, z: Tensor) -> Tensor:
+        """(B, D, *S) or (*G, D) -> (N, D), rows in row-major (b, *s) order."""
+        if not self.channel_last:
+            z = z.movedim(1, -1)  # (B, D, *S) -> (B, *S, D)
+        return z.reshape(-1, self.dim)
+
+    def from_tokens(self, flat: Tensor) -> Tensor:
+        """(N, D') -> the input layout with D' channels (D' may differ from D)."""
+        out = flat.reshape(*self.grid, flat.shape[-1])
+        if not self.channel_last:
+            out = out.movedim(-1, 1).contiguous()  # (B, *S, D) -> (B, D, *S)
+        return out
+
+    def restore_indices(self, idx: Tensor) -> Tensor:
+        """(N,) -> grid, or (N, L) -> (*grid, L)."""
+        return idx.reshape(*self.grid, *idx.shape[1:])
+
+    @staticmethod
+    def for_indices(indices: Tensor, num_codebooks: int, channel_last: bool | None) -> Layout:
+        """The layout that ``indices_to_codes`` should produce for these indices.
+
+        Mirrors ``Layout.of``: an index grid of rank 3 or 4, i.e. (B, H, W) or (B, T, H, W),
+        decodes channel-first unless ``channel_last=True``; rank 1 or 2 decodes channel-last.
+        """
+        grid = tuple(indices.shape[:-1]) if num_codebooks > 1 else tuple(indices.shape)
+        if not grid:
+            raise QuantizerError(f"indices need at least 1 grid dim, got {tuple(indices.shape)}")
+        if channel_last is None:
+            channel_last = len(grid) not in (3, 4)
+        return Layout(grid, 0, channel_last)
+
+
+def check_indices(indices: Tensor, codebook_size: int) -> Tensor:
+    """Validate an index tensor (integer dtype, values in [0, codebook_size)) and return int64."""
+    if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.is_complex():
+        raise QuantizerError(f"indices must be an integer tensor, got {indices.dtype}")
+    indices = indices.long()
+    if indices.numel():
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= codebook_size:
+            raise QuantizerError(
+                f"indices must lie in [0, {codebook_size}), found values in [{lo}, {hi}]"
+            )
+    return indices
+
+
+def codebook_metrics(indices: Tensor, codebook_size: int, prefix: str = "") -> dict[str, Tensor]:
+    """Usage statistics of a batch of indices over one codebook.
+
+    Args:
+        indices: integer tensor of any shape, values in [0, codebook_size).
+        codebook_size: K.
+        prefix: prepended to each key (e.g. ``"rvq_l0_"``).
+
+    Returns:
+        ``perplexity`` = exp(H) with H the natural-log entropy of the empirical code
+        distribution (= 2**bits_per_index), ``usage`` = fraction of the K codes hit at least
+        once, ``bits_per_index`` = H / ln 2. Float32 scalars, detached. An empty batch gives
+        perplexity 1, usage 0, bits 0.
+    """
+    flat = indices.detach().reshape(-1).long()
+    counts = torch.bincount(flat, minlength=codebook_size).float()
+    total = counts.sum().clamp_min(1.0)
+    p = counts / total
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+    return {
+        f"{prefix}perplexity": entropy.exp(),
+        f"{prefix}usage": (counts > 0).float().mean(),
+        f"{prefix}bits_per_index": entropy / math.log(2.0),
+    }
+
+
+class Quantizer(nn.Module):
+    """Base class of the core quantizers (not of the compatibility wrappers).
+
+    Subclasses set ``dim`` (input channels), ``codebook_size`` (vocabulary of one index
+    position) and ``num_codebooks`` (L; indices get a trailing axis when L > 1), and implement
+    ``forward`` and ``indices_to_codes``.
+    """
+
+    dim: int
+    codebook_size: int
+    num_codebooks: int = 1
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct values one index position can take (= codebook_size)."""
+        return self.codebook_size
+
+    def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
+        raise NotImplementedError
+
+    def indices_to_codes(self, indices: Tensor, channel_last: bool | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def zero_loss(self, like: Tensor) -> Tensor:
+        """A float32 scalar zero on ``like``'s device (the loss when there is none)."""
+        return torch.zeros((), dtype=torch.float32, device=like.device)
