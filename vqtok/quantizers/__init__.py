@@ -12,10 +12,10 @@ Core quantizers (uniform contract, see `base.py`):
 | ``ema_rvq``| `EMAResidualQuantizer`  | `residual.py` |
 | ``fsq``    | `FiniteScalarQuantizer` | `fsq.py`      |
 
-Compatibility classes with the reference names, signatures and return structures:
-`VectorQuantizer2`, `GumbelQuantize` (`compat_taming.py`), `EMAVectorQuantizer`, `EmbeddingEMA`,
-`LFQ`, `FSQ` (`compat_sgm.py`), `EmaResidualVectorQuantizer`, `ResidualVectorQuantizer`
-(`compat_helia.py`).
+Compatibility classes with the reference names, signatures and return structures, one module
+per family: `VectorQuantizer2` (`compat_vq.py`), `GumbelQuantize` (`compat_gumbel.py`),
+`EMAVectorQuantizer`, `EmbeddingEMA` (`compat_ema.py`), `LFQ` (`compat_lfq.py`), `FSQ`
+(`compat_fsq.py`), `EmaResidualVectorQuantizer`, `ResidualVectorQuantizer` (`compat_helia.py`).
 
 `build_quantizer(kind, dim, **options)` builds a core quantizer by kind name (what model configs
 use).
@@ -31,9 +31,12 @@ from vqtok.errors import ConfigError
 from vqtok.quantizers.base import Layout, Quantizer, QuantizerOutput, codebook_metrics
 
 if TYPE_CHECKING:
+    from vqtok.quantizers.compat_ema import EMAVectorQuantizer, EmbeddingEMA
+    from vqtok.quantizers.compat_fsq import FSQ
+    from vqtok.quantizers.compat_gumbel import GumbelQuantize
     from vqtok.quantizers.compat_helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
-    from vqtok.quantizers.compat_sgm import FSQ, LFQ, EMAVectorQuantizer, EmbeddingEMA
-    from vqtok.quantizers.compat_taming import GumbelQuantize, VectorQuantizer2
+    from vqtok.quantizers.compat_lfq import LFQ
+    from vqtok.quantizers.compat_vq import VectorQuantizer2
     from vqtok.quantizers.ema import EMAQuantizer
     from vqtok.quantizers.fsq import FiniteScalarQuantizer
     from vqtok.quantizers.gumbel import GumbelQuantizer
@@ -50,12 +53,12 @@ _HOMES = {
     "ResidualQuantizer": "residual",
     "EMAResidualQuantizer": "residual",
     "FiniteScalarQuantizer": "fsq",
-    "VectorQuantizer2": "compat_taming",
-    "GumbelQuantize": "compat_taming",
-    "EMAVectorQuantizer": "compat_sgm",
-    "EmbeddingEMA": "compat_sgm",
-    "LFQ": "compat_sgm",
-    "FSQ": "compat_sgm",
+    "VectorQuantizer2": "compat_vq",
+    "GumbelQuantize": "compat_gumbel",
+    "EMAVectorQuantizer": "compat_ema",
+    "EmbeddingEMA": "compat_ema",
+    "LFQ": "compat_lfq",
+    "FSQ": "compat_fsq",
     "EmaResidualVectorQuantizer": "compat_helia",
     "ResidualVectorQuantizer": "compat_helia",
 }
