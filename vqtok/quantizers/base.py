@@ -60,7 +60,7 @@ class Layout:
 
     @classmethod
     def of(cls, z: Tensor, channel_last: bool | None = None) -> Layout:
-        """Describe ``z``; ``channel_last=None`` means: rank 4/5 channel-first, else channel-last."""
+        """Describe ``z``; ``channel_last=None``: rank 4/5 is channel-first, else channel-last."""
         if z.ndim < 2:
             raise QuantizerError(f"expected at least 2 dims (N, D), got shape {tuple(z.shape)}")
         if channel_last is None:
