@@ -1,0 +1,34 @@
+"""PSNR and SSIM against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from vqtok.metrics import psnr, psnr_per_frame, ssim_per_frame
+
+
+def test_psnr_known_value():
+    a = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    b = torch.full_like(a, 10)
+    assert psnr(a, b).item() == pytest.approx(10 * math.log10(255**2 / 100))
+    assert math.isinf(psnr(a, a).item())
+    assert psnr_per_frame(a, b).tolist() == pytest.approx([psnr(a, b).item()] * 2)
+
+
+def test_ssim_identical_is_one_and_noise_lowers_it():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (2, 32, 32, 3), generator=g).to(torch.uint8)
+    assert ssim_per_frame(a, a).tolist() == pytest.approx([1.0, 1.0])
+    noisy = (a.double() + 40 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 255)
+    s = ssim_per_frame(a, noisy)
+    assert (s < 0.9).all() and (s > 0).all()
+
+
+def test_ssim_of_constant_images_is_the_luminance_term():
+    # zero variance: SSIM = (2 mx my + c1) / (mx^2 + my^2 + c1)
+    a = torch.full((1, 16, 16, 3), 100.0)
+    b = torch.full((1, 16, 16, 3), 150.0)
+    c1 = (0.01 * 255) ** 2
+    expected = (2 * 100 * 150 + c1) / (100**2 + 150**2 + c1)
+    assert ssim_per_frame(a, b).item() == pytest.approx(expected, rel=1e-9)

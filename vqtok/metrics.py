@@ -1,0 +1,74 @@
+"""Reconstruction quality: PSNR and SSIM between videos.
+
+SSIM follows Wang et al. 2004 ("Image quality assessment: from error visibility to structural
+similarity"): 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, computed per frame on
+each RGB channel and averaged. Both metrics take pixel values in [0, 255] (uint8 frames) or in
+[-1, 1] (model tensors, via ``data_range=2``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def psnr(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:
+    """Peak signal-to-noise ratio in dB over all elements.
+
+    Args:
+        reference, test: same shape, any layout, float or uint8.
+        data_range: max - min of the value range (255 for uint8, 2 for [-1, 1]).
+
+    Returns:
+        float64 scalar; +inf when the inputs are identical.
+    """
+    mse = (reference.double() - test.double()).square().mean()
+    if mse == 0:
+        return torch.tensor(math.inf, dtype=torch.float64)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:
+    """Mean SSIM of each frame.
+
+    Args:
+        reference, test: frames (T, H, W, 3) (uint8 or float), same shape; H, W >= 11.
+        data_range: as in `psnr`.
+
+    Returns:
+        (T,) float64 SSIM values in [-1, 1].
+    """
+    # (T, H, W, C) -> (T*C, 1, H, W): every channel of every frame is one image
+    x = reference.double().permute(0, 3, 1, 2).reshape(-1, 1, *reference.shape[1:3])
+    y = test.double().permute(0, 3, 1, 2).reshape(-1, 1, *test.shape[1:3])
+    g = _gaussian_window()
+    kernel_h, kernel_w = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
+
+    def blur(a: Tensor) -> Tensor:  # separable Gaussian, 'valid' borders as in the paper
+        return F.conv2d(F.conv2d(a, kernel_h), kernel_w)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    channels = reference.shape[-1]
+    return ssim_map.mean(dim=(1, 2, 3)).view(-1, channels).mean(1)
+
+
+def psnr_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:
+    """(T,) float64 PSNR of each frame of (T, H, W, C) inputs."""
+    mse = (reference.double() - test.double()).square().flatten(1).mean(1)
+    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
