@@ -1,0 +1,225 @@
+"""EMA vector quantization: EMACodebook statistics, EMAQuantizer, CogVideo compatibility."""
+
+import math
+
+import pytest
+import torch
+
+from vqtok.errors import ConfigError, QuantizerError
+from vqtok.quantizers import build_quantizer
+from vqtok.quantizers.base import codebook_metrics
+from vqtok.quantizers.ema import EMACodebook, EMAQuantizer
+
+# ---------------------------------------------------------------- EMA statistics
+
+W0 = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+TOKENS = torch.tensor([[0.2, 0.0], [0.0, -0.2], [1.2, 1.0]])  # nearest codes 0, 0, 1
+
+
+def _codebook(legacy_init: bool) -> EMACodebook:
+    cb = EMACodebook(3, 2, decay=0.5, eps=0.1, legacy_init=legacy_init)
+    cb.weight.copy_(W0)
+    cb.embed_avg.copy_(W0)
+    return cb
+
+
+def test_ema_step_matches_hand_computation_default_init():
+    cb = _codebook(legacy_init=False)
+    assert cb.cluster_size.tolist() == [1.0, 1.0, 1.0]
+    cb.ema_step(TOKENS, torch.tensor([0, 0, 1]))
+    # counts [2, 1, 0]: c = 0.5 * 1 + 0.5 * counts
+    assert torch.allclose(cb.cluster_size, torch.tensor([1.5, 1.0, 0.5]))
+    # sums [[0.2, -0.2], [1.2, 1.0], [0, 0]]: s = 0.5 * W0 + 0.5 * sums
+    expected_avg = torch.tensor([[0.1, -0.1], [1.1, 1.0], [2.5, 2.5]])
+    assert torch.allclose(cb.embed_avg, expected_avg)
+    # n = 3; smoothed = (c + 0.1) / (3 + 3 * 0.1) * 3
+    smoothed = torch.tensor([1.6, 1.1, 0.6]) / 3.3 * 3.0
+    assert torch.allclose(cb.smoothed_sizes(), smoothed)
+    assert torch.allclose(cb.weight, expected_avg / smoothed[:, None])
+    assert cb.weight[2, 0].item() == pytest.approx(2.5 / (0.6 / 1.1))  # 4.58, near its 5
+
+
+def test_ema_step_matches_hand_computation_legacy_init():
+    cb = _codebook(legacy_init=True)
+    assert cb.cluster_size.tolist() == [0.0, 0.0, 0.0]
+    cb.ema_step(TOKENS, torch.tensor([0, 0, 1]))
+    assert torch.allclose(cb.cluster_size, torch.tensor([1.0, 0.5, 0.0]))
+    expected_avg = torch.tensor([[0.1, -0.1], [1.1, 1.0], [2.5, 2.5]])
+    assert torch.allclose(cb.embed_avg, expected_avg)
+    # n = 1.5; smoothed = (c + 0.1) / (1.5 + 0.3) * 1.5
+    smoothed = torch.tensor([1.1, 0.6, 0.1]) / 1.8 * 1.5
+    assert torch.allclose(cb.weight, expected_avg / smoothed[:, None])
+    assert cb.weight[2, 0].item() == pytest.approx(30.0, rel=1e-5)  # unused code thrown out
+
+
+def test_legacy_init_blows_up_unused_codes_default_does_not():
+    gamma, eps = 0.99, 1e-5
+    tokens = torch.full((64, 2), 0.3)
+    for legacy, lo, hi in ((True, 0.99 * gamma / eps, 1.01 * gamma / eps), (False, 0.99, 1.02)):
+        cb = EMACodebook(4, 2, decay=gamma, eps=eps, legacy_init=legacy)
+        w0 = cb.weight.clone()
+        cb.ema_step(tokens, torch.zeros(64, dtype=torch.long))  # only code 0 is used
+        ratio = cb.weight[1:] / w0[1:]
+        assert lo < ratio.min().item() and ratio.max().item() < hi
+
+
+def test_ema_statistics_stay_float32_under_casts_and_half_inputs():
+    cb = EMACodebook(4, 3)
+    cb.half()
+    cb.to(torch.bfloat16)
+    assert {t.dtype for t in cb.buffers()} == {torch.float32}
+    before = cb.weight.clone()
+    cb.ema_step(torch.randn(10, 3).to(torch.bfloat16), torch.randint(0, 4, (10,)))
+    assert cb.weight.dtype == torch.float32 and not torch.equal(cb.weight, before)
+    cb.update = False  # frozen: no change
+    frozen = cb.weight.clone()
+    cb.ema_step(torch.randn(10, 3), torch.randint(0, 4, (10,)))
+    assert torch.equal(cb.weight, frozen)
+
+
+def test_reseed_dead_resets_statistics_consistently():
+    cb = EMACodebook(4, 2, decay=0.5, eps=1e-5)
+    cb.cluster_size.copy_(torch.tensor([5.0, 0.1, 3.0, 0.2]))
+    samples = torch.tensor([[7.0, 8.0], [9.0, 10.0], [11.0, 12.0]])
+    kept = cb.weight[[0, 2]].clone()
+    dead = cb.reseed_dead(samples, threshold=1.0, generator=torch.Generator().manual_seed(0))
+    assert dead.tolist() == [False, True, False, True]
+    assert torch.equal(cb.weight[[0, 2]], kept)
+    rows = {tuple(r) for r in cb.weight[dead].tolist()}
+    assert len(rows) == 2 and rows <= {tuple(r) for r in samples.tolist()}
+    assert cb.cluster_size[dead].tolist() == [1.0, 1.0]
+    assert torch.equal(cb.embed_avg[dead], cb.weight[dead])  # sum = count (1) * code
+    # the next update of a re-seeded code that is not chosen keeps it near its sample
+    seeded = cb.weight[1].clone()
+    cb.ema_step(torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
+    assert torch.allclose(cb.weight[1], seeded, rtol=0.5)
+
+
+def test_codebook_validates_options():
+    with pytest.raises(ConfigError, match="decay"):
+        EMACodebook(4, 2, decay=1.0)
+    with pytest.raises(ConfigError, match="eps"):
+        EMACodebook(4, 2, eps=0.0)
+    with pytest.raises(ConfigError, match="init"):
+        EMACodebook(4, 2, init="kmeans")
+
+
+# ---------------------------------------------------------------- EMAQuantizer
+
+
+def _quantizer(**kw) -> EMAQuantizer:
+    return EMAQuantizer(3, 6, generator=torch.Generator().manual_seed(1), **kw)
+
+
+def test_forward_uses_pre_update_codebook_and_updates_in_training():
+    q = _quantizer(beta=0.5)
+    z = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(2))
+    w_before = q.codebook.weight.clone()
+    out = q(z)
+    assert not torch.equal(q.codebook.weight, w_before)  # the EMA step ran
+    zq = w_before[out.indices].movedim(-1, 1)  # (B, H, W, D) -> (B, D, H, W)
+    assert torch.allclose(out.codes, zq, atol=1e-6)
+    assert out.loss.item() == pytest.approx(0.5 * ((zq - z) ** 2).mean().item(), rel=1e-5)
+    expected_idx = torch.cdist(z.movedim(1, -1).reshape(-1, 3), w_before).argmin(1)
+    assert torch.equal(out.indices.reshape(-1), expected_idx)
+
+
+def test_eval_does_not_update():
+    q = _quantizer().eval()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    q(torch.randn(4, 3))
+    assert all(torch.equal(state[k], v) for k, v in q.state_dict().items())
+    assert sorted(state) == ["codebook.cluster_size", "codebook.embed_avg", "codebook.weight"]
+
+
+def test_gradients_reach_z_only_as_commitment():
+    q = _quantizer(beta=0.25)
+    assert list(q.parameters()) == []  # the codebook is learned by EMA, not by gradients
+    z = torch.randn(5, 3, requires_grad=True)
+    w_before = q.codebook.weight.clone()
+    out = q(z)
+    out.loss.backward()
+    zq = w_before[out.indices]
+    assert torch.allclose(z.grad, 0.25 * 2 * (z - zq).detach() / z.numel(), atol=1e-7)
+    z.grad = None
+    weights = torch.randn(5, 3)
+    (q(z).codes * weights).sum().backward()  # straight-through: identity
+    assert torch.allclose(z.grad, weights)
+    assert all(b.grad is None and not b.requires_grad for b in q.buffers())
+
+
+@pytest.mark.parametrize(
+    "shape, channel_last, grid",
+    [
+        ((2, 3, 4, 5), None, (2, 4, 5)),
+        ((2, 3, 2, 4, 5), None, (2, 2, 4, 5)),
+        ((7, 3), None, (7,)),
+        ((2, 7, 3), None, (2, 7)),
+        ((2, 4, 5, 3), True, (2, 4, 5)),
+    ],
+)
+def test_layouts_and_indices_to_codes_round_trip(shape, channel_last, grid):
+    q = _quantizer().eval()
+    z = torch.randn(shape)
+    out = q(z, channel_last=channel_last)
+    assert out.codes.shape == z.shape and out.indices.shape == grid
+    assert out.indices.dtype == torch.int64
+    back = q.indices_to_codes(out.indices, channel_last=channel_last)
+    assert torch.allclose(back, out.codes, atol=1e-6)
+
+
+def test_metrics_values():
+    q = _quantizer().eval()
+    z = torch.randn(40, 3)
+    out = q(z)
+    expected = codebook_metrics(out.indices, 6)
+    for key in ("perplexity", "usage", "bits_per_index"):
+        assert out.metrics[key].item() == pytest.approx(expected[key].item())
+    p = torch.bincount(out.indices, minlength=6).float() / 40
+    h = -(p[p > 0] * p[p > 0].log()).sum().item()
+    assert out.metrics["bits_per_index"].item() == pytest.approx(h / math.log(2), rel=1e-5)
+    commit = ((q.indices_to_codes(out.indices) - z) ** 2).mean().item()
+    assert out.metrics["commitment"].item() == pytest.approx(commit, rel=1e-5)
+    assert out.loss.item() == pytest.approx(0.25 * commit, rel=1e-5)
+
+
+def test_bf16_input():
+    q = _quantizer()
+    z = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    ref = _quantizer().eval()(z.float())
+    out = q(z)
+    assert out.codes.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert torch.equal(out.indices, ref.indices)  # the search runs in float32
+    assert {b.dtype for b in q.buffers()} == {torch.float32}
+    assert torch.isfinite(q.codebook.weight).all()
+
+
+def test_remap_and_restricted_search():
+    used = torch.tensor([1, 3, 4])
+    q = _quantizer(remap=used, unknown_index="extra", restrict_to_used=True).eval()
+    assert q.codebook_size == 4  # U + 1 with "extra"
+    z = torch.randn(50, 3)
+    out = q(z)
+    assert out.indices.max().item() < 3  # restricted: never the unknown id
+    full = q.codebook.weight[used]
+    assert torch.equal(used[out.indices], used[torch.cdist(z, full).argmin(1)])
+    assert torch.allclose(q.indices_to_codes(out.indices), out.codes, atol=1e-6)
+    # unrestricted: codes outside `used` come back as the extra id U = 3
+    free = _quantizer(remap=used, unknown_index="extra").eval()
+    out2 = free(z)
+    full_idx = torch.cdist(z, free.codebook.weight).argmin(1)
+    unknown = ~torch.isin(full_idx, used)
+    assert unknown.any() and (out2.indices[unknown] == 3).all()
+    with pytest.raises(ConfigError):
+        _quantizer(restrict_to_used=True)
+
+
+def test_build_and_errors():
+    q = build_quantizer("ema_vq", dim=3, codebook_size=5, decay=0.9)
+    assert isinstance(q, EMAQuantizer) and q.codebook.decay == 0.9
+    with pytest.raises(QuantizerError, match="channels"):
+        q(torch.randn(2, 4))
+    with pytest.raises(QuantizerError):
+        q.indices_to_codes(torch.tensor([5]))
+    empty = q(torch.randn(0, 3))
+    assert empty.loss.item() == 0.0 and empty.indices.shape == (0,)
