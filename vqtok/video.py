@@ -1,0 +1,624 @@
+"""Video files in and out: probe, stream RGB frames in windows, write H.264 MP4.
+
+This is the only module that imports PyAV (FFmpeg bindings). Everything FFmpeg can raise is
+turned into a `VideoError` naming the file here, at the boundary, with ``raise ... from e``.
+
+Reading never holds the whole file: `VideoReader` decodes with FFmpeg's threaded decoder,
+resizes each frame in FFmpeg's scaler (swscale, through ``VideoFrame.reformat``), applies the
+container's rotation, resamples the frame rate by timestamp, and yields uint8 RGB windows of at
+most ``window`` frames. A damaged stream yields what can be decoded and records a warning
+(`VideoReader.warnings`, or the ``on_warning`` callback); a file with no decodable video frame
+is a `VideoError`.
+
+Geometry, in this order, on the displayed (rotated) picture:
+
+1. resize: ``size=(H, W)`` scales to exactly H x W (aspect ratio not kept, like
+   ``torchvision.transforms.Resize((H, W))``); ``short_side=N`` scales so the shorter side is
+   N, keeping the aspect ratio; neither keeps the source size;
+2. centre crop each side down to a multiple of ``crop_multiple`` (the model's spatial factor).
+
+Writing (`VideoWriter`, `write_video`) produces H.264 (libx264, or MPEG-4 part 2 where the
+PyAV build has no libx264) in yuv420p. yuv420p needs even sizes: an odd width or height is
+padded by one row / column replicating the edge, so no pixel is lost (`VideoWriter.encoded_size`
+tells the size written). The file appears atomically: frames go to a temporary file in the same
+directory, renamed over the target only when the writer closes without error.
+
+Sample aspect ratio (anamorphic video) is not applied: frames keep their stored pixel grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+
+from vqtok.errors import ConfigError, VideoError
+
+# Output container by file extension; the writer refuses anything else rather than guessing.
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` learns about a video file.
+
+    Attributes:
+        path: the file.
+        frames: number of video frames; exact when ``frames_exact``, else estimated from the
+            duration and frame rate (containers such as MKV or MPEG-TS do not store a count).
+        frames_exact: whether ``frames`` comes from the container's frame count.
+        fps: average frame rate as an exact fraction (e.g. ``Fraction(30000, 1001)``).
+        width, height: size of the displayed picture, i.e. after ``rotation`` is applied.
+        duration: seconds.
+        rotation: counter-clockwise display rotation in degrees (0, 90, 180 or -90).
+        codec: decoder name, e.g. ``"h264"``.
+        pix_fmt: stored pixel format, e.g. ``"yuv420p"``.
+        has_audio: whether the file also has an audio stream (never read).
+    """
+
+    path: str
+    frames: int
+    frames_exact: bool
+    fps: Fraction
+    width: int
+    height: int
+    duration: float
+    rotation: int
+    codec: str
+    pix_fmt: str
+    has_audio: bool
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Describe a video file, decoding only its first frame (for rotation and to prove it decodes).
+
+    Raises:
+        VideoError: missing, a directory, unreadable, no video stream (e.g. audio-only) or no
+            decodable video frame.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        first = _first_frame(container, stream, path)
+        rotation = _normalise_rotation(first.rotation)
+        fps = _stream_fps(stream, path)
+        duration = _duration(container, stream)
+        exact = stream.frames > 0
+        frames = stream.frames if exact else max(1, round(duration * fps))
+        if duration <= 0:
+            duration = float(frames / fps)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, -90):
+            width, height = height, width
+        return VideoInfo(
+            path=str(path),
+            frames=frames,
+            frames_exact=exact,
+            fps=fps,
+            width=width,
+            height=height,
+            duration=duration,
+            rotation=rotation,
+            codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt or "unknown",
+            has_audio=len(container.streams.audio) > 0,
+        )
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """How one decoded frame becomes an output frame."""
+
+    scaled: tuple[int, int]  # (H, W) after the scaler, displayed orientation
+    crop: tuple[int, int]  # (top, left) of the centre crop
+    size: tuple[int, int]  # (H, W) of the output frames
+
+
+def _plan_geometry(
+    source: tuple[int, int],
+    size: tuple[int, int] | None,
+    short_side: int | None,
+    crop_multiple: int,
+) -> _Geometry:
+    """Resize then centre-crop to a multiple of ``crop_multiple``; sizes are (H, W)."""
+    if size is not None and short_side is not None:
+        raise ConfigError("give either size or short_side, not both")
+    if crop_multiple < 1:
+        raise ConfigError(f"crop_multiple must be >= 1, got {crop_multiple}")
+    height, width = source
+    if size is not None:
+        if min(size) < 1:
+            raise ConfigError(f"size must be positive, got {size}")
+        height, width = size
+    elif short_side is not None:
+        if short_side < 1:
+            raise ConfigError(f"short_side must be positive, got {short_side}")
+        scale = short_side / min(height, width)
+        # the short side is exactly N; the long side rounds to the nearest pixel
+        height, width = (
+            (short_side, max(1, round(width * scale)))
+            if height <= width
+            else (max(1, round(height * scale)), short_side)
+        )
+    out_h, out_w = height // crop_multiple * crop_multiple, width // crop_multiple * crop_multiple
+    if out_h == 0 or out_w == 0:
+        raise ConfigError(
+            f"frames of {width}x{height} are smaller than the crop multiple {crop_multiple}; "
+            "use a larger size"
+        )
+    return _Geometry((height, width), ((height - out_h) // 2, (width - out_w) // 2), (out_h, out_w))
+
+
+class _FrameRateResampler:
+    """Drops / repeats frames so that output frame k shows what is on screen at time k / fps.
+
+    Output slot k takes the last source frame whose timestamp is <= k / fps (with a small
+    tolerance for timestamp rounding), like FFmpeg's ``fps`` filter.
+    """
+
+    def __init__(self, fps: Fraction, source_fps: Fraction) -> None:
+        self.step = 1 / fps
+        self.tolerance = min(self.step, 1 / source_fps) / 4
+        self.slot = 0
+        self.previous: np.ndarray | None = None
+
+    def push(self, time: Fraction, frame: np.ndarray) -> list[np.ndarray]:
+        """Frames to emit now that a frame with timestamp ``time`` (seconds from start) came."""
+        out = []
+        while self.previous is not None and self.slot * self.step < time - self.tolerance:
+            out.append(self.previous)
+            self.slot += 1
+        self.previous = frame
+        return out
+
+    def flush(self, end: Fraction) -> list[np.ndarray]:
+        """Remaining frames for the slots before ``end``, the time the last frame stops showing."""
+        out = []
+        while self.previous is not None and self.slot * self.step < end - self.tolerance:
+            out.append(self.previous)
+            self.slot += 1
+        return out
+
+
+class VideoReader:
+    """Streams a video as uint8 RGB windows; iterate it (again) to read from the start.
+
+    Args:
+        path: the video file.
+        size: (H, W) to scale every frame to; or None.
+        short_side: scale so the shorter side is this many pixels, keeping the aspect ratio.
+        crop_multiple: centre-crop H and W down to multiples of this (the model's spatial
+            factor); 1 crops nothing.
+        fps: resample to this frame rate by timestamp (drop / repeat frames); None keeps every
+            decoded frame.
+        max_frames: stop after this many output frames.
+        window: frames per yielded array (the last one may be shorter).
+        threads: FFmpeg decoder threads; 0 lets FFmpeg choose.
+        on_warning: called with each warning message as it happens (also kept in ``warnings``).
+
+    Attributes:
+        info: `probe` result for the file.
+        size: (H, W) of the frames yielded.
+        fps: frame rate of the frames yielded (``info.fps`` unless resampled).
+        warnings: messages about damaged input from the last iteration (truncated, corrupt
+            packets); empty when the file read cleanly.
+        frames_read: frames yielded by the last iteration.
+
+    Raises:
+        VideoError: the file cannot be opened or has no decodable video frame.
+        ConfigError: impossible arguments (both size and short_side, window < 1, ...).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        size: tuple[int, int] | None = None,
+        short_side: int | None = None,
+        crop_multiple: int = 1,
+        fps: Fraction | int | float | str | None = None,
+        max_frames: int | None = None,
+        window: int = 16,
+        threads: int = 0,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        if window < 1:
+            raise ConfigError(f"window must be >= 1, got {window}")
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
+        self.path = Path(path)
+        self.info = probe(path)
+        self._geometry = _plan_geometry(
+            (self.info.height, self.info.width), size, short_side, crop_multiple
+        )
+        self.size = self._geometry.size
+        self._resample = fps is not None
+        self.fps = self.info.fps if fps is None else as_fps(fps)
+        self.max_frames = max_frames
+        self.window = window
+        self.threads = threads
+        self.on_warning = on_warning
+        self.warnings: list[str] = []
+        self.frames_read = 0
+
+    @property
+    def expected_frames(self) -> int:
+        """Frames an iteration should yield (estimated when the container has no count)."""
+        count = self.info.frames
+        if self._resample:
+            count = math.ceil(
+                Fraction(self.info.frames) / self.info.fps * self.fps - Fraction(1, 1000)
+            )
+        return count if self.max_frames is None else min(count, self.max_frames)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield (T_i, H, W, 3) uint8 arrays, T_i <= window, in display order."""
+        self.warnings = []
+        self.frames_read = 0
+        batch: list[np.ndarray] = []
+        for frame in self._frames():
+            batch.append(frame)
+            self.frames_read += 1
+            if len(batch) == self.window:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
+        if self.frames_read == 0:
+            raise VideoError("no video frame could be decoded; the file is damaged", self.path)
+        self._check_count()
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        """Output frames one by one: decode, convert, resample, stop at max_frames."""
+        limit = self.max_frames if self.max_frames is not None else math.inf
+        resampler = _FrameRateResampler(self.fps, self.info.fps) if self._resample else None
+        emitted = 0
+        end = Fraction(0)
+        for time, duration, frame in self._decoded():
+            end = time + duration
+            for out in [frame] if resampler is None else resampler.push(time, frame):
+                yield out
+                emitted += 1
+                if emitted >= limit:
+                    return
+        for out in [] if resampler is None else resampler.flush(end):
+            yield out
+            emitted += 1
+            if emitted >= limit:
+                return
+
+    def _decoded(self) -> Iterator[tuple[Fraction, Fraction, np.ndarray]]:
+        """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
+        with _open(self.path) as container:
+            stream = _video_stream(container, self.path)
+            stream.thread_type = "AUTO"  # frame + slice threads: FFmpeg's fastest safe choice
+            stream.codec_context.thread_count = self.threads
+            base = stream.time_base or Fraction(1, 1)
+            nominal = 1 / self.info.fps
+            start: Fraction | None = None
+            index = 0
+            for frame in self._decode_packets(container, stream):
+                time = Fraction(frame.pts) * base if frame.pts is not None else index * nominal
+                start = time if start is None else start
+                duration = Fraction(frame.duration) * base if frame.duration else nominal
+                index += 1
+                yield time - start, duration, self._convert(frame)
+
+    def _decode_packets(
+        self, container: av.container.InputContainer, stream: av.VideoStream
+    ) -> Iterator[av.VideoFrame]:
+        """Decode packet by packet so one corrupt packet costs a warning, not the whole file."""
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.FFmpegError as e:
+                self._warn(
+                    f"reading stopped after {self.frames_read} frames: {e}; the file is truncated or damaged"
+                )
+                return
+            try:
+                yield from packet.decode()
+            except av.FFmpegError as e:
+                self._warn(f"skipped a corrupt packet at pts {packet.pts}: {e}")
+
+    def _convert(self, frame: av.VideoFrame) -> np.ndarray:
+        """Scale in swscale, rotate to display orientation, centre-crop: (H, W, 3) uint8."""
+        geometry = self._geometry
+        height, width = geometry.scaled
+        quarter_turns = _normalise_rotation(frame.rotation) // 90
+        if quarter_turns % 2:
+            height, width = width, height  # the coded picture is transposed w.r.t. the display
+        rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+        if quarter_turns:
+            rgb = np.rot90(rgb, k=quarter_turns)  # rotation is counter-clockwise, like rot90
+        top, left = geometry.crop
+        out_h, out_w = geometry.size
+        return rgb[top : top + out_h, left : left + out_w]
+
+    def _check_count(self) -> None:
+        info = self.info
+        if self._resample or (self.max_frames is not None and self.frames_read >= self.max_frames):
+            return
+        short = info.frames - self.frames_read
+        # an estimated count is only a hint: allow a few percent of slack before complaining
+        slack = 0 if info.frames_exact else 1 + info.frames // 20
+        if short > slack:
+            kind = "says it has" if info.frames_exact else "should have about"
+            self._warn(
+                f"decoded {self.frames_read} frames but the file {kind} {info.frames}; "
+                "it is probably truncated"
+            )
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
+
+
+def read_frames(
+    path: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    short_side: int | None = None,
+    crop_multiple: int = 1,
+    fps: Fraction | int | float | str | None = None,
+    max_frames: int | None = None,
+    window: int = 16,
+    threads: int = 0,
+    on_warning: Callable[[str], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream a video as uint8 RGB windows (T_i, H, W, 3); see `VideoReader` for the arguments.
+
+    Opening errors (missing file, not a video, audio-only) raise here, before the first window.
+    """
+    return iter(
+        VideoReader(
+            path,
+            size=size,
+            short_side=short_side,
+            crop_multiple=crop_multiple,
+            fps=fps,
+            max_frames=max_frames,
+            window=window,
+            threads=threads,
+            on_warning=on_warning,
+        )
+    )
+
+
+class VideoWriter:
+    """Writes uint8 RGB frames to an H.264 MP4, atomically; use as a context manager.
+
+    Args:
+        path: output file; ``.mp4``/``.m4v`` (MP4), ``.mov`` or ``.mkv``.
+        fps: frame rate, stored exactly (``Fraction(30000, 1001)`` stays 29.97...).
+        width, height: size of the frames given to `write`; odd sizes are padded to even.
+        codec: encoder name; default `default_codec()` (libx264, else mpeg4).
+        crf: libx264 constant rate factor (0 lossless ... 51 worst; 18 is visually lossless).
+        threads: encoder threads; 0 lets FFmpeg choose.
+
+    Attributes:
+        encoded_size: (H, W) stored in the file (the given size rounded up to even).
+        frames_written: frames encoded so far.
+
+    Raises:
+        VideoError: the file cannot be created (missing directory, unsupported extension,
+            encoder failure); nothing is left at ``path`` and no temporary file remains.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: Fraction | int | float | str,
+        width: int,
+        height: int,
+        *,
+        codec: str | None = None,
+        crf: int = 18,
+        threads: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        muxer = _MUXERS.get(self.path.suffix.lower())
+        if muxer is None:
+            raise VideoError(f"cannot write this extension; use one of {sorted(_MUXERS)}", path)
+        if width < 1 or height < 1:
+            raise ConfigError(f"frame size must be positive, got {width}x{height}")
+        if not self.path.parent.is_dir():
+            # FFmpeg opens the file lazily: fail now, not after the first frame was computed
+            raise VideoError("cannot create the video file: its directory does not exist", path)
+        self.fps = as_fps(fps)
+        self.size = (height, width)
+        self.encoded_size = (height + height % 2, width + width % 2)
+        self.frames_written = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self._container = av.open(str(self._tmp), "w", format=muxer)
+            self._stream = self._container.add_stream(codec or default_codec(), rate=self.fps)
+            self._stream.height, self._stream.width = self.encoded_size
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.codec_context.time_base = 1 / self.fps
+            self._stream.codec_context.thread_count = threads
+            if self._stream.codec_context.name == "libx264":
+                self._stream.options = {"crf": str(crf), "preset": "medium"}
+            else:
+                # mpeg4 has no crf: ask for a generous bit rate so round trips stay close
+                self._stream.bit_rate = max(1_000_000, int(width * height * self.fps * 2))
+        except (av.FFmpegError, OSError) as e:
+            self._discard()
+            raise VideoError(f"cannot create the video file: {e}", path) from e
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode one frame (H, W, 3) or a window (T, H, W, 3) of uint8 RGB frames."""
+        batch = frames[None] if frames.ndim == 3 else frames
+        if batch.ndim != 4 or batch.shape[1:] != (*self.size, 3) or batch.dtype != np.uint8:
+            raise ConfigError(
+                f"expected uint8 frames of shape (T, {self.size[0]}, {self.size[1]}, 3), "
+                f"got {batch.dtype} {tuple(frames.shape)}"
+            )
+        pad_h, pad_w = self.encoded_size[0] - self.size[0], self.encoded_size[1] - self.size[1]
+        if pad_h or pad_w:
+            batch = np.pad(batch, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        try:
+            for rgb in batch:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts = self.frames_written
+                self._container.mux(self._stream.encode(frame))
+                self.frames_written += 1
+        except av.FFmpegError as e:
+            raise VideoError(f"encoding failed: {e}", self.path) from e
+
+    def close(self) -> None:
+        """Flush the encoder and move the finished file into place."""
+        if self.frames_written == 0:
+            self._discard()
+            raise VideoError("no frames were written, so no video was made", self.path)
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+        except (av.FFmpegError, OSError) as e:
+            self._discard()
+            raise VideoError(f"finishing the video failed: {e}", self.path) from e
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Stop without producing a file; an existing file at ``path`` is left untouched."""
+        self._discard()
+
+    def _discard(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            try:
+                container.close()
+            except (av.FFmpegError, OSError):
+                pass  # already broken; the temporary file is removed below either way
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(
+    path: str | Path, frames: Iterable[np.ndarray], fps: Fraction | int | float | str
+) -> int:
+    """Write uint8 RGB frames or windows ((H, W, 3) or (T, H, W, 3)) to ``path``; see `VideoWriter`.
+
+    Returns:
+        the number of frames written.
+
+    Raises:
+        VideoError: no frames, or the file cannot be written (nothing is left behind).
+    """
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise VideoError("no frames to write", path)
+    height, width = first.shape[-3:-1]
+    with VideoWriter(path, fps, width, height) as writer:
+        writer.write(first)
+        for batch in iterator:
+            writer.write(batch)
+    return writer.frames_written
+
+
+def default_codec() -> str:
+    """``"libx264"`` when this PyAV build can encode H.264 with it, else ``"mpeg4"``."""
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def as_fps(value: Fraction | int | float | str) -> Fraction:
+    """A positive frame rate as an exact fraction: 30, 29.97, "30000/1001", Fraction(...)."""
+    try:
+        fps = Fraction(value).limit_denominator(1_000_000)
+    except (ValueError, ZeroDivisionError, TypeError) as e:
+        raise ConfigError(f"not a frame rate: {value!r}") from e
+    if fps <= 0:
+        raise ConfigError(f"frame rate must be positive, got {value!r}")
+    return fps
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    """Open for reading; every failure becomes a VideoError that says what to do."""
+    file = Path(path)
+    try:
+        if file.is_file() and file.stat().st_size == 0:
+            raise VideoError("the file is empty (0 bytes), not a video", path)
+        return av.open(str(file), "r")
+    except FileNotFoundError as e:
+        raise VideoError("no such file; check the path", path) from e
+    except IsADirectoryError as e:
+        raise VideoError("is a directory, not a video file; pass the files in it", path) from e
+    except PermissionError as e:
+        raise VideoError("permission denied; check the file's read permission", path) from e
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(
+            f"not a readable video ({e.__class__.__name__}: {_reason(e)}); "
+            "check that it is a complete video file",
+            path,
+        ) from e
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.VideoStream:
+    if not container.streams.video:
+        audio = len(container.streams.audio)
+        what = f"only audio ({audio} stream{'s' * (audio != 1)})" if audio else "no video stream"
+        raise VideoError(f"the file has {what}; pass a video file", path)
+    return container.streams.video[0]
+
+
+def _first_frame(
+    container: av.container.InputContainer, stream: av.VideoStream, path: str | Path
+) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError as e:
+        raise VideoError(f"the video stream cannot be decoded: {_reason(e)}", path) from e
+    raise VideoError("the video stream has no frames; the file is empty or truncated", path)
+
+
+def _stream_fps(stream: av.VideoStream, path: str | Path) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise VideoError("the video has no frame rate; re-mux it with one (ffmpeg -r)", path)
+    return Fraction(rate)
+
+
+def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _normalise_rotation(degrees: float | int | None) -> int:
+    """Display rotation snapped to one of 0, 90, 180, -90 (FFmpeg reports [-180, 180])."""
+    if not degrees:
+        return 0
+    turns = round(degrees / 90) % 4
+    return (0, 90, 180, -90)[turns]
