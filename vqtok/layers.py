@@ -1,0 +1,291 @@
+"""Building blocks of causal 3D convolutional video tokenizers, with exact streaming.
+
+The blocks follow the causal-convolution design of MAGVIT-v2 (Yu et al., "Language Model Beats
+Diffusion -- Tokenizer is Key to Visual Generation", arXiv 2310.05737) and VidTok (arXiv
+2412.13061): every temporal convolution only looks at the current and past frames, and every
+normalisation works on one frame at a time, so output frame ``t`` never depends on a later input
+frame.
+
+Streaming. Each block's ``forward(x, state=None)`` takes an optional `StreamState`. Without it the
+block sees the whole clip (one-shot). With it, the block is fed consecutive time chunks and keeps
+what it needs from one chunk to the next in ``state``: a causal convolution carries the input
+frames its next output still needs (``kernel - stride`` frames, plus the stride phase when the
+length of a chunk is not a multiple of the temporal stride); an upsampler remembers that the
+stream has started. Convolution is local, so the concatenated chunk outputs equal the one-shot
+output. To make them equal *bit for bit* (and independent of batch size and thread count),
+float32 convolutions on CPU always run through oneDNN: PyTorch's default dispatch switches to a
+different kernel for batch-1 or small inputs, whose results differ in the last bits.
+
+Layout: video tensors are (B, C, T, H, W) throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from vqtok.errors import ConfigError
+
+__all__ = [
+    "CausalConv3d",
+    "Downsample",
+    "FrameGroupNorm",
+    "ResBlock",
+    "StreamState",
+    "Upsample",
+    "conv3d",
+    "swish",
+]
+
+
+class StreamState:
+    """What the causal blocks of one model carry between the chunks of one stream.
+
+    Create one per stream (one video), pass the same object to every chunk's forward, and drop
+    it afterwards. Entries are keyed by module identity; a missing entry means "the stream has
+    not reached this module yet".
+    """
+
+    def __init__(self) -> None:
+        self._carry: dict[int, Tensor] = {}
+
+    def take(self, module: nn.Module) -> Tensor | None:
+        """Remove and return ``module``'s carried tensor (None at stream start)."""
+        return self._carry.pop(id(module), None)
+
+    def put(self, module: nn.Module, value: Tensor) -> None:
+        """Store ``value`` for ``module``'s next chunk."""
+        self._carry[id(module)] = value
+
+    def started(self, module: nn.Module) -> bool:
+        return id(module) in self._carry
+
+
+def swish(x: Tensor) -> Tensor:
+    """x * sigmoid(x) (SiLU), the activation of MAGVIT-v2 and taming-style autoencoders."""
+    return F.silu(x)
+
+
+def conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+) -> Tensor:
+    """3D convolution whose float32 CPU results do not depend on batch size, length or threads.
+
+    Float32 CPU tensors go straight to oneDNN (``torch.mkldnn_convolution``), which computes each
+    output element the same way whatever the batch size, number of frames or thread count
+    (PyTorch's default dispatch picks a different kernel for batch 1 or small inputs). Anything
+    else (CUDA, autocast, other dtypes) uses ``F.conv3d``.
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.mkldnn_convolution(
+            x.contiguous(), weight.contiguous(), bias, padding, stride, (1, 1, 1), 1
+        )
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
+class CausalConv3d(nn.Module):
+    """A 3D convolution that is causal in time and "same"-padded (zeros) in space.
+
+    The clip is padded at the front with ``kt - 1`` frames (copies of frame 0, or zeros), so
+    output frame ``j`` sees input frames ``j*st - kt + 1 .. j*st``. With temporal stride ``st``
+    and ``kt = st + 1`` (or any ``kt >= st``), a clip of ``1 + k*st`` frames gives ``1 + k``
+    frames, and output frame 0 depends only on input frame 0.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        kernel_size: ``k`` (cube) or ``(kt, kh, kw)``; spatial sizes odd.
+        stride: ``(st, sh, sw)`` or one int for all three.
+        temporal_pad: ``"replicate"`` (copies of the first frame, default) or ``"zeros"``.
+        bias: add a learned bias.
+
+    Shapes: (B, C_in, T, H, W) -> (B, C_out, T', ceil(H/sh), ceil(W/sw)) with
+    T' = (T - 1) // st + 1 one-shot. Parameters are ``weight`` (C_out, C_in, kt, kh, kw) and
+    ``bias`` (C_out,), as in ``nn.Conv3d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int] = 3,
+        stride: int | tuple[int, int, int] = 1,
+        temporal_pad: str = "replicate",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        kernel = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        strides = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        if kernel[1] % 2 == 0 or kernel[2] % 2 == 0:
+            raise ConfigError(f"spatial kernel sizes must be odd, got {kernel}")
+        if kernel[0] < strides[0]:
+            raise ConfigError(f"temporal kernel {kernel[0]} is shorter than stride {strides[0]}")
+        if temporal_pad not in ("replicate", "zeros"):
+            raise ConfigError(f"temporal_pad must be 'replicate' or 'zeros', got {temporal_pad!r}")
+        self.kernel: tuple[int, int, int] = (kernel[0], kernel[1], kernel[2])
+        self.stride: tuple[int, int, int] = (strides[0], strides[1], strides[2])
+        self.temporal_pad = temporal_pad
+        self.padding = (0, kernel[1] // 2, kernel[2] // 2)
+        conv = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, bias=bias)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.out_channels = out_channels
+
+    def _front_pad(self, x: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> (B, C, kt - 1 + T, H, W): the causal padding before frame 0."""
+        n = self.kernel[0] - 1
+        if self.temporal_pad == "replicate":
+            pad = x[:, :, :1].expand(-1, -1, n, -1, -1)
+        else:
+            pad = x.new_zeros(x.shape[0], x.shape[1], n, *x.shape[3:])
+        return torch.cat([pad, x], dim=2)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        """Convolve one clip (``state=None``) or the next chunk of a stream."""
+        kt, st = self.kernel[0], self.stride[0]
+        carry = None if state is None else state.take(self)
+        if carry is None:
+            if x.shape[2] == 0:  # the stream has not reached this layer yet
+                return self._empty_output(x)
+            x = self._front_pad(x)
+        else:
+            x = torch.cat([carry, x], dim=2)
+        frames = x.shape[2]
+        n_out = (frames - kt) // st + 1 if frames >= kt else 0
+        if state is not None:
+            # Input frames from the next output's first tap onwards (at most kt - 1 + st - 1).
+            state.put(self, x[:, :, n_out * st :].clone())
+        if n_out == 0:
+            return self._empty_output(x)
+        x = x[:, :, : (n_out - 1) * st + kt]
+        return conv3d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        h = (x.shape[3] - 1) // self.stride[1] + 1
+        w = (x.shape[4] - 1) // self.stride[2] + 1
+        return x.new_zeros(x.shape[0], self.out_channels, 0, h, w)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm over (C/G, H, W) of each frame separately, so it never mixes frames.
+
+    A plain ``GroupNorm`` on a (B, C, T, H, W) tensor pools statistics over all T frames, which
+    breaks causality (frame 0 would depend on frame T-1) and makes streaming impossible.
+
+    Args:
+        num_groups: G, must divide ``num_channels``.
+        num_channels: C.
+        eps: added to the variance.
+
+    Shapes: (B, C, T, H, W) or (B, C, H, W) -> same shape.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-6) -> None:
+        if num_groups < 1 or num_channels % num_groups:
+            raise ConfigError(f"{num_channels} channels cannot be split into {num_groups} groups")
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 4:
+            return super().forward(x)
+        if x.shape[2] == 0:
+            return x
+        b = x.shape[0]
+        frames = rearrange(x, "b c t h w -> (b t) c h w")
+        out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (norm, swish, causal conv 3x3x3) twice, plus a skip.
+
+    The skip is a 1x1x1 convolution when the channel count changes, else the identity.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        groups: GroupNorm groups (must divide both channel counts).
+        temporal_pad: padding of the causal convolutions, see `CausalConv3d`.
+
+    Shapes: (B, C_in, T, H, W) -> (B, C_out, T, H, W).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, groups: int, temporal_pad: str = "replicate"
+    ) -> None:
+        super().__init__()
+        self.norm1 = FrameGroupNorm(groups, in_channels)
+        self.conv1 = CausalConv3d(in_channels, out_channels, 3, temporal_pad=temporal_pad)
+        self.norm2 = FrameGroupNorm(groups, out_channels)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, temporal_pad=temporal_pad)
+        self.skip = (
+            CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv1(swish(self.norm1(x)), state)
+        h = self.conv2(swish(self.norm2(h)), state)
+        skip = x if self.skip is None else self.skip(x, state)
+        return skip + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W (and T, causally, when ``temporal``) with one strided causal 3x3x3 conv.
+
+    Shapes: (B, C, T, H, W) -> (B, C, T', ceil(H/2), ceil(W/2)), T' = (T - 1) // 2 + 1 when
+    ``temporal`` (1 + 2k frames -> 1 + k), else T.
+    """
+
+    def __init__(
+        self, channels: int, spatial: bool = True, temporal: bool = False,
+        temporal_pad: str = "replicate",
+    ) -> None:
+        super().__init__()
+        stride = (2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1)
+        self.conv = CausalConv3d(channels, channels, 3, stride, temporal_pad=temporal_pad)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        return self.conv(x, state)
+
+
+class Upsample(nn.Module):
+    """Double H and W (and T, causally, when ``temporal``): nearest repeat, then causal 3x3x3 conv.
+
+    Temporal upsampling repeats every frame twice and drops the first copy of frame 0, so
+    1 + k frames -> 1 + 2k, the inverse of `Downsample`'s frame count. In a stream only the very
+    first chunk loses that frame.
+
+    Shapes: (B, C, T, H, W) -> (B, C, T', 2H, 2W), T' = 2T - 1 when ``temporal`` else T.
+    """
+
+    def __init__(
+        self, channels: int, spatial: bool = True, temporal: bool = False,
+        temporal_pad: str = "replicate",
+    ) -> None:
+        super().__init__()
+        self.spatial = spatial
+        self.temporal = temporal
+        self.conv = CausalConv3d(channels, channels, 3, temporal_pad=temporal_pad)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        if self.temporal and x.shape[2] > 0:
+            x = x.repeat_interleave(2, dim=2)  # (B, C, T, H, W) -> (B, C, 2T, H, W)
+            first_chunk = state is None or not state.started(self)
+            if first_chunk:
+                x = x[:, :, 1:]
+            if state is not None:
+                state.put(self, x.new_empty(0))  # marks "stream started"
+        if self.spatial:
+            # (B, C, T, H, W) -> (B, C, T, 2H, 2W), frame by frame
+            x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+        return self.conv(x, state)

@@ -1,0 +1,342 @@
+"""The vqtok causal 3D tokenizer: causal conv encoder -> quantizer -> causal conv decoder.
+
+The architecture is the MAGVIT-v2 family (Yu et al., arXiv 2310.05737) in its causal form
+(VidTok, arXiv 2412.13061; Cosmos Tokenizer, arXiv 2501.03575): a 3D-conv residual encoder that
+downsamples space by 8 or 16 and time by 1, 2, 4 or 8, any vqtok quantizer (VQ, EMA VQ, Gumbel,
+LFQ, residual VQ, FSQ), and a mirrored decoder. Everything is causal in time and normalises per
+frame, so
+
+- a clip of 1 + k*tau frames gives 1 + k latent frames, the first from frame 0 alone;
+- a long video can be encoded chunk by chunk (`encode_stream`) with exactly the indices of a
+  one-shot encode, in memory bounded by the chunk size.
+
+Temporal downsampling happens in the first log2(tau) encoder stages (cheapest: later stages
+see fewer frames); the decoder mirrors it in its last stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vqtok.errors import ConfigError, VqtokError
+from vqtok.family import TokenizerModel
+from vqtok.layers import (
+    CausalConv3d,
+    Downsample,
+    FrameGroupNorm,
+    ResBlock,
+    StreamState,
+    Upsample,
+    swish,
+)
+from vqtok.quantizers import KINDS, build_quantizer
+from vqtok.quantizers.base import QuantizerOutput
+
+__all__ = ["Decoder", "Encoder", "LatentNorm", "TokenizerConfig", "VideoTokenizer"]
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of a `VideoTokenizer` (run-time choices such as device are not here).
+
+    Attributes:
+        channels: base width; stage i has ``channels * channel_multipliers[i]`` channels.
+        channel_multipliers: one per encoder stage; exactly log2(spatial_factor) + 1 of them
+            (every stage but the last halves H and W).
+        num_res_blocks: residual blocks per stage.
+        spatial_factor: 8 or 16; H and W of a clip must be multiples of it.
+        temporal_factor: tau in (1, 2, 4, 8); at most len(channel_multipliers) - 1.
+        latent_dim: channels of the latent that enters the quantizer.
+        quantizer: a kind of `vqtok.quantizers.KINDS`.
+        quantizer_options: keyword arguments of that quantizer (``dim`` is ``latent_dim``).
+        pre_quant_norm: per-token LayerNorm of the latent before the quantizer; None means
+            "on for LFQ, off otherwise" (LFQ's sign quantiser and entropy terms want latents
+            of a fixed scale).
+        norm_groups: GroupNorm groups; must divide every stage's width.
+    """
+
+    channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    spatial_factor: int = 8
+    temporal_factor: int = 4
+    latent_dim: int = 6
+    quantizer: str = "fsq"
+    quantizer_options: dict[str, Any] = field(
+        default_factory=lambda: {"levels": [8, 8, 8, 5, 5, 5]}
+    )
+    pre_quant_norm: bool | None = None
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "num_res_blocks", "latent_dim", "norm_groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.spatial_factor not in (8, 16):
+            raise ConfigError(f"spatial_factor must be 8 or 16, got {self.spatial_factor}")
+        if self.temporal_factor not in (1, 2, 4, 8):
+            raise ConfigError(f"temporal_factor must be 1, 2, 4 or 8, got {self.temporal_factor}")
+        stages = int(math.log2(self.spatial_factor)) + 1
+        if len(self.channel_multipliers) != stages:
+            raise ConfigError(
+                f"spatial_factor {self.spatial_factor} needs {stages} channel_multipliers, "
+                f"got {len(self.channel_multipliers)}"
+            )
+        if any(m < 1 for m in self.channel_multipliers):
+            raise ConfigError(f"channel_multipliers must be >= 1, got {self.channel_multipliers}")
+        for width in self.widths:
+            if width % self.norm_groups:
+                raise ConfigError(f"norm_groups {self.norm_groups} does not divide width {width}")
+        if self.quantizer not in KINDS:
+            raise ConfigError(
+                f"unknown quantizer {self.quantizer!r}; choose one of {sorted(KINDS)}"
+            )
+        if "dim" in self.quantizer_options:
+            raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
+
+    @property
+    def widths(self) -> list[int]:
+        """Channel width of each stage."""
+        return [self.channels * m for m in self.channel_multipliers]
+
+    @property
+    def temporal_stages(self) -> int:
+        """Number of stages that halve time (log2 tau)."""
+        return int(math.log2(self.temporal_factor))
+
+    @property
+    def uses_pre_quant_norm(self) -> bool:
+        return self.quantizer == "lfq" if self.pre_quant_norm is None else self.pre_quant_norm
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """Build from a JSON-style dict; unknown keys and wrong types are a `ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a tokenizer config must be a dict, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown tokenizer config key(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        values = {name: _coerce(name, value, hints[name]) for name, value in data.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
+        out = dataclasses.asdict(self)
+        out["channel_multipliers"] = list(self.channel_multipliers)
+        return out
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type (JSON lists become tuples); else ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+            return tuple(value)
+    elif origin in (types.UnionType, typing.Union):  # bool | None
+        if value is None or isinstance(value, bool):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    elif hint is int:
+        if _is_int(value):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"tokenizer config key {name!r} has type {hint}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LatentNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each latent position (token-local: causal, streamable).
+
+    Shapes: (B, D, t, h, w) -> same.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Encoder(nn.Module):
+    """(B, 3, T, H, W) in [-1, 1] -> latents (B, D, 1 + (T-1)/tau, H/f, W/f)."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths, groups = config.widths, config.norm_groups
+        self.conv_in = CausalConv3d(3, widths[0], 3)
+        # stage i: num_res_blocks ResBlocks at widths[i], then a Downsample (not after the last)
+        self.blocks = nn.ModuleList()
+        prev = widths[0]
+        for i, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                self.blocks.append(ResBlock(prev, width, groups))
+                prev = width
+            if i < len(widths) - 1:
+                temporal = i < config.temporal_stages
+                self.blocks.append(Downsample(width, spatial=True, temporal=temporal))
+        self.mid = ResBlock(prev, prev, groups)
+        self.norm_out = FrameGroupNorm(groups, prev)
+        self.conv_out = CausalConv3d(prev, config.latent_dim, 3)
+
+    def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv_in(video, state)
+        for block in self.blocks:
+            h = block(h, state)
+        h = self.mid(h, state)
+        return self.conv_out(swish(self.norm_out(h)), state)
+
+
+class Decoder(nn.Module):
+    """Latents (B, D, t, h, w) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths, groups = config.widths, config.norm_groups
+        top = widths[-1]
+        self.conv_in = CausalConv3d(config.latent_dim, top, 3)
+        self.mid = ResBlock(top, top, groups)
+        # the encoder's stages in reverse, each followed by an Upsample (not after the last)
+        self.blocks = nn.ModuleList()
+        prev = top
+        for i in reversed(range(len(widths))):
+            for _ in range(config.num_res_blocks):
+                self.blocks.append(ResBlock(prev, widths[i], groups))
+                prev = widths[i]
+            if i > 0:
+                # undo encoder stage i-1, which halved time iff i-1 < temporal_stages
+                temporal = i - 1 < config.temporal_stages
+                self.blocks.append(Upsample(prev, spatial=True, temporal=temporal))
+        self.norm_out = FrameGroupNorm(groups, prev)
+        self.conv_out = CausalConv3d(prev, 3, 3)
+
+    def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.mid(self.conv_in(codes, state), state)
+        for block in self.blocks:
+            h = block(h, state)
+        return self.conv_out(swish(self.norm_out(h)), state)
+
+
+class VideoTokenizer(TokenizerModel):
+    """The vqtok tokenizer (family ``"vqtok"``): video <-> integer indices, causal in time.
+
+    Args:
+        config: the architecture, see `TokenizerConfig`.
+
+    Video tensors are (B, 3, T, H, W) float in [-1, 1] with T = 1 + k*tau and H, W multiples
+    of ``spatial_factor``; images (B, 3, H, W) are one-frame videos. Indices are int64
+    (B, t, h, w), with a trailing axis L when the quantizer has several codebooks / levels.
+    ``encode`` and ``decode`` use the modules' current mode: call ``.eval()`` for inference
+    (EMA quantizers update their codebooks in training mode).
+    """
+
+    family: ClassVar[str] = "vqtok"
+    config_class: ClassVar[Any] = TokenizerConfig
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.temporal_factor = config.temporal_factor
+        self.spatial_factor = config.spatial_factor
+        self.encoder = Encoder(config)
+        self.pre_quant_norm = LatentNorm(config.latent_dim) if config.uses_pre_quant_norm else None
+        self.quantizer = build_quantizer(
+            config.quantizer, config.latent_dim, **config.quantizer_options
+        )
+        self.decoder = Decoder(config)
+
+    def _as_video(self, video: Tensor) -> Tensor:
+        """Validate a clip; (B, 3, H, W) images become one-frame videos (B, 3, 1, H, W)."""
+        if video.ndim == 4:
+            video = video.unsqueeze(2)
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise VqtokError(f"expected video (B, 3, T, H, W) or images (B, 3, H, W), "
+                             f"got shape {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise VqtokError(f"expected a float video in [-1, 1], got dtype {video.dtype}")
+        h, w, f = video.shape[3], video.shape[4], self.spatial_factor
+        if h % f or w % f:
+            raise VqtokError(f"height and width must be multiples of {f}, got {h}x{w}")
+        return video
+
+    def _check_frames(self, frames: int) -> None:
+        if frames < 1 or (frames - 1) % self.temporal_factor:
+            raise VqtokError(
+                f"a clip needs 1 + k*{self.temporal_factor} frames, got {frames}; "
+                "pad it by repeating the last frame (vqtok.Tokenizer.encode does)"
+            )
+
+    def _latents(self, video: Tensor, state: StreamState | None) -> Tensor:
+        z = self.encoder(video, state)
+        if self.pre_quant_norm is not None:
+            z = self.pre_quant_norm(z)
+        return z
+
+    def _quantize(self, z: Tensor) -> QuantizerOutput:
+        # Index math in float32 even under bf16/fp16 autocast, so indices do not depend on it.
+        with torch.autocast(z.device.type, enabled=False):
+            return self.quantizer(z.float())
+
+    def encode(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L])."""
+        video = self._as_video(video)
+        self._check_frames(video.shape[2])
+        return self._quantize(self._latents(video, None)).indices
+
+    def decode(self, indices: Tensor) -> Tensor:
+        """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
+        return self.decoder(self._codes(indices), None)
+
+    def _codes(self, indices: Tensor) -> Tensor:
+        rank = 5 if self.quantizer.num_codebooks > 1 else 4
+        if indices.ndim != rank:
+            raise VqtokError(f"expected indices with {rank} dims (B, t, h, w"
+                             f"{', L' if rank == 5 else ''}), got shape {tuple(indices.shape)}")
+        codes = self.quantizer.indices_to_codes(indices, channel_last=False)
+        return codes.to(self.decoder.conv_in.weight.dtype)
+
+    def forward(self, video: Tensor) -> tuple[Tensor, QuantizerOutput]:
+        """Training pass: (reconstruction (B, 3, T, H, W), quantizer output on the latents)."""
+        video = self._as_video(video)
+        self._check_frames(video.shape[2])
+        out = self._quantize(self._latents(video, None))
+        return self.decoder(out.codes.to(video.dtype), None), out
+
+    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
+
+        Yields index chunks (B, t_i, h, w[, L]) as soon as latent frames are complete (a chunk
+        that completes none yields nothing); their concatenation along dim 1 equals
+        ``encode`` of the whole video. Frames after the last complete 1 + k*tau are dropped,
+        so pad the video first (`vqtok.Tokenizer.encode_stream` does).
+        """
+        state = StreamState()
+        for chunk in chunks:
+            z = self._latents(self._as_video(chunk), state)
+            if z.shape[2]:
+                yield self._quantize(z).indices
+
+    def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.
+
+        Yields video chunks: 1 + (t_1 - 1)*tau frames for the first, t_i*tau after; their
+        concatenation matches ``decode`` of all indices within float tolerance.
+        """
+        state = StreamState()
+        for chunk in chunks:
+            if chunk.shape[1] == 0:
+                continue
+            yield self.decoder(self._codes(chunk), state)
