@@ -1,0 +1,285 @@
+"""Residual vector quantization: L codebooks, each quantizing what the previous ones left.
+
+Level l quantizes the residual r_l to its nearest code q_l and passes on
+``r_{l+1} = r_l - sg(q_l)``; the output is the sum of the level codes, with one straight-through
+estimator over the whole stack (Zeghidour et al., SoundStream, arXiv 2107.03312; Lee et al.,
+RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
+
+- `ResidualQuantizer` (``"rvq"``): gradient-trained codebooks, per-level loss
+  ``beta * mse(sg(q_l), r_l) + mse(q_l, sg(r_l))``;
+- `EMAResidualQuantizer` (``"ema_rvq"``): one EMA codebook per level (helia_edge's
+  EmaResidualVectorQuantizer), per-level loss ``beta * mse(sg(q_l), r_l)`` only.
+
+Both accept per-level codebook sizes. Indices carry a trailing level axis (…, L) when L > 1.
+Metrics follow helia_edge's names, levels counted from 1: ``rvq_l{l}_perplexity`` (2**bits),
+``rvq_l{l}_usage`` (fraction of the level's codes used in the batch), ``rvq_l{l}_bits_per_index``
+(log2 entropy of the batch histogram), ``rvq_l{l}_commitment`` (unweighted mse), and the
+aggregates ``rvq_perplexity_mean``, ``rvq_usage_mean``, ``rvq_bits_per_index_sum``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqtok.errors import ConfigError, QuantizerError
+from vqtok.quantizers.base import (
+    Layout,
+    Quantizer,
+    QuantizerOutput,
+    check_indices,
+    codebook_metrics,
+)
+from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
+from vqtok.quantizers.search import nearest_codes
+
+
+def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ...]) -> list[int]:
+    """Per-level codebook sizes from one int (same K everywhere) or one size per level."""
+    if num_levels < 1:
+        raise ConfigError(f"num_levels must be >= 1, got {num_levels}")
+    if isinstance(codebook_sizes, int):
+        sizes = [codebook_sizes] * num_levels
+    else:
+        sizes = [int(k) for k in codebook_sizes]
+    if len(sizes) != num_levels:
+        raise ConfigError(f"got {len(sizes)} codebook sizes for {num_levels} levels")
+    if min(sizes) < 1:
+        raise ConfigError(f"codebook sizes must be >= 1, got {sizes}")
+    return sizes
+
+
+class _ResidualQuantizer(Quantizer):
+    """The residual loop shared by both codebook kinds; subclasses provide one level's step."""
+
+    def __init__(
+        self, dim: int, num_levels: int, codebook_sizes: int | list[int], beta: float
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ConfigError(f"dim must be >= 1, got {dim}")
+        if beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {beta}")
+        self.dim = dim
+        self.num_levels = num_levels
+        self.codebook_sizes = level_sizes(num_levels, codebook_sizes)
+        self.codebook_size = max(self.codebook_sizes)
+        self.num_codebooks = num_levels
+        self.beta = beta
+
+    def level_weight(self, level: int) -> Tensor:
+        """(K_l, D) codes of level ``level`` (0-based)."""
+        raise NotImplementedError
+
+    def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Quantize residual ``r`` (N, D) float32 -> (q (N, D), idx (N,), loss scalar)."""
+        raise NotImplementedError
+
+    def quantize_tokens(
+        self, tokens: Tensor, update: bool
+    ) -> tuple[Tensor, Tensor, list[Tensor], dict[str, Tensor]]:
+        """Run the residual stack on a token matrix.
+
+        Args:
+            tokens: (N, D) inputs, any float dtype, may require grad.
+            update: EMA codebooks update after each level's lookup (ignored by gradient ones).
+
+        Returns:
+            ``(codes, indices, losses, metrics)``: (N, D) straight-through codes in the input
+            dtype, (N, L) int64 indices, L float32 per-level losses, the metrics dict.
+        """
+        r = tokens.float()
+        q_sum = torch.zeros_like(r, requires_grad=False)
+        all_idx, losses = [], []
+        per_level: list[dict[str, Tensor]] = []
+        for level in range(self.num_levels):
+            q, idx, level_loss = self._level_step(level, r, update)
+            stats = codebook_metrics(idx, self.codebook_sizes[level])
+            stats["commitment"] = mse(r, q).detach()
+            per_level.append(stats)
+            losses.append(level_loss)
+            all_idx.append(idx)
+            q_sum = q_sum + q.detach()
+            r = r - q.detach()  # r_{l+1} = r_l - sg(q_l), with the pre-update q_l
+        codes = tokens + (q_sum.to(tokens.dtype) - tokens).detach()  # ST over the whole stack
+        return codes, torch.stack(all_idx, dim=1), losses, _rvq_metrics(per_level)
+
+    def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
+        """Quantize ``z`` through all levels.
+
+        Args:
+            z: (B, D, H, W), (B, D, T, H, W), (N, D), (B, N, D) or channel-last (..., D).
+            channel_last: see `Layout.of`.
+
+        Returns:
+            `QuantizerOutput`: codes like ``z`` (ST of the summed level codes), int64 indices
+            (*grid, L) (just the grid when L = 1), level l's values in [0, K_l), the float32
+            summed loss, the metrics named in the module docstring.
+        """
+        layout = self._layout(z, channel_last)
+        codes, idx, losses, metrics = self.quantize_tokens(layout.to_tokens(z), self.training)
+        loss = torch.stack(losses).sum()
+        return QuantizerOutput(
+            layout.from_tokens(codes), self._grid_indices(layout, idx), loss, metrics
+        )
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, channel_last: bool | None = None) -> list[Tensor]:
+        """Per-level indices of ``z``: no loss, no update, no metrics.
+
+        Returns:
+            L int64 tensors of the grid shape (z's shape without the channel axis).
+        """
+        layout = self._layout(z, channel_last)
+        r = layout.to_tokens(z).float()
+        out = []
+        for level in range(self.num_levels):
+            weight = self.level_weight(level)
+            idx = nearest_codes(r, weight)
+            r = r - F.embedding(idx, weight).float()
+            out.append(layout.restore_indices(idx))
+        return out
+
+    def decode(self, indices: list[Tensor], channel_last: bool | None = None) -> Tensor:
+        """Sum of the level codes of per-level index grids (the inverse of `encode`)."""
+        if len(indices) != self.num_levels:
+            raise QuantizerError(f"expected {self.num_levels} index tensors, got {len(indices)}")
+        return self.indices_to_codes(torch.stack(indices, dim=-1), channel_last)
+
+    def indices_to_codes(self, indices: Tensor, channel_last: bool | None = None) -> Tensor:
+        """Sum over levels of the codes of ``indices``.
+
+        Args:
+            indices: integer (*grid, L) (or just the grid when L = 1), level l's values in
+                [0, K_l).
+            channel_last: see `Layout.for_indices`.
+
+        Returns:
+            float32 codes (B, D, *S) for a rank-3/4 grid unless ``channel_last``, else
+            (*grid, D).
+        """
+        if self.num_levels == 1:
+            indices = indices.unsqueeze(-1)
+        if indices.ndim < 2 or indices.shape[-1] != self.num_levels:
+            raise QuantizerError(
+                f"expected indices (..., {self.num_levels}), got shape {tuple(indices.shape)}"
+            )
+        layout = Layout.for_indices(indices, 2, channel_last)
+        flat = indices.reshape(-1, self.num_levels)  # (N, L)
+        total = torch.zeros(flat.shape[0], self.dim, device=indices.device)
+        for level in range(self.num_levels):
+            idx = check_indices(flat[:, level], self.codebook_sizes[level])
+            total = total + F.embedding(idx, self.level_weight(level)).float()
+        return layout.from_tokens(total)
+
+    def _layout(self, z: Tensor, channel_last: bool | None) -> Layout:
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} channels, got {layout.dim}")
+        return layout
+
+    def _grid_indices(self, layout: Layout, idx: Tensor) -> Tensor:
+        """(N, L) -> (*grid, L), or (*grid,) when L = 1 (the base contract)."""
+        return layout.restore_indices(idx if self.num_levels > 1 else idx[:, 0])
+
+
+def _rvq_metrics(per_level: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """helia_edge's metric names and order: perplexities, usages, bits, then aggregates."""
+    metrics: dict[str, Tensor] = {}
+    for key in ("perplexity", "usage", "bits_per_index", "commitment"):
+        for level, stats in enumerate(per_level, start=1):
+            metrics[f"rvq_l{level}_{key}"] = stats[key]
+    metrics["rvq_perplexity_mean"] = torch.stack([s["perplexity"] for s in per_level]).mean()
+    metrics["rvq_usage_mean"] = torch.stack([s["usage"] for s in per_level]).mean()
+    metrics["rvq_bits_per_index_sum"] = torch.stack([s["bits_per_index"] for s in per_level]).sum()
+    return metrics
+
+
+class ResidualQuantizer(_ResidualQuantizer):
+    """Residual VQ with gradient-trained codebooks (kind ``"rvq"``, quantizers.md B.2).
+
+    Args:
+        dim: D, channels of the latent.
+        num_levels: L >= 1.
+        codebook_sizes: K for every level, or a list of L sizes.
+        beta: weight of each level's commitment term.
+        generator: optional CPU generator for the U(-1/K_l, 1/K_l) initial codes.
+
+    Attributes:
+        codebooks: L trainable (K_l, D) parameters.
+    """
+
+    codebooks: nn.ParameterList
+
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int,
+        codebook_sizes: int | list[int],
+        beta: float = 0.25,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(dim, num_levels, codebook_sizes, beta)
+        self.codebooks = nn.ParameterList(
+            nn.Parameter((torch.rand(k, dim, generator=generator) * 2 - 1) / k)
+            for k in self.codebook_sizes
+        )
+
+    def level_weight(self, level: int) -> Tensor:
+        return self.codebooks[level]
+
+    def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
+        weight = self.codebooks[level]
+        idx = nearest_codes(r, weight)
+        q = F.embedding(idx, weight).float()  # gradient reaches the codebook through q
+        loss = self.beta * mse(r, q.detach()) + mse(q, r.detach())
+        return q, idx, loss
+
+
+class EMAResidualQuantizer(_ResidualQuantizer):
+    """Residual VQ with one EMA codebook per level (kind ``"ema_rvq"``, quantizers.md B.1).
+
+    Args:
+        dim: D, channels of the latent.
+        num_levels: L >= 1.
+        codebook_sizes: K for every level, or a list of L sizes.
+        beta: weight of each level's commitment loss ``beta * mse(sg(q_l), r_l)``.
+        decay: EMA decay gamma in [0, 1).
+        eps: Laplace smoothing epsilon.
+        legacy_init: start the EMA counts at 0 (CogVideo) instead of 1 (helia_edge).
+        generator: optional CPU generator for the U(-1/K_l, 1/K_l) initial codes.
+
+    Level l's codebook is updated from (r_l, idx_l) in training mode, after its lookup.
+
+    Attributes:
+        codebooks: L `EMACodebook` modules.
+    """
+
+    codebooks: nn.ModuleList
+
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int,
+        codebook_sizes: int | list[int],
+        beta: float = 0.25,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        legacy_init: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(dim, num_levels, codebook_sizes, beta)
+        self.codebooks = nn.ModuleList(
+            EMACodebook(k, dim, decay, eps, legacy_init, "uniform", generator)
+            for k in self.codebook_sizes
+        )
+
+    def level_weight(self, level: int) -> Tensor:
+        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
+        return codebook.weight
+
+    def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
+        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
+        q, idx = ema_lookup(codebook, r, update)
+        return q, idx, self.beta * mse(r, q)
