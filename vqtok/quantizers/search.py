@@ -1,41 +1,182 @@
-"""Nearest-neighbour search of tokens against a codebook, in bounded memory.
+"""Nearest-neighbour search of tokens against a codebook, in bounded memory, batch-independent.
 
-Never materialises more than a ``block`` of the N x K distance matrix; distances and argmin run
-in float32 whatever the input dtype (so bf16 autocast cannot change an index).
+The search behind every nearest-code quantizer (VQ-VAE, van den Oord et al., arXiv 1711.00937).
+Squared distances use the expansion ``||x - c||^2 = ||x||^2 + ||c||^2 - 2 x.c``; ``||x||^2`` is
+constant per row and dropped, so one ``addmm`` (``||c||^2`` as the bias, ``-2`` as alpha) gives a
+block of distances and a fused min reduces it. Only a ``rows x codes`` tile of the N x K matrix
+exists at any time, and it is reused between tiles (no allocation per tile).
+
+Batch independence. A BLAS result for one row can depend on the shape of the block it is
+computed in, so a row whose two best codes are almost tied could flip between a batched call and
+a single-row call. Every float32 distance here is within a proven bound ``eps_n`` of the exact
+value (``(D + 4) u (max||c||^2 + 2 ||x_n|| max||c||)``, doubled for safety, u the unit
+roundoff), so a row whose best and second-best distances differ by more than ``2 eps_n`` has the
+same argmin under any summation order. The other rows are settled exactly: their candidates
+(codes within ``2 eps_n`` of the best) are re-scored in float64 as ``sum((x - c)^2)``, which is
+exact up to the last float64 bit, and ties go to the lowest index.
+
+Distances run in float32 whatever the input dtype, with autocast disabled, so bf16 inputs and
+bf16 autocast give the indices of float32 inputs of the same values.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-# Budget for one block of the distance matrix, in float32 elements (64 MiB).
-BLOCK_ELEMENTS = 16 * 1024 * 1024
+from vqtok.errors import QuantizerError
+
+# Budget for one tile of the distance matrix, in float32 elements (8 MiB): large enough for an
+# efficient GEMM, small enough that the min passes read it from cache.
+BLOCK_ELEMENTS = 2 * 1024 * 1024
+# Codes per tile when the codebook is large; tokens per tile = block_elements // this.
+CODE_TILE = 4096
 
 
-@torch.no_grad()
 def nearest_codes(x: Tensor, codebook: Tensor, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
     """Index of the nearest code (squared Euclidean distance) for every row of ``x``.
 
     Args:
         x: (N, D) tokens, any float dtype.
-        codebook: (K, D) codes.
-        block_elements: at most this many distances are held at once.
+        codebook: (K, D) codes, any float dtype, K >= 1.
+        block_elements: at most this many float32 distances are held at once (>= 1).
 
     Returns:
-        (N,) int64 indices in [0, K); ties go to the lowest index.
+        (N,) int64 indices in [0, K) on ``x``'s device; ties go to the lowest index, and the
+        index of a row does not depend on N, on the other rows or on ``block_elements``.
+
+    Raises:
+        QuantizerError: shapes do not match, or the codebook is empty.
     """
-    x = x.float()
-    codebook = codebook.float()
-    n, k = x.shape[0], codebook.shape[0]
-    out = torch.empty(n, dtype=torch.long, device=x.device)
-    if n == 0:
-        return out
+    if x.ndim != 2 or codebook.ndim != 2 or x.shape[1] != codebook.shape[1]:
+        raise QuantizerError(
+            f"expected tokens (N, D) and codebook (K, D), got {tuple(x.shape)} and "
+            f"{tuple(codebook.shape)}"
+        )
+    if codebook.shape[0] == 0:
+        raise QuantizerError("the codebook is empty")
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return _search(x.float().contiguous(), codebook.float().contiguous(), block_elements)
+
+
+def _search(x: Tensor, codebook: Tensor, block_elements: int) -> Tensor:
+    n, d = x.shape
+    k = codebook.shape[0]
+    kc = min(k, CODE_TILE)
+    rows = max(1, max(block_elements, 1) // kc)
     code_sq = codebook.square().sum(1)  # (K,)
-    rows = max(1, block_elements // max(k, 1))
+    code_t = codebook.t()  # (D, K) view: addmm reads it transposed without a copy
+    margin = _error_bound(x, code_sq, d)  # (N,)
+    best = torch.empty(n, dtype=torch.long, device=x.device)
+    buf = torch.empty(min(rows, n) * kc, device=x.device)
     for start in range(0, n, rows):
         xb = x[start : start + rows]
-        # ||x||^2 is constant per row and cannot change the argmin.
-        dist = torch.addmm(code_sq.unsqueeze(0), xb, codebook.t(), alpha=-2.0)  # (n_b, K)
-        out[start : start + rows] = dist.argmin(1)
+        idx, gap = _best_two(xb, code_t, code_sq, buf, kc)
+        best[start : start + rows] = idx
+        unsure = torch.nonzero(gap <= 2 * margin[start : start + rows]).reshape(-1)
+        if unsure.numel():
+            rows_u = unsure + start
+            best[rows_u] = _settle_exactly(x[rows_u], codebook, code_t, code_sq, margin[rows_u],
+                                           buf, kc)
+    return best
+
+
+def _error_bound(x: Tensor, code_sq: Tensor, d: int) -> Tensor:
+    """Per-row bound on |float32 distance - exact distance| (see the module docstring)."""
+    unit = 2.0**-24
+    if torch.get_float32_matmul_precision() != "highest" or (
+        x.is_cuda and torch.backends.cuda.matmul.allow_tf32
+    ):
+        unit = 2.0**-8  # TF32 / bf16 internal precision: keep the bound honest
+    c_max_sq = float(code_sq.max())
+    x_norm = x.norm(dim=1)
+    return 2.0 * (d + 4) * unit * (c_max_sq + 2.0 * x_norm * math.sqrt(c_max_sq)) + 1e-30
+
+
+def _best_two(
+    xb: Tensor, code_t: Tensor, code_sq: Tensor, buf: Tensor, kc: int
+) -> tuple[Tensor, Tensor]:
+    """Argmin over all codes of a row block, and the gap between its best two distances."""
+    k = code_t.shape[1]
+    r = xb.shape[0]
+    best_val = best_idx = second = None
+    for c0 in range(0, k, kc):
+        c1 = min(k, c0 + kc)
+        tile = buf[: r * (c1 - c0)].view(r, c1 - c0)
+        # (r, D) @ (D, kc) with -2 folded into alpha and ||c||^2 as the bias
+        torch.addmm(code_sq[c0:c1], xb, code_t[:, c0:c1], alpha=-2.0, out=tile)
+        val, idx = tile.min(1)
+        if c1 - c0 > 1:
+            tile.scatter_(1, idx.unsqueeze(1), math.inf)
+            sec = tile.amin(1)
+        else:
+            sec = torch.full_like(val, math.inf)
+        idx = idx + c0
+        if best_val is None or best_idx is None or second is None:
+            best_val, best_idx, second = val, idx, sec
+            continue
+        # strict < keeps the earlier (lower-index) code on equal values
+        take = val < best_val
+        second = torch.minimum(torch.minimum(second, sec), torch.maximum(best_val, val))
+        best_idx = torch.where(take, idx, best_idx)
+        best_val = torch.minimum(best_val, val)
+    assert best_idx is not None and best_val is not None and second is not None
+    return best_idx, second - best_val
+
+
+def _settle_exactly(
+    xu: Tensor,
+    codebook: Tensor,
+    code_t: Tensor,
+    code_sq: Tensor,
+    margin: Tensor,
+    buf: Tensor,
+    kc: int,
+) -> Tensor:
+    """Exact argmin for near-tied rows: float64 re-scoring of the codes within 2 * margin."""
+    k, d = codebook.shape
+    rows = max(1, buf.numel() // kc)
+    out = torch.empty(xu.shape[0], dtype=torch.long, device=xu.device)
+    for start in range(0, xu.shape[0], rows):
+        xb, mb = xu[start : start + rows], margin[start : start + rows]
+        # pass 1: float32 best value per row, recomputed in this block's shape
+        lowest = torch.full((xb.shape[0],), math.inf, device=xu.device)
+        for c0 in range(0, k, kc):
+            tile = _tile(xb, code_t, code_sq, buf, c0, min(k, c0 + kc))
+            lowest = torch.minimum(lowest, tile.amin(1))
+        limit = lowest + 2 * mb  # every code that can truly be the best is at or below this
+        best_d = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xu.device)
+        best_i = torch.full((xb.shape[0],), k, dtype=torch.long, device=xu.device)
+        for c0 in range(0, k, kc):
+            tile = _tile(xb, code_t, code_sq, buf, c0, min(k, c0 + kc))
+            r_idx, c_idx = torch.nonzero(tile <= limit.unsqueeze(1), as_tuple=True)
+            # bound the (pairs, D) float64 temporaries by the tile budget
+            step = max(1, buf.numel() // (2 * d))
+            for p0 in range(0, r_idx.numel(), step):
+                r, c = r_idx[p0 : p0 + step], c_idx[p0 : p0 + step] + c0
+                exact = (xb[r].double() - codebook[c].double()).square().sum(1)
+                better = (exact < best_d[r]) | ((exact == best_d[r]) & (c < best_i[r]))
+                _merge(best_d, best_i, r[better], exact[better], c[better])
+        out[start : start + rows] = best_i
     return out
+
+
+def _tile(xb: Tensor, code_t: Tensor, code_sq: Tensor, buf: Tensor, c0: int, c1: int) -> Tensor:
+    tile = buf[: xb.shape[0] * (c1 - c0)].view(xb.shape[0], c1 - c0)
+    return torch.addmm(code_sq[c0:c1], xb, code_t[:, c0:c1], alpha=-2.0, out=tile)
+
+
+def _merge(best_d: Tensor, best_i: Tensor, r: Tensor, dist: Tensor, code: Tensor) -> None:
+    """best_(d, i)[row] <- the lexicographic min of (dist, code) over the old best and the pairs.
+
+    Every pair given must already be at least as good as its row's old best.
+    """
+    if r.numel() == 0:
+        return
+    best_d.scatter_reduce_(0, r, dist, reduce="amin")
+    winner = dist == best_d[r]
+    rows_won = r[winner]
+    best_i[rows_won] = torch.iinfo(torch.long).max  # the old index lost or tied a lower code
+    best_i.scatter_reduce_(0, rows_won, code[winner], reduce="amin")
