@@ -103,7 +103,7 @@ def make_clip(
     path = Path(path)
     height, width = size
     with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = _add_video(container, codec, fps)
         stream.height, stream.width = height, width
         stream.pix_fmt = pix_fmt
         if codec == "mpeg4":
@@ -119,6 +119,14 @@ def make_clip(
         if sound is not None:
             _write_silence(container, sound)
     return path
+
+
+def _add_video(
+    container: av.container.OutputContainer, codec: str, fps: int | Fraction
+) -> av.VideoStream:
+    stream = container.add_stream(codec, rate=fps)
+    assert isinstance(stream, av.VideoStream), f"{codec} is not a video encoder"
+    return stream
 
 
 def make_audio_only(path: str | Path, seconds: float = 0.5) -> Path:

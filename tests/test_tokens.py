@@ -53,7 +53,13 @@ def leftovers(directory: Path) -> list[str]:
 @pytest.mark.parametrize("fmt", ["npy", "safetensors"])
 @pytest.mark.parametrize("codebooks", [1, 3])
 def test_round_trip(tmp_path: Path, fmt: str, codebooks: int) -> None:
-    meta = make_meta(num_codebooks=codebooks, levels=(8, 5, 5), windows=((0, 17), (17, 9)))
+    meta = make_meta(
+        quantizer="fsq",
+        bit_order=None,
+        levels=(8, 8, 4, 4),
+        num_codebooks=codebooks,
+        windows=((0, 17), (17, 9)),
+    )
     indices = indices_for(meta)
     written = save_tokens(tmp_path / "codes", indices, meta, format=fmt)  # type: ignore[arg-type]
     assert written == tmp_path / f"codes.{fmt}"
@@ -83,6 +89,40 @@ def test_npy_layout_on_disk(tmp_path: Path) -> None:
 )
 def test_index_dtype(vocab: int, dtype: type) -> None:
     assert index_dtype(vocab) == np.dtype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "written"),
+    [
+        ("codes", "npy", "codes.npy"),
+        ("codes.npy", "safetensors", "codes.safetensors"),
+        ("codes.json", "npy", "codes.npy"),
+        ("clip.v2", "npy", "clip.v2.npy"),
+        ("codes.safetensors", None, "codes.safetensors"),
+        ("codes.npy", None, "codes.npy"),
+    ],
+)
+def test_output_names(tmp_path: Path, name: str, fmt: str | None, written: str) -> None:
+    meta = make_meta()
+    path = save_tokens(tmp_path / name, indices_for(meta), meta, format=fmt)  # type: ignore[arg-type]
+    assert path == tmp_path / written and is_complete(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_sha256": "xyz"}, "model_sha256 of 64 hex digits"),
+        ({"levels": (8, 5, 5)}, "product is codebook_size"),
+        ({"bit_order": "middle"}, "bit_order"),
+        ({"windows": ((0, 0),)}, "windows"),
+        ({"remap": RemapInfo(sha256="ab" * 32, size=0)}, "remap.size >= 1"),
+    ],
+)
+def test_save_refuses_invalid_metadata(tmp_path: Path, changes: dict, message: str) -> None:
+    meta = make_meta(**changes)
+    with pytest.raises(TokenFileError, match=message):
+        save_tokens(tmp_path / "c.npy", np.zeros(meta.shape, np.int64), meta)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_index_dtype_limits() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -244,7 +245,7 @@ def test_writer_is_atomic(tmp_path: Path) -> None:
     target = tmp_path / "out.mp4"
     target.write_bytes(b"old")
 
-    def broken() -> object:
+    def broken() -> Iterator[np.ndarray]:
         yield clip_frames(2, 16, 16)
         raise RuntimeError("model crashed")
 

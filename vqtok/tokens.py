@@ -22,6 +22,7 @@ every problem is a `TokenFileError` naming the file and saying what to do.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from vqtok.errors import TokenFileError
 FORMAT_VERSION = 1
 SAFETENSORS_KEY = "vqtok"  # header metadata key holding the JSON metadata
 TENSOR_NAME = "indices"
+RESIZE_MODES = ("none", "size", "short_side")
 
 TokenFormat = Literal["npy", "safetensors"]
 
@@ -134,7 +136,7 @@ class TokenMetadata:
 
     @property
     def vocab(self) -> int:
-        """Exclusive upper bound of the stored values: remap size if remapped, else codebook_size."""
+        """Stored values are below this: the remap size if remapped, else codebook_size."""
         return self.remap.size if self.remap is not None else self.codebook_size
 
     @property
@@ -163,27 +165,56 @@ class TokenMetadata:
                 path,
             )
         meta = _parse_dataclass(cls, data, "", path)
-        meta._check(path)
+        meta.validate(path)
         return meta
 
-    def _check(self, path: str | Path | None) -> None:
-        """Value checks the types alone cannot express."""
+    def validate(self, path: str | Path | None = None) -> None:
+        """Value checks the types alone cannot express; `save_tokens` runs them too.
+
+        Raises:
+            TokenFileError: listing every violated expectation.
+        """
+        levels, windows, remap = self.levels, self.windows or (), self.remap
         problems = [
             name
             for name, ok in [
                 ("codebook_size >= 1", self.codebook_size >= 1),
                 ("num_codebooks >= 1", self.num_codebooks >= 1),
                 ("grid entries >= 1", min(self.grid) >= 1),
-                ("source.fps is 'num/den' > 0", _valid_fps(self.source.fps)),
-                ("encoded.fps is 'num/den' > 0", _valid_fps(self.encoded.fps)),
+                ("model_sha256 of 64 hex digits", _is_sha256(self.model_sha256)),
+                ("bit_order 'msb', 'lsb' or null", self.bit_order in (None, "msb", "lsb")),
+                ("levels >= 2 whose product is codebook_size", levels is None or _fsq_ok(self)),
+                (
+                    "windows of (first frame >= 0, frames >= 1)",
+                    all(a >= 0 and n >= 1 for a, n in windows),
+                ),
+                ("source.frames >= 1", self.source.frames >= 1),
+                (
+                    "positive source.size and encoded.size",
+                    min(*self.source.size, *self.encoded.size) >= 1,
+                ),
+                ("source.fps 'num/den' > 0", _valid_fps(self.source.fps)),
+                ("encoded.fps 'num/den' > 0", _valid_fps(self.encoded.fps)),
+                ("encoded.frames >= 1", self.encoded.frames >= 1),
                 ("encoded.padding >= 0", self.encoded.padding >= 0),
-                ("remap.size >= 1", self.remap is None or self.remap.size >= 1),
-                ("vocabulary fits uint32", self.vocab <= 2**32),
+                (f"encoded.resize in {RESIZE_MODES}", self.encoded.resize in RESIZE_MODES),
+                ("remap.sha256 of 64 hex digits", remap is None or _is_sha256(remap.sha256)),
+                ("remap.size >= 1", remap is None or remap.size >= 1),
+                ("vocabulary <= 2**32", self.vocab <= 2**32),
             ]
             if not ok
         ]
         if problems:
-            raise TokenFileError(f"invalid metadata: expected {', '.join(problems)}", path)
+            raise TokenFileError(f"invalid metadata: expected {'; '.join(problems)}", path)
+
+
+def _is_sha256(text: str | None) -> bool:
+    return text is None or (len(text) == 64 and all(c in "0123456789abcdef" for c in text))
+
+
+def _fsq_ok(meta: TokenMetadata) -> bool:
+    levels = meta.levels or ()
+    return min(levels, default=0) >= 2 and math.prod(levels) == meta.codebook_size
 
 
 def _valid_fps(text: str) -> bool:
@@ -258,7 +289,9 @@ def _pairs(value: Any) -> tuple[tuple[int, int], ...] | None:
     if not isinstance(value, list):
         return None
     pairs = [_int_tuple(v, 2) for v in value]
-    return None if any(p is None for p in pairs) else tuple(p for p in pairs if p is not None)
+    if any(p is None for p in pairs):
+        return None
+    return tuple((p[0], p[1]) for p in pairs if p is not None)
 
 
 def index_dtype(vocab: int) -> np.dtype:
@@ -286,8 +319,8 @@ def save_tokens(
     """Write one video's indices and metadata atomically.
 
     Args:
-        path: target file; its suffix is replaced by ``.npy`` / ``.safetensors`` to match the
-            format (``out/clip`` -> ``out/clip.npy``).
+        path: target file; a ``.npy`` / ``.safetensors`` / ``.json`` suffix is replaced to
+            match the format, any other name gets it appended (``out/clip`` -> ``out/clip.npy``).
         indices: integer array of shape ``meta.shape`` ((t, h, w) or (t, h, w, L)), values in
             [0, meta.vocab); any integer dtype (int64 from the model is typical).
         meta: its metadata.
@@ -305,7 +338,8 @@ def save_tokens(
         format = "safetensors" if Path(path).suffix == ".safetensors" else "npy"
     if format not in ("npy", "safetensors"):
         raise TokenFileError(f"unknown index file format {format!r}; use 'npy' or 'safetensors'")
-    target = Path(path).with_suffix(f".{format}")
+    target = _with_format_suffix(Path(path), format)
+    meta.validate(target)
     array = _to_storage(np.asarray(indices), meta, target)
     text = json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
     try:
@@ -322,6 +356,16 @@ def save_tokens(
     except OSError as e:
         raise TokenFileError(f"cannot write the index file: {e}", target) from e
     return target
+
+
+def _with_format_suffix(path: Path, format: str) -> Path:
+    """``codes``, ``codes.npy`` or ``codes.json`` -> ``codes.<format>``.
+
+    Only index-file suffixes are replaced, so a dotted name keeps its dots: ``a.b`` -> ``a.b.npy``.
+    """
+    if path.suffix in (".npy", ".safetensors", ".json"):
+        return path.with_suffix(f".{format}")
+    return path.with_name(f"{path.name}.{format}")
 
 
 def _to_storage(indices: np.ndarray, meta: TokenMetadata, path: Path) -> np.ndarray:

@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 
@@ -263,38 +265,32 @@ class VideoReader:
         self.warnings = []
         self.frames_read = 0
         batch: list[np.ndarray] = []
-        for frame in self._frames():
-            batch.append(frame)
-            self.frames_read += 1
-            if len(batch) == self.window:
-                yield np.stack(batch)
-                batch = []
+        # closing() shuts the container as soon as max_frames is reached or the caller stops
+        with closing(self._decoded()) as decoded:
+            frames = self._resampled(decoded) if self._resample else (f for _, _, f in decoded)
+            for frame in islice(frames, self.max_frames):
+                batch.append(frame)
+                self.frames_read += 1
+                if len(batch) == self.window:
+                    yield np.stack(batch)
+                    batch = []
         if batch:
             yield np.stack(batch)
         if self.frames_read == 0:
             raise VideoError("no video frame could be decoded; the file is damaged", self.path)
         self._check_count()
 
-    def _frames(self) -> Iterator[np.ndarray]:
-        """Output frames one by one: decode, convert, resample, stop at max_frames."""
-        limit = self.max_frames if self.max_frames is not None else math.inf
-        resampler = _FrameRateResampler(self.fps, self.info.fps) if self._resample else None
-        emitted = 0
+    def _resampled(
+        self, decoded: Iterator[tuple[Fraction, Fraction, np.ndarray]]
+    ) -> Iterator[np.ndarray]:
+        resampler = _FrameRateResampler(self.fps, self.info.fps)
         end = Fraction(0)
-        for time, duration, frame in self._decoded():
+        for time, duration, frame in decoded:
             end = time + duration
-            for out in [frame] if resampler is None else resampler.push(time, frame):
-                yield out
-                emitted += 1
-                if emitted >= limit:
-                    return
-        for out in [] if resampler is None else resampler.flush(end):
-            yield out
-            emitted += 1
-            if emitted >= limit:
-                return
+            yield from resampler.push(time, frame)
+        yield from resampler.flush(end)
 
-    def _decoded(self) -> Iterator[tuple[Fraction, Fraction, np.ndarray]]:
+    def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:
         """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
         with _open(self.path) as container:
             stream = _video_stream(container, self.path)
@@ -322,9 +318,7 @@ class VideoReader:
             except StopIteration:
                 return
             except av.FFmpegError as e:
-                self._warn(
-                    f"reading stopped after {self.frames_read} frames: {e}; the file is truncated or damaged"
-                )
+                self._warn(f"reading stopped early: {e}; the file is truncated or damaged")
                 return
             try:
                 yield from packet.decode()
@@ -443,7 +437,9 @@ class VideoWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             self._container = av.open(str(self._tmp), "w", format=muxer)
-            self._stream = self._container.add_stream(codec or default_codec(), rate=self.fps)
+            stream = self._container.add_stream(codec or default_codec(), rate=self.fps)
+            assert isinstance(stream, av.VideoStream)  # a video encoder gives a video stream
+            self._stream = stream
             self._stream.height, self._stream.width = self.encoded_size
             self._stream.pix_fmt = "yuv420p"
             self._stream.codec_context.time_base = 1 / self.fps
