@@ -171,6 +171,19 @@ def test_module_cast_to_bf16_still_projects_in_float32():
     torch.testing.assert_close(cast.indices_to_codes(out.indices), expected.codes)
 
 
+def test_autocast_cannot_change_an_index():
+    torch.manual_seed(0)
+    fsq = FiniteScalarQuantizer(dim=8, levels=[8, 5, 5])
+    z = torch.randn(4, 8, 6, 6)
+    expected = fsq(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fsq(z)
+        back = fsq.indices_to_codes(out.indices)
+    assert torch.equal(out.indices, expected.indices)
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, expected.codes, rtol=0, atol=1e-6)
+
+
 def test_bad_configuration_and_inputs_raise_typed_errors():
     for levels in ([], [1, 4], [2.5], "88"):
         with pytest.raises(ConfigError):
@@ -252,6 +265,15 @@ def test_compat_codes_to_indices_and_implicit_codebook():
     assert book.tolist() == expected
     with pytest.raises(QuantizerError):
         fsq.codes_to_indices(torch.zeros(3))
+
+
+def test_compat_bf16_input_keeps_its_dtype_and_the_float32_indices():
+    fsq = FSQ([8, 8, 8, 5, 5, 5])
+    z = (torch.randn(2, 6, 3, 3) * 2).bfloat16()
+    out, idx = fsq(z)
+    ref_out, ref_idx = fsq(z.float())
+    assert out.dtype == torch.bfloat16 and torch.equal(idx, ref_idx)
+    assert torch.equal(out.float(), ref_out)
 
 
 def test_compat_validation():

@@ -99,6 +99,16 @@ def test_eval_is_deterministic_argmax_unless_asked_to_sample():
     assert torch.equal(q(z, generator=_gen(9)).codes, q.embed.weight[sampled])  # hard
 
 
+def test_eval_indices_ignore_autocast_and_input_dtype():
+    torch.manual_seed(0)
+    q = GumbelQuantizer(dim=16, codebook_size=64).eval()
+    z = torch.randn(256, 16).bfloat16()
+    expected = q.proj(z.float()).argmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(q(z).indices, expected)
+    assert torch.equal(q(z).indices, expected)
+
+
 def test_temperature_is_a_saved_buffer():
     q = GumbelQuantizer(dim=2, codebook_size=3, temperature=0.9)
     assert q.state_dict()["temperature"].item() == pytest.approx(0.9)

@@ -122,8 +122,10 @@ class GumbelQuantize(nn.Module):
                 f"expected {self.proj.in_channels} input channels, got {layout.dim}"
             )
         # the 1x1 conv as a linear map over channels, so any rank works: (N, C) -> (N, K)
-        weight = self.proj.weight.reshape(self.n_embed, -1)
-        logits = F.linear(layout.to_tokens(z), weight, self.proj.bias).float()
+        weight = self.proj.weight.reshape(self.n_embed, -1).float()
+        bias = None if self.proj.bias is None else self.proj.bias.float()
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            logits = F.linear(layout.to_tokens(z).float(), weight, bias)
         codebook = self.embed.weight
         if self.remap is not None:
             logits = logits[:, self.used]  # (N, U)

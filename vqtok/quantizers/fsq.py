@@ -97,11 +97,16 @@ def digits_to_codes(digits: Tensor, levels: Tensor) -> Tensor:
 
 
 def fsq_linear(x: Tensor, layer: nn.Module) -> Tensor:
-    """Apply an ``nn.Linear`` (or Identity) in float32 whatever the module was cast to."""
-    if isinstance(layer, nn.Linear):
-        bias = None if layer.bias is None else layer.bias.float()
-        return F.linear(x, layer.weight.float(), bias)
-    return x
+    """Apply an ``nn.Linear`` (or Identity) to ``x`` in float32.
+
+    Whatever dtype the module was cast to, and with autocast off, so a bf16 context cannot
+    move a latent across a rounding boundary and change an index.
+    """
+    if not isinstance(layer, nn.Linear):
+        return x.float()
+    bias = None if layer.bias is None else layer.bias.float()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return F.linear(x.float(), layer.weight.float(), bias)
 
 
 class FiniteScalarQuantizer(Quantizer):

@@ -6,13 +6,15 @@ quantizers.md A.4). A linear map over channels (the reference's 1x1 conv) turns 
 vector into K logits; in training a Gumbel-softmax sample picks the code (hard one-hot with a
 straight-through gradient by default) and the output is the sample times the codebook. A
 KL(q || Uniform(K)) term, ``kl_weight * mean_n sum_k q_k ln(q_k K + 1e-10)`` with q the clean
-softmax of the logits, keeps the posterior from collapsing.
+softmax of the logits, pulls each position's posterior toward uniform.
 
 Deliberate fixes over the reference (quantizers.md Part 1): the temperature is a saved buffer
 with `set_temperature`; eval is deterministic (argmax of the logits) unless ``sample_in_eval``;
 a remap restricts the logits to the used codes and the returned indices are the compact ones;
-sampling takes an optional ``torch.Generator``. With a remap the KL keeps the reference's
-ln(q K), K the full codebook size (a constant offset of ln(K / U), the same gradients).
+sampling takes an optional ``torch.Generator``; the logits are computed in float32 with
+autocast off, so an argmax does not depend on the ambient precision. With a remap the KL keeps
+the reference's ln(q K), K the full codebook size (a constant offset of ln(K / U), the same
+gradients).
 """
 
 from __future__ import annotations
@@ -175,7 +177,10 @@ class GumbelQuantizer(Quantizer):
 
     def logits(self, flat: Tensor) -> Tensor:
         """(N, D) tokens -> (N, vocab_size) float32 logits (restricted to used codes)."""
-        logits = self.proj(flat).float()
+        # float32 with autocast off: an index must not depend on the ambient precision
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            bias = self.proj.bias.float()
+            logits = F.linear(flat.float(), self.proj.weight.float(), bias)
         if self.remap is not None:
             logits = logits[:, self.remap.used.to(logits.device)]
         return logits
@@ -195,7 +200,8 @@ class GumbelQuantizer(Quantizer):
                 ``sample_in_eval``), on z's device.
 
         Returns:
-            `QuantizerOutput`: codes with ``codebook_dim`` channels in z's layout;
+            `QuantizerOutput`: codes with ``codebook_dim`` channels in z's layout (without
+            sampling, i.e. in eval, exactly the embeddings: no gradient reaches ``proj``);
             int64 indices (grid shape) in [0, vocab_size); loss = kl_weight * KL;
             metrics perplexity, usage, bits_per_index, kl (unweighted), temperature.
         """
