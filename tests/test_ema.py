@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
 from vqtok.quantizers.base import codebook_metrics
+from vqtok.quantizers.compat_ema import EMAVectorQuantizer, EmbeddingEMA
 from vqtok.quantizers.ema import EMACodebook, EMAQuantizer
 
 # ---------------------------------------------------------------- EMA statistics
@@ -223,3 +225,101 @@ def test_build_and_errors():
         q.indices_to_codes(torch.tensor([5]))
     empty = q(torch.randn(0, 3))
     assert empty.loss.item() == 0.0 and empty.indices.shape == (0,)
+
+
+# ---------------------------------------------------------------- CogVideo compatibility
+
+
+def test_compat_dict_keys_shapes_and_perplexity():
+    torch.manual_seed(0)
+    vq = EMAVectorQuantizer(6, 3, beta=0.25, loss_key="loss/vq")
+    z = torch.randn(2, 3, 4, 5)
+    w_before = vq.embedding.weight.clone()
+    z_q, out = vq(z)
+    assert set(out) == {"loss/vq", "encodings", "encoding_indices", "perplexity"}
+    assert z_q.shape == z.shape
+    assert out["encodings"].shape == (40, 6) and out["encoding_indices"].shape == (40,)
+    idx = out["encoding_indices"]
+    assert torch.equal(out["encodings"].argmax(1), idx) and out["encodings"].sum() == 40
+    p = out["encodings"].mean(0)
+    expected = torch.exp(-(p * torch.log(p + 1e-10)).sum())  # natural log, A.1
+    assert out["perplexity"].item() == pytest.approx(expected.item(), rel=1e-6)
+    zq = w_before[idx].reshape(2, 4, 5, 3).movedim(-1, 1)  # (B, H, W, C) -> (B, C, H, W)
+    assert torch.allclose(z_q, zq, atol=1e-6)  # pre-update codebook
+    assert out["loss/vq"].item() == pytest.approx(0.25 * ((zq - z) ** 2).mean().item(), rel=1e-5)
+    assert not torch.equal(vq.embedding.weight, w_before)  # training: updated
+    assert sorted(vq.state_dict()) == [
+        "embedding.cluster_size", "embedding.embed_avg", "embedding.weight"
+    ]
+
+
+def test_compat_accepts_video_and_channel_last_and_update_flag():
+    vq = EMAVectorQuantizer(5, 4, beta=1.0)
+    video = torch.randn(1, 4, 2, 3, 3)
+    z_q, out = vq.eval()(video)
+    assert z_q.shape == video.shape and out["encoding_indices"].shape == (18,)
+    tokens = torch.randn(2, 7, 4)
+    z_q, out = vq(tokens)
+    assert z_q.shape == tokens.shape and out["encodings"].shape == (14, 5)
+    vq.train()
+    vq.embedding.update = False  # the reference's freeze flag
+    before = vq.embedding.weight.clone()
+    vq(tokens)
+    assert torch.equal(vq.embedding.weight, before)
+
+
+def test_compat_embedding_ema_reference_methods_and_legacy_init():
+    emb = EmbeddingEMA(3, 2, decay=0.5, eps=0.1, legacy_init=True)
+    emb.weight.copy_(W0)
+    emb.embed_avg.copy_(W0)
+    emb.cluster_size_ema_update(torch.tensor([2.0, 1.0, 0.0]))
+    emb.embed_avg_ema_update(torch.tensor([[0.2, -0.2], [1.2, 1.0], [0.0, 0.0]]))
+    emb.weight_update(3)
+    ref = _codebook(legacy_init=True)
+    ref.ema_step(TOKENS, torch.tensor([0, 0, 1]))
+    assert torch.allclose(emb.weight, ref.weight)
+    assert torch.equal(emb(torch.tensor([[1, 2]])), emb.weight[[1, 2]].unsqueeze(0))
+    assert EmbeddingEMA(4, 2).cluster_size.tolist() == [1.0] * 4  # the fixed default
+
+
+def test_compat_remap_and_get_codebook_entry(tmp_path):
+    used = np.array([0, 2, 5], dtype=np.int64)
+    path = tmp_path / "used.npy"
+    np.save(path, used)
+    vq = EMAVectorQuantizer(6, 3, beta=0.25, remap=str(path), unknown_index="extra").eval()
+    assert vq.re_embed == 4 and vq.unknown_index == 3 and vq.remap == str(path)
+    z = torch.randn(1, 3, 6, 6)
+    z_q, out = vq(z)
+    full = out["encodings"].argmax(1)
+    idx = out["encoding_indices"]
+    known = torch.isin(full, torch.from_numpy(used))
+    assert known.any() and (~known).any()
+    assert torch.equal(torch.from_numpy(used)[idx[known]], full[known])
+    assert (idx[~known] == 3).all()
+    # known ids decode to the codes forward produced
+    codes = vq.get_codebook_entry(idx, shape=(1, 6, 6, 3))
+    assert codes.shape == (1, 3, 6, 6)
+    mask = known.reshape(1, 1, 6, 6).expand_as(z_q)
+    assert torch.allclose(codes[mask], z_q[mask], atol=1e-6)
+
+
+def test_compat_get_codebook_entry_shapes_without_remap():
+    vq = EMAVectorQuantizer(6, 3, beta=0.25).eval()
+    video = torch.randn(2, 3, 2, 3, 4)
+    z_q, out = vq(video)
+    idx = out["encoding_indices"]
+    assert torch.allclose(vq.get_codebook_entry(idx, (2, 2, 3, 4, 3)), z_q, atol=1e-6)
+    assert vq.get_codebook_entry(idx.reshape(2, 24)).shape == (2, 24, 3)
+    with pytest.raises(QuantizerError):
+        vq.get_codebook_entry(idx, (48, 3))
+    with pytest.raises(QuantizerError):
+        vq.get_codebook_entry(torch.tensor([6]))
+
+
+def test_compat_bf16_input():
+    vq = EMAVectorQuantizer(6, 3, beta=0.25)
+    z = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    z_q, out = vq(z)
+    assert z_q.dtype == torch.bfloat16 and out["encodings"].dtype == torch.bfloat16
+    assert out["loss/vq"].dtype == torch.float32 and torch.isfinite(out["loss/vq"])
+    assert {b.dtype for b in vq.buffers()} == {torch.float32}
