@@ -168,6 +168,27 @@ class Quantizer(nn.Module):
     def indices_to_codes(self, indices: Tensor, channel_last: bool | None = None) -> Tensor:
         raise NotImplementedError
 
+    def reseed_dead_codes(
+        self,
+        samples: Tensor,
+        counts: Tensor,
+        threshold: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Move codes used fewer than ``threshold`` times onto random recent latents.
+
+        Args:
+            samples: (M, dim) recent quantizer inputs (channel-last tokens).
+            counts: (K,) how often each code was chosen since the last call.
+            threshold: codes with ``counts < threshold`` are re-seeded.
+            generator: optional, for reproducible choices.
+
+        Returns:
+            The number of codes re-seeded; 0 for quantizers without a learned codebook
+            (LFQ, FSQ), which is what this default does.
+        """
+        return 0
+
     def zero_loss(self, like: Tensor) -> Tensor:
         """A float32 scalar zero on ``like``'s device (the loss when there is none)."""
         return torch.zeros((), dtype=torch.float32, device=like.device)
