@@ -390,3 +390,15 @@ def test_large_vocabulary_grouped_and_usage_metrics():
     dense, sparse = usage_metrics(idx, 8), usage_metrics(idx, 2**30)
     torch.testing.assert_close(dense["perplexity"], sparse["perplexity"])
     assert float(sparse["usage"]) == 3 / 2**30 and float(dense["usage"]) == 3 / 8
+
+
+def test_autocast_does_not_change_indices_or_losses():
+    torch.manual_seed(13)
+    q = LookupFreeQuantizer(dim=6, codebook_size=32, inv_temperature=0.5)
+    z = torch.randn(2, 6, 3, 4)
+    ref = q(z, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(z, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.indices, ref.indices)
+    torch.testing.assert_close(out.loss, ref.loss)
+    assert out.loss.dtype == torch.float32

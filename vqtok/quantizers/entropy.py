@@ -33,7 +33,6 @@ clamp and the compatibility class `LFQ` uses it to reproduce the reference value
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -189,7 +188,3 @@ def naive_entropies(
     per_sample = entropy(prob, clamp).mean()
     return per_sample, entropy(prob.mean(0), clamp).mean()
 
-
-def max_entropy(bits: int) -> float:
-    """ln 2^bits, the largest value either entropy can take for one codebook."""
-    return bits * math.log(2.0)

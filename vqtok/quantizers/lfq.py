@@ -85,7 +85,8 @@ def linear_f32(layer: nn.Module | None, x: Tensor) -> Tensor:
     if not isinstance(layer, nn.Linear):
         return x.float()
     bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias)
+    with torch.autocast(x.device.type, enabled=False):  # indices must not depend on autocast
+        return F.linear(x.float(), layer.weight.float(), bias)
 
 
 def select_rows(
@@ -148,7 +149,9 @@ def lfq_step(
     commit = F.mse_loss(valid, q[mask] if mask is not None else q) if valid.numel() else zero
     rows = select_rows(h.shape[0], mask, frac, generator, h.device)
     a = bit_logits(h if rows is None else h[rows], settings.inv_temperature, scale)
-    terms = LossTerms(per_sample_entropy(a), codebook_entropy(a, settings), commit)
+    # autocast would run the entropy matmuls in bf16/fp16; the spec keeps LFQ in float32
+    with torch.autocast(h.device.type, enabled=False):
+        terms = LossTerms(per_sample_entropy(a), codebook_entropy(a, settings), commit)
     return LFQStep(codes, indices, terms)
 
 
