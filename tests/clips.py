@@ -27,6 +27,7 @@ __all__ = [
     "lavfi_available",
     "make_audio_only",
     "make_clip",
+    "make_corrupted",
     "make_empty",
     "make_random_bytes",
     "make_testsrc",
@@ -165,6 +166,21 @@ def make_truncated(
     make_clip(path, frames=frames, size=(32, 32), container_format=container_format)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def make_corrupted(path: str | Path, *, frames: int = 24, seed: int = 1) -> Path:
+    """An MP4 clip with 600 random bytes written over the middle of its frame data.
+
+    It opens and most frames decode; the damaged packet fails to decode (a bad packet, not a
+    bad file).
+    """
+    path = Path(path)
+    make_clip(path, frames=frames, size=(32, 32), container_format="mp4")
+    data = bytearray(path.read_bytes())
+    start = len(data) // 3
+    data[start : start + 600] = np.random.default_rng(seed).bytes(600)
+    path.write_bytes(bytes(data))
     return path
 
 

@@ -15,6 +15,7 @@ from clips import (
     lavfi_available,
     make_audio_only,
     make_clip,
+    make_corrupted,
     make_empty,
     make_random_bytes,
     make_testsrc,
@@ -27,6 +28,7 @@ from vqtok.errors import ConfigError, VideoError
 from vqtok.video import (
     VideoReader,
     VideoWriter,
+    _FrameRateResampler,
     as_fps,
     default_codec,
     probe,
@@ -119,6 +121,23 @@ def test_fps_resampling(tmp_path: Path, fps: Fraction | int, expected: list[int]
     assert reader.fps == Fraction(fps) and reader.expected_frames == len(expected)
 
 
+def test_resampler_tolerates_rounded_timestamps() -> None:
+    # 29.97 fps stamped in Matroska's millisecond ticks: 0, 33, 67, 100, 133, 167, ...
+    fps = Fraction(30000, 1001)
+    times = [Fraction(round(i * 1000 / fps), 1000) for i in range(60)]
+    frames = [np.full((1, 1, 3), i, np.uint8) for i in range(60)]
+
+    def run(target: Fraction) -> list[int]:
+        resampler = _FrameRateResampler(target, fps)
+        out = [f for t, f in zip(times, frames, strict=True) for f in resampler.push(t, f)]
+        out += resampler.flush(times[-1] + 1 / fps)
+        return [int(f[0, 0, 0]) for f in out]
+
+    assert run(fps) == list(range(60))
+    assert run(fps / 2) == list(range(0, 60, 2))
+    assert run(fps * 2) == [i // 2 for i in range(120)]
+
+
 def test_max_frames(tmp_path: Path) -> None:
     path = make_clip(tmp_path / "a.mp4", frames=12, size=(16, 16), fps=10)
     reader = VideoReader(path, max_frames=5, window=2)
@@ -159,6 +178,14 @@ def test_truncated_stream_yields_what_it_can(tmp_path: Path) -> None:
     assert seen == reader.warnings and len(seen) == 1 and "truncated" in seen[0]
 
 
+def test_corrupt_packet_is_skipped(tmp_path: Path) -> None:
+    reader = VideoReader(make_corrupted(tmp_path / "bad.mp4", frames=24))
+    frames = np.concatenate(list(reader))
+    assert 12 <= len(frames) < 24
+    assert any("corrupt packet" in w for w in reader.warnings)
+    assert any("says it has 24" in w for w in reader.warnings)
+
+
 def test_clean_file_has_no_warnings(tmp_path: Path) -> None:
     reader = VideoReader(make_clip(tmp_path / "a.mkv", frames=12, size=(16, 16)))
     assert sum(len(w) for w in reader) == 12 and reader.warnings == []
@@ -192,6 +219,20 @@ def test_permission_denied(tmp_path: Path) -> None:
         pytest.skip("running as root: permissions are not enforced")
     with pytest.raises(VideoError, match="permission denied"):
         probe(path)
+
+
+def test_ffmpeg_permission_error_is_wrapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_clip(tmp_path / "a.mp4", frames=1, size=(16, 16))
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("vqtok.video.av.open", denied)
+    with pytest.raises(VideoError, match="permission denied") as info:
+        probe(path)
+    assert isinstance(info.value.__cause__, PermissionError)
 
 
 def test_zero_frame_video(tmp_path: Path) -> None:

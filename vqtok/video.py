@@ -89,7 +89,7 @@ def probe(path: str | Path) -> VideoInfo:
     with _open(path) as container:
         stream = _video_stream(container, path)
         first = _first_frame(container, stream, path)
-        rotation = _normalise_rotation(first.rotation)
+        rotation = _normalise_rotation(getattr(first, "rotation", 0))  # PyAV < 13: no .rotation
         fps = _stream_fps(stream, path)
         duration = _duration(container, stream)
         exact = stream.frames > 0
@@ -161,8 +161,9 @@ def _plan_geometry(
 class _FrameRateResampler:
     """Drops / repeats frames so that output frame k shows what is on screen at time k / fps.
 
-    Output slot k takes the last source frame whose timestamp is <= k / fps (with a small
-    tolerance for timestamp rounding), like FFmpeg's ``fps`` filter.
+    Output slot k takes the last source frame whose timestamp is <= k / fps, with a tolerance
+    of a quarter frame so that timestamps rounded to the container's time base (29.97 fps in
+    1/90000 s ticks) still land in the right slot.
     """
 
     def __init__(self, fps: Fraction, source_fps: Fraction) -> None:
@@ -329,7 +330,7 @@ class VideoReader:
         """Scale in swscale, rotate to display orientation, centre-crop: (H, W, 3) uint8."""
         geometry = self._geometry
         height, width = geometry.scaled
-        quarter_turns = _normalise_rotation(frame.rotation) // 90
+        quarter_turns = _normalise_rotation(getattr(frame, "rotation", 0)) // 90
         if quarter_turns % 2:
             height, width = width, height  # the coded picture is transposed w.r.t. the display
         rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
@@ -350,7 +351,7 @@ class VideoReader:
             kind = "says it has" if info.frames_exact else "should have about"
             self._warn(
                 f"decoded {self.frames_read} frames but the file {kind} {info.frames}; "
-                "it is probably truncated"
+                "it is truncated or damaged"
             )
 
     def _warn(self, message: str) -> None:
