@@ -187,4 +187,3 @@ def naive_entropies(
     prob = (2 * inv_temperature * h.float() @ codebook.t()).softmax(-1)  # (M, c, 2^d)
     per_sample = entropy(prob, clamp).mean()
     return per_sample, entropy(prob.mean(0), clamp).mean()
-
