@@ -157,7 +157,9 @@ class TokenMetadata:
         """
         if not isinstance(data, dict):
             raise TokenFileError("metadata must be a JSON object", path)
-        version = data.get("format_version", FORMAT_VERSION)
+        if "format_version" not in data:
+            raise TokenFileError("no format_version: this is not a vqtok index sidecar", path)
+        version = data["format_version"]
         if version != FORMAT_VERSION:
             raise TokenFileError(
                 f"index file format version {version!r} is not supported (this vqtok "

@@ -256,9 +256,7 @@ class VideoReader:
         """Frames an iteration should yield (estimated when the container has no count)."""
         count = self.info.frames
         if self._resample:
-            count = math.ceil(
-                Fraction(self.info.frames) / self.info.fps * self.fps - Fraction(1, 1000)
-            )
+            count = math.ceil(self.info.frames * self.fps / self.info.fps)
         return count if self.max_frames is None else min(count, self.max_frames)
 
     def __iter__(self) -> Iterator[np.ndarray]:
