@@ -64,7 +64,16 @@ class StreamState:
 
 
 def swish(x: Tensor) -> Tensor:
-    """x * sigmoid(x) (SiLU), the activation of MAGVIT-v2 and taming-style autoencoders."""
+    """x * sigmoid(x) (SiLU), the activation of MAGVIT-v2 and taming-style autoencoders.
+
+    For float32 CPU inference (no autograd) it is evaluated in float64 and rounded back:
+    PyTorch's CPU kernel computes the SIMD body and the leftover tail of a tensor with different
+    ``exp`` implementations, so an element's last bit would depend on its position in the
+    flattened tensor, i.e. on batch size, chunk length and thread count. Rounded from float64,
+    both agree (about 4x the cost of this cheap op; training keeps the fast float32 kernel).
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+        return F.silu(x.double()).float()
     return F.silu(x)
 
 
@@ -202,9 +211,11 @@ class FrameGroupNorm(nn.GroupNorm):
         if x.shape[2] == 0:
             return x
         b = x.shape[0]
-        frames = rearrange(x, "b c t h w -> (b t) c h w")
+        # contiguous: for B = 1 the rearrange is a strided view whose layout depends on T, and
+        # group_norm's result would depend on that layout in the last bits
+        frames = rearrange(x, "b c t h w -> (b t) c h w").contiguous()
         out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
-        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+        return rearrange(out, "(b t) c h w -> b c t h w", b=b).contiguous()
 
 
 class ResBlock(nn.Module):
