@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,8 @@ from clips import (
     make_truncated,
     make_zero_frames,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vqtok.errors import ConfigError, VideoError
 from vqtok.video import (
@@ -136,6 +139,33 @@ def test_resampler_tolerates_rounded_timestamps() -> None:
     assert run(fps) == list(range(60))
     assert run(fps / 2) == list(range(0, 60, 2))
     assert run(fps * 2) == [i // 2 for i in range(120)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    source=st.integers(1, 60),
+    target=st.integers(1, 60),
+    den=st.sampled_from([1, 1001]),
+    count=st.integers(1, 40),
+)
+def test_resampler_picks_frame_on_screen(source: int, target: int, den: int, count: int) -> None:
+    scale = 1000 if den == 1001 else 1  # 1001 -> NTSC-style rates such as 30000/1001
+    src, dst = Fraction(source * scale, den), Fraction(target * scale, den)
+    resampler = _FrameRateResampler(dst, src)
+    frames = [np.full((1, 1, 1), i, np.int32) for i in range(count)]
+    out = [f for i, frame in enumerate(frames) for f in resampler.push(i / src, frame)]
+    out += resampler.flush(count / src)
+    picked = [int(f[0, 0, 0]) for f in out]
+    duration = count / src
+    slots = duration * dst
+    if slots % 1 == 0 or slots % 1 > Fraction(1, 4):  # else the last slot is within tolerance
+        assert len(picked) == math.ceil(slots)
+    for k, index in enumerate(picked):
+        on_screen = k * src / dst  # in source frames; the frame shown is its floor
+        if on_screen % 1 < Fraction(3, 4):  # away from the rounding tolerance
+            assert index == math.floor(on_screen)
+        else:
+            assert index in (math.floor(on_screen), math.floor(on_screen) + 1)
 
 
 def test_max_frames(tmp_path: Path) -> None:
