@@ -402,3 +402,12 @@ def test_autocast_does_not_change_indices_or_losses():
     assert torch.equal(out.indices, ref.indices)
     torch.testing.assert_close(out.loss, ref.loss)
     assert out.loss.dtype == torch.float32
+
+
+def test_compat_dim_only_with_several_codebooks_keeps_reference_sizes():
+    # reference quirk: dim alone sets codebook_dim = dim and projects dim -> dim·c
+    lfq = LFQ(dim=3, num_codebooks=2)
+    assert (lfq.codebook_size, lfq.codebook_dim, lfq.codebook_dims) == (8, 3, 6)
+    assert lfq.has_projections and lfq.project_in.weight.shape == (6, 3)
+    ret = lfq(torch.randn(2, 4, 3))
+    assert ret.indices.shape == (2, 4, 2) and ret.quantized.shape == (2, 4, 3)
