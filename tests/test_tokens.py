@@ -327,3 +327,14 @@ def test_crash_between_array_and_sidecar_is_incomplete(
     assert path.exists() and not sidecar_path(path).exists()
     assert not is_complete(path)
     assert leftovers(tmp_path) == []
+
+
+def test_every_field_type_has_a_checker() -> None:
+    from dataclasses import fields
+
+    from vqtok.tokens import _CHECKERS, _NESTED
+
+    for cls in (TokenMetadata, SourceInfo, EncodedInfo, RemapInfo):
+        for spec in fields(cls):
+            kind = str(spec.type).split("|")[0].strip()
+            assert kind in _CHECKERS or kind in _NESTED, f"{cls.__name__}.{spec.name}: {kind}"

@@ -226,11 +226,21 @@ def _valid_fps(text: str) -> bool:
         return False
 
 
-# The field types TokenMetadata uses, as checkers; `_parse_dataclass` picks one per annotation.
+# Field annotations are strings (``from __future__ import annotations``); these map each one
+# TokenMetadata uses to a nested dataclass or to a checker returning the value (lists become
+# tuples) or None when the JSON value has the wrong type.
 _NESTED: dict[str, type] = {
     "SourceInfo": SourceInfo,
     "EncodedInfo": EncodedInfo,
     "RemapInfo": RemapInfo,
+}
+_CHECKERS: dict[str, Callable[[Any], Any]] = {
+    "str": lambda v: v if isinstance(v, str) else None,
+    "int": lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+    "tuple[int, int]": lambda v: _int_tuple(v, 2),
+    "tuple[int, int, int]": lambda v: _int_tuple(v, 3),
+    "tuple[int, ...]": lambda v: _int_tuple(v, None),
+    "tuple[tuple[int, int], ...]": lambda v: _pairs(v),
 }
 
 
@@ -261,17 +271,9 @@ def _parse_value(annotation: str, value: Any, where: str, path: str | Path | Non
             return None
         raise TokenFileError(f"metadata key {where!r} must not be null", path)
     kind = options[0]
-    checkers: dict[str, Callable[[Any], Any]] = {
-        "str": lambda v: v if isinstance(v, str) else None,
-        "int": lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
-        "tuple[int, int]": lambda v: _int_tuple(v, 2),
-        "tuple[int, int, int]": lambda v: _int_tuple(v, 3),
-        "tuple[int, ...]": lambda v: _int_tuple(v, None),
-        "tuple[tuple[int, int], ...]": _pairs,
-    }
     if kind in _NESTED:
         return _parse_dataclass(_NESTED[kind], value, where + ".", path)
-    parsed = checkers[kind](value)
+    parsed = _CHECKERS[kind](value)
     if parsed is None:
         raise TokenFileError(
             f"metadata key {where!r} must be {kind.replace('tuple', 'list')}, got {value!r}", path
