@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from vqtok.tokens import (
     RemapInfo,
     SourceInfo,
     TokenMetadata,
+    fps_from_text,
+    fps_to_text,
     index_dtype,
     is_complete,
     load_metadata,
@@ -123,6 +126,16 @@ def test_save_refuses_invalid_metadata(tmp_path: Path, changes: dict, message: s
     with pytest.raises(TokenFileError, match=message):
         save_tokens(tmp_path / "c.npy", np.zeros(meta.shape, np.int64), meta)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fps_text() -> None:
+    assert (
+        fps_to_text(Fraction(30000, 1001)) == "30000/1001" and fps_to_text(Fraction(25)) == "25/1"
+    )
+    assert fps_from_text("30000/1001") == Fraction(30000, 1001) and fps_from_text("24") == 24
+    for bad in ("0/1", "-3", "1/0", "fast"):
+        with pytest.raises(TokenFileError):
+            fps_from_text(bad)
 
 
 def test_index_dtype_limits() -> None:

@@ -219,11 +219,32 @@ def _fsq_ok(meta: TokenMetadata) -> bool:
     return min(levels, default=0) >= 2 and math.prod(levels) == meta.codebook_size
 
 
+def fps_to_text(fps: Fraction) -> str:
+    """A frame rate as the metadata stores it: ``Fraction(30000, 1001)`` -> ``"30000/1001"``."""
+    return f"{fps.numerator}/{fps.denominator}"
+
+
+def fps_from_text(text: str) -> Fraction:
+    """Inverse of `fps_to_text` (also accepts ``"30"``).
+
+    Raises:
+        TokenFileError: not a positive rational number.
+    """
+    try:
+        fps = Fraction(text)
+    except (ValueError, ZeroDivisionError) as e:
+        raise TokenFileError(f"not a frame rate: {text!r}") from e
+    if fps <= 0:
+        raise TokenFileError(f"frame rate must be positive, got {text!r}")
+    return fps
+
+
 def _valid_fps(text: str) -> bool:
     try:
-        return Fraction(text) > 0
-    except (ValueError, ZeroDivisionError):
+        fps_from_text(text)
+    except TokenFileError:
         return False
+    return True
 
 
 # Field annotations are strings (``from __future__ import annotations``); these map each one

@@ -1,29 +1,21 @@
 """Video files in and out: probe, stream RGB frames in windows, write H.264 MP4.
 
-This is the only module that imports PyAV (FFmpeg bindings). Everything FFmpeg can raise is
-turned into a `VideoError` naming the file here, at the boundary, with ``raise ... from e``.
+The only module that imports PyAV (FFmpeg bindings); every FFmpeg failure becomes a `VideoError`
+naming the file here, with ``raise ... from e``.
 
-Reading never holds the whole file: `VideoReader` decodes with FFmpeg's threaded decoder,
-resizes each frame in FFmpeg's scaler (swscale, through ``VideoFrame.reformat``), applies the
-container's rotation, resamples the frame rate by timestamp, and yields uint8 RGB windows of at
-most ``window`` frames. A damaged stream yields what can be decoded and records a warning
-(`VideoReader.warnings`, or the ``on_warning`` callback); a file with no decodable video frame
-is a `VideoError`.
+Reading never holds the whole file. `VideoReader` decodes with FFmpeg's threaded decoder, scales
+in swscale (``VideoFrame.reformat``), applies the container's display rotation, then on the
+displayed picture: resizes (``size=(H, W)`` exactly, aspect not kept, like torchvision's
+``Resize((H, W))``; or ``short_side=N`` keeping the aspect), centre-crops H and W down to
+multiples of ``crop_multiple`` (the model's spatial factor), resamples to ``fps`` by timestamp,
+and yields uint8 RGB windows of at most ``window`` frames. A damaged stream yields what decodes
+and records a warning; a file without one decodable video frame is a `VideoError`. Sample aspect
+ratio (anamorphic video) is not applied.
 
-Geometry, in this order, on the displayed (rotated) picture:
-
-1. resize: ``size=(H, W)`` scales to exactly H x W (aspect ratio not kept, like
-   ``torchvision.transforms.Resize((H, W))``); ``short_side=N`` scales so the shorter side is
-   N, keeping the aspect ratio; neither keeps the source size;
-2. centre crop each side down to a multiple of ``crop_multiple`` (the model's spatial factor).
-
-Writing (`VideoWriter`, `write_video`) produces H.264 (libx264, or MPEG-4 part 2 where the
-PyAV build has no libx264) in yuv420p. yuv420p needs even sizes: an odd width or height is
-padded by one row / column replicating the edge, so no pixel is lost (`VideoWriter.encoded_size`
-tells the size written). The file appears atomically: frames go to a temporary file in the same
-directory, renamed over the target only when the writer closes without error.
-
-Sample aspect ratio (anamorphic video) is not applied: frames keep their stored pixel grid.
+Writing (`VideoWriter`, `write_video`) makes H.264 (libx264; MPEG-4 part 2 where the PyAV build
+lacks it) in yuv420p, which needs even sizes: an odd height or width is padded by one row or
+column repeating the edge, so no pixel is lost. The file appears atomically: a temporary file in
+the same directory is renamed over the target only when the writer closes without error.
 """
 
 from __future__ import annotations
@@ -174,15 +166,12 @@ class _FrameRateResampler:
 
     def push(self, time: Fraction, frame: np.ndarray) -> list[np.ndarray]:
         """Frames to emit now that a frame with timestamp ``time`` (seconds from start) came."""
-        out = []
-        while self.previous is not None and self.slot * self.step < time - self.tolerance:
-            out.append(self.previous)
-            self.slot += 1
+        out = self.flush(time)
         self.previous = frame
         return out
 
     def flush(self, end: Fraction) -> list[np.ndarray]:
-        """Remaining frames for the slots before ``end``, the time the last frame stops showing."""
+        """The previous frame, once per slot before ``end`` (at the end: when it stops showing)."""
         out = []
         while self.previous is not None and self.slot * self.step < end - self.tolerance:
             out.append(self.previous)
@@ -449,7 +438,7 @@ class VideoWriter:
                 # mpeg4 has no crf: ask for a generous bit rate so round trips stay close
                 self._stream.bit_rate = max(1_000_000, int(width * height * self.fps * 2))
         except (av.FFmpegError, OSError) as e:
-            self._discard()
+            self.abort()
             raise VideoError(f"cannot create the video file: {e}", path) from e
 
     def write(self, frames: np.ndarray) -> None:
@@ -475,21 +464,22 @@ class VideoWriter:
     def close(self) -> None:
         """Flush the encoder and move the finished file into place."""
         if self.frames_written == 0:
-            self._discard()
+            self.abort()
             raise VideoError("no frames were written, so no video was made", self.path)
         try:
             self._container.mux(self._stream.encode(None))
             self._container.close()
         except (av.FFmpegError, OSError) as e:
-            self._discard()
+            self.abort()
             raise VideoError(f"finishing the video failed: {e}", self.path) from e
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise VideoError(f"cannot move the finished video into place: {e}", self.path) from e
 
     def abort(self) -> None:
         """Stop without producing a file; an existing file at ``path`` is left untouched."""
-        self._discard()
-
-    def _discard(self) -> None:
         container = getattr(self, "_container", None)
         if container is not None:
             try:
