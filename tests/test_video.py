@@ -300,6 +300,20 @@ def test_writer_round_trip(tmp_path: Path, fps: Fraction) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".mov"])
+def test_writer_mpeg4_fallback_and_containers(tmp_path: Path, suffix: str) -> None:
+    frames = clip_frames(5, 32, 32)
+    path = tmp_path / f"out{suffix}"
+    with VideoWriter(path, 10, 32, 32, codec="mpeg4") as writer:
+        writer.write(frames[:2])
+        writer.write(frames[2:])
+    info = probe(path)
+    assert (info.codec, info.fps, info.pix_fmt) == ("mpeg4", 10, "yuv420p")
+    back = np.concatenate(list(read_frames(path)))
+    assert [frame_index(f) for f in back] == list(range(5))
+    assert mean_error(back, frames) < 10
+
+
 def test_writer_pads_odd_sizes(tmp_path: Path) -> None:
     frames = clip_frames(3, 15, 17)
     with VideoWriter(tmp_path / "odd.mp4", 8, width=17, height=15) as writer:
