@@ -78,8 +78,9 @@ def _search(x: Tensor, codebook: Tensor, block_elements: int) -> Tensor:
         unsure = torch.nonzero(gap <= 2 * margin[start : start + rows]).reshape(-1)
         if unsure.numel():
             rows_u = unsure + start
-            best[rows_u] = _settle_exactly(x[rows_u], codebook, code_t, code_sq, margin[rows_u],
-                                           buf, kc)
+            best[rows_u] = _settle_exactly(
+                x[rows_u], codebook, code_t, code_sq, margin[rows_u], buf, kc
+            )
     return best
 
 

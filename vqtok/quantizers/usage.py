@@ -96,7 +96,7 @@ def reseed_dead_codes(
             f"expected codebook (K, D), counts (K,), samples (M, D); got "
             f"{tuple(codebook.shape)}, {tuple(counts.shape)}, {tuple(samples.shape)}"
         )
-    dead = (counts.to(codebook.device).double() < threshold)
+    dead = counts.to(codebook.device).double() < threshold
     n_dead = int(dead.sum())
     if n_dead == 0:
         return dead
