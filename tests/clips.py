@@ -3,6 +3,12 @@
 Every clip is deterministic: frame i of a clip of size (H, W) is `clip_frame(i, H, W)`, a
 diagonal colour gradient that drifts with i plus a bright square moving left to right, so
 tests can compare decoded pixels with what was written (within codec error) and see motion.
+An 8x8 grey block in the top-left corner counts frames: `frame_index` reads it back, so a test
+can tell exactly which source frame a decoded (resampled, truncated) frame is.
+
+The bad files: `make_empty`, `make_random_bytes`, `make_text`, `make_truncated` (Matroska: opens
+and decodes partly; MP4: does not open), `make_corrupted` (a damaged packet mid-stream),
+`make_audio_only`, `make_zero_frames`; `chmod_unreadable` for permission errors.
 
 Usage from any test module (pytest puts ``tests/`` on ``sys.path``)::
 
@@ -20,6 +26,7 @@ import av
 import numpy as np
 
 __all__ = [
+    "chmod_unreadable",
     "clip_frame",
     "clip_frames",
     "counter_level",

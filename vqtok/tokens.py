@@ -21,6 +21,7 @@ every problem is a `TokenFileError` naming the file and saying what to do.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from vqtok import __version__
 from vqtok.errors import TokenFileError
@@ -369,13 +372,11 @@ def save_tokens(
     text = json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
     try:
         if format == "safetensors":
-            from safetensors.numpy import save
-
-            _atomic_write(target, save({TENSOR_NAME: array}, metadata={SAFETENSORS_KEY: text}))
+            data = safetensors.numpy.save({TENSOR_NAME: array}, metadata={SAFETENSORS_KEY: text})
+            _atomic_write(target, data)
         else:
-            sidecar_path(target).unlink(
-                missing_ok=True
-            )  # the old sidecar must not outlive its array
+            # the old sidecar must not outlive its array: remove it first, write the new one last
+            sidecar_path(target).unlink(missing_ok=True)
             _atomic_write(target, _npy_bytes(array))
             _atomic_write(sidecar_path(target), text.encode())
     except OSError as e:
@@ -408,8 +409,6 @@ def _to_storage(indices: np.ndarray, meta: TokenMetadata, path: Path) -> np.ndar
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -504,15 +503,13 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_safetensors(path: Path) -> tuple[np.ndarray, TokenMetadata]:
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="numpy") as file:
+        with safetensors.safe_open(str(path), framework="numpy") as file:
             header = file.metadata() or {}
             if TENSOR_NAME not in file.keys():
                 raise TokenFileError(f"no tensor named {TENSOR_NAME!r} in the file", path)
             array = file.get_tensor(TENSOR_NAME)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise TokenFileError(
             f"not a readable safetensors file ({e}); encode the video again", path
         ) from e
