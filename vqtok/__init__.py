@@ -4,6 +4,9 @@ The package is a small library (quantizers, causal 3D tokenizer, video and index
 thin command line on top (`vqtok.cli`).
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vqtok.errors import (
     CheckpointError,
     ConfigError,
@@ -14,7 +17,26 @@ from vqtok.errors import (
     VqtokError,
 )
 
+if TYPE_CHECKING:
+    from vqtok.api import Tokenizer, load
+    from vqtok.checkpoint import load_pretrained, save_pretrained
+
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562), so `import vqtok` stays light (no torch) for the CLI.
+_LAZY = {
+    "load": "vqtok.api",
+    "Tokenizer": "vqtok.api",
+    "load_pretrained": "vqtok.checkpoint",
+    "save_pretrained": "vqtok.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vqtok' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",
@@ -25,4 +47,8 @@ __all__ = [
     "VideoError",
     "VqtokError",
     "__version__",
+    "Tokenizer",
+    "load",
+    "load_pretrained",
+    "save_pretrained",
 ]

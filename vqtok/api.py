@@ -1,0 +1,307 @@
+"""The high-level Python API: load a tokenizer by name or path, turn video into indices and back.
+
+Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
+
+    tok = vqtok.load("vqtok-default")          # or a model directory; device="auto", dtype=None
+    indices = tok.encode(video)                # (B, 3, T, H, W) in [-1, 1] -> (B, t, h, w[, L])
+    video = tok.decode(indices, frames=T)      # -> (B, 3, T, H, W) in [-1, 1]
+
+`Tokenizer` wraps any `TokenizerModel` family. It pads clips to a length the model accepts
+(repeating the last frame) and trims decoded clips back, runs under ``torch.inference_mode()``,
+and with ``dtype=bfloat16/float16`` runs the convolutions under autocast while the quantizer's
+distances and indices stay float32. Long videos go through ``encode_stream`` /
+``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin skin over this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
+from vqtok.errors import ConfigError, VqtokError
+from vqtok.family import TokenizerModel
+
+__all__ = ["DEFAULT_MODEL", "EncodeStream", "Tokenizer", "load", "resolve_device", "resolve_dtype"]
+
+DEFAULT_MODEL = "vqtok-default"
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device`` reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError("float16 runs on CUDA only; use fp32 or bf16 on CPU")
+    return dtype
+
+
+def load(
+    name_or_path: str | Path | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    extra_dirs: Iterable[str | Path] = (),
+) -> Tokenizer:
+    """Load a tokenizer from a model directory or by name.
+
+    Args:
+        name_or_path: a model directory, or a name looked up in the repository's ``models/``,
+            then ``extra_dirs``, then ``$VQTOK_MODELS``; None means ``"vqtok-default"``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        dtype: None / ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (CUDA only) autocast.
+        extra_dirs: more directories to search for names (the CLI's ``--model-dir``).
+
+    Returns:
+        A `Tokenizer` with float32 weights on ``device``, in eval mode.
+
+    Raises:
+        CheckpointError: the model cannot be found or loaded exactly.
+        ConfigError: a bad device or dtype.
+    """
+    dirs = list(extra_dirs)
+    directory = resolve_model(DEFAULT_MODEL if name_or_path is None else name_or_path, dirs)
+    resolved = resolve_device(device)
+    compute = resolve_dtype(dtype, resolved)
+    model = load_pretrained(directory, device=resolved)
+    return Tokenizer(model, name=read_info(directory).name, path=directory, dtype=compute)
+
+
+class Tokenizer:
+    """A loaded tokenizer model: video tensors <-> index tensors, for inference.
+
+    Args:
+        model: any `TokenizerModel`; it is put in eval mode.
+        name: the model's name (for index-file metadata).
+        path: its model directory, if it came from disk (gives ``weights_sha256``).
+        dtype: compute dtype (float32, or bfloat16 / float16 autocast).
+
+    Videos are float (B, 3, T, H, W) in [-1, 1] (images (B, 3, H, W) are one-frame videos),
+    H and W multiples of ``spatial_factor``, any T >= 1. Indices are int64 (B, t, h, w) or
+    (B, t, h, w, L), on the model's device.
+    """
+
+    def __init__(
+        self,
+        model: TokenizerModel,
+        name: str = "unnamed",
+        path: Path | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.path = path
+        self.dtype = dtype
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(name={self.name!r}, family={self.model.family!r}, "
+                f"device={str(self.device)!r}, dtype={self.dtype})")
+
+    # ------------------------------------------------------------ description
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def config(self) -> Any:
+        """The model's config object (``config.to_dict()`` gives the JSON form)."""
+        return self.model.config
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def codebook_size(self) -> int:
+        """Values one index position can take: indices lie in [0, codebook_size)."""
+        return int(self.model.quantizer.codebook_size)
+
+    @property
+    def num_codebooks(self) -> int:
+        """L: indices have a trailing axis of this length when L > 1."""
+        return int(self.model.quantizer.num_codebooks)
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.model.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.model.spatial_factor
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of ``model.safetensors`` (None for a model that was not loaded from disk)."""
+        if self._sha256 is None and self.path is not None:
+            self._sha256 = weights_sha256(self.path)
+        return self._sha256
+
+    def padded_frames(self, frames: int) -> int:
+        """The clip length ``frames`` is padded to (1 + k*tau; per window for windowed models)."""
+        if frames < 1:
+            raise VqtokError(f"a clip needs at least 1 frame, got {frames}")
+        tau, window = self.temporal_factor, self.model.window
+        if window is None:
+            return 1 + -(-(frames - 1) // tau) * tau
+        full, rest = divmod(frames, window)
+        return full * window + (1 + -(-(rest - 1) // tau) * tau if rest else 0)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the indices of a clip of ``frames`` frames (after padding)."""
+        f = self.spatial_factor
+        if height % f or width % f:
+            raise VqtokError(f"height and width must be multiples of {f}, got {height}x{width}")
+        return self.model.latent_shape(self.padded_frames(frames), height, width)
+
+    # ------------------------------------------------------------ one-shot
+
+    def encode(self, video: Tensor) -> Tensor:
+        """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
+
+        T is padded to `padded_frames` by repeating the last frame; record T to trim the decode.
+        Returns (B, t, h, w[, L]) with (t, h, w) = ``latent_shape(T, H, W)``.
+        """
+        video = self._prepare(video)
+        with self._running():
+            return self.model.encode(self._pad(video))
+
+    def decode(self, indices: Tensor, frames: int | None = None) -> Tensor:
+        """int64 indices (B, t, h, w[, L]) -> float32 video (B, 3, T, H, W) clamped to [-1, 1].
+
+        Args:
+            indices: as `encode` returns them (any integer dtype).
+            frames: the real frame count to trim to (what was passed to `encode`); None keeps
+                every decoded frame.
+        """
+        with self._running():
+            video = self.model.decode(indices.to(self.device).long()).float().clamp_(-1.0, 1.0)
+        if frames is not None:
+            if not 1 <= frames <= video.shape[2]:
+                raise VqtokError(f"cannot trim {video.shape[2]} decoded frames to {frames}")
+            video = video[:, :, :frames]
+        return video
+
+    # ------------------------------------------------------------ streaming
+
+    def encode_stream(self, chunks: Iterable[Tensor]) -> EncodeStream:
+        """Encode a long video given as consecutive chunks (B, 3, T_i, H, W), any T_i >= 1.
+
+        Returns an iterator of index chunks (B, t_i, h, w[, L]) whose concatenation along
+        dim 1 equals ``encode`` of the whole video, exactly; the end is padded like ``encode``
+        does. After exhaustion its ``frames`` and ``padding`` say how many real frames it read
+        and how many copies of the last one it appended.
+        """
+        return EncodeStream(self, chunks)
+
+    def decode_stream(
+        self, chunks: Iterable[Tensor], frames: int | None = None
+    ) -> Iterator[Tensor]:
+        """Decode consecutive index chunks; yields float32 video chunks clamped to [-1, 1].
+
+        Their concatenation matches ``decode`` of all indices (within float tolerance),
+        trimmed to ``frames`` in total when given.
+        """
+        inner = self.model.decode_stream(c.to(self.device).long() for c in chunks)
+        emitted = 0
+        while frames is None or emitted < frames:
+            with self._running():
+                video = next(inner, None)
+                if video is None:
+                    return
+                video = video.float().clamp_(-1.0, 1.0)
+            if frames is not None:
+                video = video[:, :, : frames - emitted]
+            emitted += video.shape[2]
+            yield video
+
+    # ------------------------------------------------------------ internals
+
+    def _prepare(self, video: Tensor) -> Tensor:
+        if not isinstance(video, Tensor) or not video.is_floating_point():
+            raise VqtokError("expected a float tensor video (B, 3, T, H, W) in [-1, 1]")
+        if video.ndim == 4:
+            video = video.unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
+        return video.to(self.device, torch.float32)
+
+    def _pad(self, video: Tensor) -> Tensor:
+        frames = video.shape[2]
+        extra = self.padded_frames(frames) - frames
+        if extra:
+            video = torch.cat([video, video[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)
+        return video
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """inference_mode, plus autocast to ``dtype`` when it is not float32."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.dtype != torch.float32:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+            yield
+
+
+class EncodeStream(Iterator[Tensor]):
+    """Iterator of index chunks from `Tokenizer.encode_stream`; pads the video's end.
+
+    Attributes:
+        frames: real frames read so far.
+        padding: frames appended after the last real one (set once the input is exhausted).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, chunks: Iterable[Tensor]) -> None:
+        self.tokenizer = tokenizer
+        self.frames = 0
+        self.padding = 0
+        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)))
+
+    def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
+        last = None
+        for chunk in chunks:
+            chunk = self.tokenizer._prepare(chunk)
+            if chunk.shape[2] == 0:
+                continue
+            self.frames += chunk.shape[2]
+            last = chunk[:, :, -1:]
+            yield chunk
+        if last is None:
+            raise VqtokError("the video has no frames")
+        self.padding = self.tokenizer.padded_frames(self.frames) - self.frames
+        if self.padding:
+            yield last.expand(-1, -1, self.padding, -1, -1)
+
+    def __next__(self) -> Tensor:
+        # enter inference/autocast per step: a generator holding the context across ``yield``
+        # would leak it into the caller's code between chunks
+        with self.tokenizer._running():
+            return next(self._inner)
