@@ -1,0 +1,289 @@
+"""Train or fine-tune a vqtok tokenizer on a folder of videos and images.
+
+    result = vqtok.train.train(RunConfig.from_file("cfg.json"), ["footage/"], "runs/lfq")
+
+A run directory holds:
+
+- ``checkpoint/``: the latest checkpoint, replaced atomically: ``model/`` (an ordinary model
+  directory), ``optimizer.safetensors`` and ``state.json`` (step, config, elapsed time);
+- ``metrics.jsonl``: one JSON object per logged step and per evaluation;
+- ``model/``: the final model directory (with a model card), written when the run ends.
+
+Every batch and every random draw of step ``s`` is seeded from (seed, s), so ``resume=True``
+continues exactly where the checkpoint left off: the same weights as an uninterrupted run.
+Loss: L1 + MSE reconstruction plus the quantizer's own weighted loss; AdamW with linear warm-up
+and a cosine decay; global gradient clipping. Progress goes to a callback, never to the
+terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqtok.checkpoint import load_pretrained, save_pretrained
+from vqtok.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
+from vqtok.errors import ConfigError
+from vqtok.metrics import psnr, ssim_per_frame
+from vqtok.model import VideoTokenizer
+from vqtok.quantizers.usage import CodeUsage
+from vqtok.train_config import RunConfig, TrainConfig
+from vqtok.train_state import load_checkpoint, save_checkpoint
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    model_dir: Path | None
+    step: int
+    last_eval: dict[str, float]
+    interrupted: bool
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def _schedule_quantizer(
+    model: VideoTokenizer, cfg: TrainConfig, base: dict[str, float], step: int
+) -> None:
+    """Gumbel temperature annealing and LFQ entropy-weight warm-up for this step."""
+    q: Any = model.quantizer
+    if hasattr(q, "set_temperature") and cfg.gumbel_anneal_steps > 0:
+        start, end = cfg.gumbel_temperature
+        a = min(step / cfg.gumbel_anneal_steps, 1.0)
+        q.set_temperature(start * (end / start) ** a)
+    if "entropy_loss_weight" in base and cfg.entropy_warmup_steps > 0:
+        q.entropy_loss_weight = base["entropy_loss_weight"] * min(
+            1.0, step / cfg.entropy_warmup_steps
+        )
+
+
+class _LatentTap:
+    """Keeps a random subset of the latest quantizer inputs, for dead-code re-seeding."""
+
+    def __init__(self, model: VideoTokenizer, keep: int = 4096) -> None:
+        self.keep, self.samples = keep, torch.empty(0)
+        model.quantizer.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training:
+            z = args[0].detach()
+            flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # (B, D, t, h, w) -> (N, D)
+            idx = torch.randperm(flat.shape[0], device=flat.device)[: self.keep]
+            self.samples = flat[idx].float()
+
+
+def _eval(model: VideoTokenizer, clips: list[Tensor], device: torch.device) -> dict[str, float]:
+    """Held-out PSNR / SSIM (on uint8-rounded frames) and codebook usage."""
+    if not clips:
+        return {}
+    model.eval()
+    usage = CodeUsage(model.quantizer.codebook_size)
+    psnrs, ssims = [], []
+    with torch.inference_mode():
+        for clip in clips:
+            indices = model.encode(clip.to(device))
+            usage.update(indices)
+            recon = model.decode(indices)
+            ref, out = (_to_uint8(x) for x in (clip, recon.cpu()))
+            psnrs.append(float(psnr(ref, out)))
+            ssims.append(float(ssim_per_frame(ref, out).mean()))
+    model.train()
+    m = usage.metrics()
+    return {
+        "eval_psnr": sum(psnrs) / len(psnrs),
+        "eval_ssim": sum(ssims) / len(ssims),
+        "eval_usage": float(m["usage"]),
+        "eval_perplexity": float(m["perplexity"]),
+    }
+
+
+def _to_uint8(video: Tensor) -> Tensor:
+    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8-valued float."""
+    return ((video[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0)
+
+
+def _step(
+    model: VideoTokenizer,
+    opt: torch.optim.Optimizer,
+    batch: Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One optimisation step; returns the logged scalars."""
+    batch = batch.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        recon, out = model(batch)
+    recon = recon.float()
+    l1, mse = F.l1_loss(recon, batch), F.mse_loss(recon, batch)
+    loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.quantizer_weight * out.loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip > 0
+        else torch.tensor(0.0)
+    )
+    opt.step()
+    metrics = {k: float(v) for k, v in out.metrics.items()}
+    metrics.update(
+        loss=loss.item(),
+        l1=l1.item(),
+        mse=mse.item(),
+        q_loss=out.loss.item(),
+        grad_norm=float(grad_norm),
+        psnr=float(10 * torch.log10(4 / mse.detach())),
+    )
+    return {"indices": out.indices.detach(), **metrics}
+
+
+def train(
+    config: RunConfig,
+    data: Sequence[str | Path],
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    on_progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on the footage under ``data``, writing into ``run_dir``.
+
+    Args:
+        config: architecture + training options.
+        data: video / image files or directories.
+        run_dir: where checkpoints, metrics and the final model go.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        resume: continue from ``run_dir/checkpoint`` (exactly).
+        init_from: fine-tune: start from this model directory's weights (same architecture).
+        on_progress: called with a dict of scalars after every logged step / evaluation.
+
+    Returns:
+        A `TrainResult`. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+    """
+    cfg, run = config.train, Path(run_dir)
+    dev = torch.device(
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
+    torch.manual_seed(cfg.seed)
+    model = VideoTokenizer(config.model)
+    if init_from is not None:
+        model.load_state_dict(load_pretrained(init_from).state_dict())
+    model.to(dev).train()
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+    )
+    start, elapsed = 0, 0.0
+    if resume:
+        start, elapsed = load_checkpoint(run / "checkpoint", model, opt, config)
+    elif (run / "checkpoint").exists():
+        raise ConfigError(
+            "already holds a checkpoint; pass resume=True (--resume) or choose a new run directory",
+            run,
+        )
+    run.mkdir(parents=True, exist_ok=True)
+
+    spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip)
+    footage, held = split_holdout(load_footage(data, cfg.short_side), cfg.holdout_frames)
+    sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed)
+    eval_clips = heldout_clips(held, cfg.clip_frames, cfg.eval_size)
+    base = {
+        k: float(getattr(model.quantizer, k))
+        for k in ("entropy_loss_weight",)
+        if hasattr(model.quantizer, k)
+    }
+    tap, usage = _LatentTap(model), CodeUsage(model.quantizer.codebook_size)
+    log = (run / "metrics.jsonl").open("a")
+    done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
+    try:
+        for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
+            torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # quantizer noise, per step
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            _schedule_quantizer(model, cfg, base, step)
+            logged = _step(model, opt, batch, cfg, dev)
+            done = step + 1  # steps completed; what a checkpoint records
+            usage.update(logged.pop("indices"))
+            if cfg.dead_code_every and done % cfg.dead_code_every == 0:
+                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed + done)
+                logged["reseeded"] = model.quantizer.reseed_dead_codes(
+                    tap.samples, usage.counts.to(tap.samples.device), cfg.dead_code_threshold, g
+                )
+                usage = CodeUsage(model.quantizer.codebook_size)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                _log(
+                    log,
+                    on_progress,
+                    {
+                        "step": done,
+                        "lr": learning_rate(cfg, step),
+                        "time": time.monotonic() - t0,
+                        **logged,
+                    },
+                )
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                last_eval = _eval(model, eval_clips, dev)
+                _log(log, on_progress, {"step": done, **last_eval})
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                save_checkpoint(run / "checkpoint", model, opt, config, done, time.monotonic() - t0)
+    except KeyboardInterrupt:
+        interrupted = True
+        save_checkpoint(run / "checkpoint", model, opt, config, done, time.monotonic() - t0)
+    finally:
+        log.close()
+    model_dir = None
+    if not interrupted:
+        model_dir = save_pretrained(
+            model.cpu(),
+            run / "model",
+            name=config.name,
+            card=_card(config, done, time.monotonic() - t0, last_eval),
+        )
+    return TrainResult(run, model_dir, done, last_eval, interrupted)
+
+
+def _log(log: Any, on_progress: ProgressFn | None, record: dict[str, Any]) -> None:
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    if on_progress is not None:
+        on_progress(record)
+
+
+def _card(config: RunConfig, step: int, seconds: float, last_eval: dict[str, float]) -> str:
+    lines = [
+        f"# {config.name}",
+        "",
+        f"Trained with `vqtok train` for {step} steps ({seconds / 3600:.2f} h).",
+        "",
+        "## Training config",
+        "",
+        "```json",
+        json.dumps(config.to_dict(), indent=2),
+        "```",
+        "",
+    ]
+    if last_eval:
+        lines += ["## Held-out evaluation at the last step", ""]
+        lines += [f"- {k}: {v:.4f}" for k, v in last_eval.items()]
+    return "\n".join(lines) + "\n"
