@@ -181,7 +181,7 @@ def test_metrics_values():
     h = -(p[p > 0] * p[p > 0].log()).sum().item()
     assert out.metrics["bits_per_index"].item() == pytest.approx(h / math.log(2), rel=1e-5)
     commit = ((q.indices_to_codes(out.indices) - z) ** 2).mean().item()
-    assert out.metrics["commitment"].item() == pytest.approx(commit, rel=1e-5)
+    assert out.metrics["commitment_loss"].item() == pytest.approx(commit, rel=1e-5)
     assert out.loss.item() == pytest.approx(0.25 * commit, rel=1e-5)
 
 
@@ -196,24 +196,38 @@ def test_bf16_input():
     assert torch.isfinite(q.codebook.weight).all()
 
 
-def test_remap_and_restricted_search():
+def test_remap_restricts_search_to_used_codes():
     used = torch.tensor([1, 3, 4])
-    q = _quantizer(remap=used, unknown_index="extra", restrict_to_used=True).eval()
-    assert q.codebook_size == 4  # U + 1 with "extra"
+    q = _quantizer(remap=used).eval()
+    assert q.codebook_size == 3 and q.full_codebook_size == 6
     z = torch.randn(50, 3)
     out = q(z)
-    assert out.indices.max().item() < 3  # restricted: never the unknown id
     full = q.codebook.weight[used]
-    assert torch.equal(used[out.indices], used[torch.cdist(z, full).argmin(1)])
+    assert torch.equal(out.indices, torch.cdist(z, full).argmin(1))  # compact ids, no unknown
     assert torch.allclose(q.indices_to_codes(out.indices), out.codes, atol=1e-6)
-    # unrestricted: codes outside `used` come back as the extra id U = 3
-    free = _quantizer(remap=used, unknown_index="extra").eval()
-    out2 = free(z)
-    full_idx = torch.cdist(z, free.codebook.weight).argmin(1)
-    unknown = ~torch.isin(full_idx, used)
-    assert unknown.any() and (out2.indices[unknown] == 3).all()
-    with pytest.raises(ConfigError):
-        _quantizer(restrict_to_used=True)
+    assert out.metrics["usage"].item() == pytest.approx(out.indices.unique().numel() / 3)
+    with pytest.raises(QuantizerError):
+        q.indices_to_codes(torch.tensor([3]))
+    q.train()
+    before = q.codebook.weight.clone()
+    q(z)  # training: only used rows are chosen, so only they move towards the data
+    moved = (q.codebook.weight - before).abs().sum(1) > 1e-3
+    assert not moved[[0, 2, 5]].any()
+
+
+def test_quantizer_reseeds_only_searchable_codes():
+    used = torch.tensor([0, 2, 3])
+    q = _quantizer(remap=used)
+    samples = torch.full((4, 3), 9.0)
+    n = q.reseed_dead_codes(samples, counts=torch.tensor([5, 0, 2]), threshold=1.0)
+    assert n == 1
+    assert torch.equal(q.codebook.weight[2], torch.full((3,), 9.0))  # compact id 1 -> row 2
+    assert q.codebook.cluster_size[2].item() == 1.0
+    assert not (q.codebook.weight[[0, 1, 3, 4, 5]] == 9.0).any()
+    plain = _quantizer()
+    plain.codebook.cluster_size.copy_(torch.tensor([2.0, 0.5, 2.0, 2.0, 0.1, 2.0]))
+    assert plain.reseed_dead_codes(samples) == 2  # default counts: EMA cluster sizes
+    assert (plain.codebook.weight[[1, 4]] == 9.0).all()
 
 
 def test_build_and_errors():

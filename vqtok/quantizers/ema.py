@@ -215,21 +215,24 @@ class EMAQuantizer(Quantizer):
     Args:
         dim: D, channels of the latent.
         codebook_size: K.
-        beta: weight of the commitment loss ``beta * mse(sg(zq), z)``.
+        beta: weight of the commitment loss ``beta * mse(sg(zq), z)``; >= 0.
         decay: EMA decay gamma in [0, 1).
         eps: Laplace smoothing epsilon.
         legacy_init: start the EMA counts at 0 as CogVideo does (see the module docstring).
-        remap: optional used-index array or ``.npy`` path (see `vqtok.remap.IndexRemap`):
-            indices are returned in the compact id space of the used codes.
-        unknown_index: remap policy for codes outside the used set: ``"random"``, ``"extra"``
-            or an int.
-        restrict_to_used: with a remap, search only the used codes, so no index is unknown.
-        init: initial codes, ``"normal"`` (N(0, 1)) or ``"uniform"`` (U(-1/K, 1/K)).
-        generator: optional CPU generator for the initial codes and ``"random"`` unknowns.
+        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.remap`): as in
+            `VectorQuantizer`, the search is restricted to them and indices are compact ids in
+            [0, U); ``codebook_size`` is then U.
+        init: initial codes, ``"normal"`` (N(0, 1), CogVideo) or ``"uniform"`` (U(-1/K, 1/K)).
+        generator: optional CPU generator for the initial codes.
 
     ``forward(z)`` accepts every layout of `Layout.of`; the EMA update runs only in training
     mode, without autograd, after the lookup. Metrics: ``perplexity``, ``usage``,
-    ``bits_per_index`` (over the full codebook) and ``commitment`` (the unweighted mse).
+    ``bits_per_index`` (over the index vocabulary) and ``commitment_loss`` (unweighted mse).
+
+    Attributes:
+        codebook: the `EMACodebook` over all K codes (keys ``codebook.weight``,
+            ``codebook.cluster_size``, ``codebook.embed_avg``).
+        remapper: the `IndexRemap` (key ``remapper.used``) or None.
     """
 
     def __init__(
@@ -241,28 +244,21 @@ class EMAQuantizer(Quantizer):
         eps: float = 1e-5,
         legacy_init: bool = False,
         remap: UsedLike | None = None,
-        unknown_index: str | int = "random",
-        restrict_to_used: bool = False,
         init: str = "normal",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if beta < 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
-        if restrict_to_used and remap is None:
-            raise ConfigError("restrict_to_used needs a remap (the used codes)")
         self.dim = dim
-        self.full_size = codebook_size
-        self.beta = beta
-        self.restrict_to_used = restrict_to_used
+        self.full_codebook_size = codebook_size
+        self.beta = float(beta)
         self.codebook = EMACodebook(codebook_size, dim, decay, eps, legacy_init, init, generator)
-        self.remap = (
-            None
-            if remap is None
-            else IndexRemap(remap, codebook_size, unknown_index, generator=generator)
-        )
-        # The vocabulary of a returned index: compact ids with a remap, else the codebook.
-        self.codebook_size = codebook_size if self.remap is None else self.remap.re_embed
+        self.remapper = None if remap is None else IndexRemap(remap, codebook_size)
+        self.codebook_size = codebook_size if self.remapper is None else self.remapper.num_used
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, codebook_size={self.codebook_size}, beta={self.beta}"
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.
@@ -280,18 +276,16 @@ class EMAQuantizer(Quantizer):
         if layout.dim != self.dim:
             raise QuantizerError(f"expected {self.dim} channels, got {layout.dim}")
         tokens = layout.to_tokens(z)  # (N, D)
-        candidates = None
-        if self.remap is not None and self.restrict_to_used:
-            candidates = self.remap.used
-        q, full_idx = ema_lookup(self.codebook, tokens, self.training, candidates)
+        used = None if self.remapper is None else self.remapper.used
+        q, full_ids = ema_lookup(self.codebook, tokens, self.training, used)
         commitment = mse(tokens, q)  # q carries no grad: only z is pulled (commitment)
         codes = tokens + (q.to(tokens.dtype) - tokens).detach()  # straight-through
-        indices = full_idx if self.remap is None else self.remap.remap_to_used(full_idx)
-        metrics = codebook_metrics(full_idx, self.full_size)
-        metrics["commitment"] = commitment.detach()
+        ids = full_ids if self.remapper is None else self.remapper.remap_to_used(full_ids)
+        metrics = codebook_metrics(ids, self.codebook_size)
+        metrics["commitment_loss"] = commitment.detach()
         return QuantizerOutput(
             layout.from_tokens(codes),
-            layout.restore_indices(indices),
+            layout.restore_indices(ids),
             self.beta * commitment,
             metrics,
         )
@@ -309,6 +303,36 @@ class EMAQuantizer(Quantizer):
         """
         indices = check_indices(indices, self.codebook_size)
         layout = Layout.for_indices(indices, 1, channel_last)
-        if self.remap is not None:
-            indices = self.remap.unmap_to_all(indices)
+        if self.remapper is not None:
+            indices = self.remapper.unmap_to_all(indices)
         return layout.from_tokens(self.codebook(indices.reshape(-1)))
+
+    @torch.no_grad()
+    def reseed_dead_codes(
+        self,
+        samples: Tensor,
+        counts: Tensor | None = None,
+        threshold: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Re-seed rarely used codes with random recent latents (`EMACodebook.reseed_dead`).
+
+        Args:
+            samples: (M, dim) recent quantizer inputs (channel-last tokens).
+            counts: (codebook_size,) usage per index (compact ids with a remap), e.g.
+                `CodeUsage.counts`; None uses the EMA cluster sizes.
+            threshold: codes with ``counts < threshold`` are re-seeded.
+            generator: optional, on ``samples``' device.
+
+        Returns:
+            The number of codes re-seeded.
+        """
+        if self.remapper is None:
+            full = counts
+        else:
+            # Codes outside the used set are never searched: never re-seed them.
+            used = self.remapper.used.to(self.codebook.weight.device)
+            full = torch.full_like(self.codebook.cluster_size, float("inf"))
+            given = self.codebook.cluster_size[used] if counts is None else counts
+            full[used] = given.to(full.device, full.dtype)
+        return int(self.codebook.reseed_dead(samples, full, threshold, generator).sum())

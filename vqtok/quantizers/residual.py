@@ -13,7 +13,7 @@ RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
 Both accept per-level codebook sizes. Indices carry a trailing level axis (…, L) when L > 1.
 Metrics follow helia_edge's names, levels counted from 1: ``rvq_l{l}_perplexity`` (2**bits),
 ``rvq_l{l}_usage`` (fraction of the level's codes used in the batch), ``rvq_l{l}_bits_per_index``
-(log2 entropy of the batch histogram), ``rvq_l{l}_commitment`` (unweighted mse), and the
+(log2 entropy of the batch histogram), ``rvq_l{l}_commitment_loss`` (unweighted mse), and the
 aggregates ``rvq_perplexity_mean``, ``rvq_usage_mean``, ``rvq_bits_per_index_sum``.
 """
 
@@ -96,7 +96,7 @@ class _ResidualQuantizer(Quantizer):
         for level in range(self.num_levels):
             q, idx, level_loss = self._level_step(level, r, update)
             stats = codebook_metrics(idx, self.codebook_sizes[level])
-            stats["commitment"] = mse(r, q).detach()
+            stats["commitment_loss"] = mse(r, q).detach()
             per_level.append(stats)
             losses.append(level_loss)
             all_idx.append(idx)
@@ -187,7 +187,7 @@ class _ResidualQuantizer(Quantizer):
 def _rvq_metrics(per_level: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """helia_edge's metric names and order: perplexities, usages, bits, then aggregates."""
     metrics: dict[str, Tensor] = {}
-    for key in ("perplexity", "usage", "bits_per_index", "commitment"):
+    for key in ("perplexity", "usage", "bits_per_index", "commitment_loss"):
         for level, stats in enumerate(per_level, start=1):
             metrics[f"rvq_l{level}_{key}"] = stats[key]
     metrics["rvq_perplexity_mean"] = torch.stack([s["perplexity"] for s in per_level]).mean()
