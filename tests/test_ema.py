@@ -315,6 +315,18 @@ def test_compat_remap_and_get_codebook_entry(tmp_path):
     assert codes.shape == (1, 3, 6, 6)
     mask = known.reshape(1, 1, 6, 6).expand_as(z_q)
     assert torch.allclose(codes[mask], z_q[mask], atol=1e-6)
+    # the used table is saved under the reference key `used` and loads back
+    state = vq.state_dict()
+    assert torch.equal(state["used"], torch.from_numpy(used)) and "remapper.used" not in state
+    twin = EMAVectorQuantizer(6, 3, beta=0.25, remap=used, unknown_index="extra")
+    twin.load_state_dict(state)
+    assert torch.equal(twin.embedding.weight, vq.embedding.weight)
+    # restricted search: never the unknown id, and every id decodes to its code
+    strict = EMAVectorQuantizer(6, 3, beta=0.25, remap=used, restrict_search=True).eval()
+    z_q, out = strict(z)
+    assert out["encoding_indices"].max().item() < 3
+    codes = strict.get_codebook_entry(out["encoding_indices"], shape=(1, 6, 6, 3))
+    assert torch.allclose(codes, z_q, atol=1e-6)
 
 
 def test_compat_get_codebook_entry_shapes_without_remap():

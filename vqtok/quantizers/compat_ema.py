@@ -8,7 +8,9 @@ the README's compatibility section:
 - the EMA counts start at 1 (``legacy_init=True`` restores the reference's zero start, where an
   unused code is scaled by about decay / eps on the first update);
 - ``remap`` works (the reference crashes at construction) and ``encoding_indices`` are then the
-  remapped ids; ``get_codebook_entry`` is implemented (the reference raises);
+  remapped ids (the used table is saved under the key ``used``, as in the sibling quantizers);
+  ``restrict_search=True`` searches only the used codes, so no id is unknown;
+  ``get_codebook_entry`` is implemented (the reference raises);
 - image (B, C, H, W), video (B, C, T, H, W) and channel-last (..., C) inputs are accepted;
 - the EMA statistics are float32 buffers (not frozen Parameters), so they stay float32 under
   ``.half()`` and are broadcast by DDP like other buffers; the loss is float32.
@@ -16,9 +18,8 @@ the README's compatibility section:
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from vqtok.errors import QuantizerError
 from vqtok.quantizers.base import Layout, check_indices
 from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
-from vqtok.remap import IndexRemap
+from vqtok.remap import IndexRemap, UsedLike
 
 
 class EmbeddingEMA(EMACodebook):
@@ -86,6 +87,8 @@ class EMAVectorQuantizer(nn.Module):
         unknown_index: ``"random"``, ``"extra"`` or an int (see `vqtok.remap.IndexRemap`).
         loss_key: the loss's key in the output dict.
         legacy_init: EMA counts start at 0 as in the reference.
+        restrict_search: with remap, search only the used codes (vqtok extension).
+        generator: optional CPU generator for ``unknown_index="random"``.
     """
 
     def __init__(
@@ -95,10 +98,12 @@ class EMAVectorQuantizer(nn.Module):
         beta: float,
         decay: float = 0.99,
         eps: float = 1e-5,
-        remap: str | os.PathLike | Tensor | np.ndarray | None = None,
+        remap: UsedLike | None = None,
         unknown_index: str | int = "random",
         loss_key: str = "loss/vq",
         legacy_init: bool = False,
+        restrict_search: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.codebook_dim = embedding_dim
@@ -106,12 +111,24 @@ class EMAVectorQuantizer(nn.Module):
         self.beta = beta
         self.loss_key = loss_key
         self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps, legacy_init)
+        self.restrict_search = restrict_search
         self.remap = remap
-        self.remapper = None if remap is None else IndexRemap(remap, n_embed, unknown_index)
-        self.re_embed = n_embed if self.remapper is None else self.remapper.re_embed
-        self.unknown_index = unknown_index if self.remapper is None else (
-            self.remapper.unknown_index
+        self.remapper = (
+            None if remap is None else IndexRemap(remap, n_embed, unknown_index, generator)
         )
+        self.re_embed = n_embed if self.remapper is None else self.remapper.re_embed
+        self.unknown_index = unknown_index
+        if self.remapper is not None:
+            self.unknown_index = self.remapper.unknown_index
+            self.register_state_dict_post_hook(_used_key_out)
+            self.register_load_state_dict_pre_hook(_used_key_in)
+
+    @property
+    def used(self) -> Tensor:
+        """(U,) int64 used-code table of the remap."""
+        if self.remapper is None:
+            raise QuantizerError("this EMAVectorQuantizer has no remap, so no `used` table")
+        return self.remapper.used
 
     def remap_to_used(self, inds: Tensor) -> Tensor:
         """Full ids -> compact ids of the used codes (same shape)."""
@@ -142,7 +159,10 @@ class EMAVectorQuantizer(nn.Module):
         if layout.dim != self.codebook_dim:
             raise QuantizerError(f"expected {self.codebook_dim} channels, got {layout.dim}")
         tokens = layout.to_tokens(z)  # (N, D)
-        q, idx = ema_lookup(self.embedding, tokens, self.training)
+        used = None
+        if self.remapper is not None and self.restrict_search:
+            used = self.remapper.used
+        q, idx = ema_lookup(self.embedding, tokens, self.training, used)
         encodings = F.one_hot(idx, self.num_tokens).to(z.dtype)
         p = torch.bincount(idx, minlength=self.num_tokens).float() / max(idx.numel(), 1)
         perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
@@ -178,3 +198,14 @@ class EMAVectorQuantizer(nn.Module):
             raise QuantizerError(f"shape must be (B, H, W, C) or (B, T, H, W, C), got {shape}")
         # (N, C) -> (B, [T,] H, W, C) -> (B, C, [T,] H, W)
         return codes.reshape(shape).movedim(-1, 1).contiguous()
+
+
+def _used_key_out(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
+    # the reference family saves the used table as a top-level buffer named `used`
+    if prefix + "remapper.used" in state_dict:
+        state_dict[prefix + "used"] = state_dict.pop(prefix + "remapper.used")
+
+
+def _used_key_in(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
+    if prefix + "used" in state_dict:
+        state_dict[prefix + "remapper.used"] = state_dict.pop(prefix + "used")
