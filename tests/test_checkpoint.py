@@ -121,6 +121,10 @@ def test_load_casts_all_but_the_quantizer(saved: Path) -> None:
     model = load_pretrained(saved, dtype=torch.bfloat16)
     assert model.encoder.conv_in.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in model.quantizer.parameters())
+    with torch.no_grad():
+        indices = model.encode(clip())  # a float32 video into bfloat16 weights
+        assert indices.shape == (2, 3, 2, 2) and int(indices.max()) < model.quantizer.codebook_size
+        assert model.decode(indices).dtype == torch.bfloat16
 
 
 def test_loading_never_unpickles(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,7 +280,8 @@ class VideoTokenizer(TokenizerModel):
             )
 
     def _latents(self, video: Tensor, state: StreamState | None) -> Tensor:
-        z = self.encoder(video, state)
+        # follow the weights' dtype (a model loaded with dtype=bfloat16 takes any float video)
+        z = self.encoder(video.to(self.encoder.conv_in.weight.dtype), state)
         if self.pre_quant_norm is not None:
             z = self.pre_quant_norm(z)
         return z
@@ -313,7 +314,7 @@ class VideoTokenizer(TokenizerModel):
         video = self._as_video(video)
         self._check_frames(video.shape[2])
         out = self._quantize(self._latents(video, None))
-        return self.decoder(out.codes.to(video.dtype), None), out
+        return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
 
     def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
