@@ -135,8 +135,20 @@ def test_streaming_with_several_codebooks() -> None:
 # ---------------------------------------------------------------- determinism
 
 
-def test_indices_do_not_depend_on_batch_size() -> None:
-    model = tiny()
+KIND_OPTIONS: dict[str, dict[str, Any]] = {
+    "vq": {"codebook_size": 16},
+    "ema_vq": {"codebook_size": 16},
+    "gumbel": {"codebook_size": 16},
+    "lfq": {"codebook_size": 16},
+    "rvq": {"num_levels": 2, "codebook_sizes": 16},
+    "ema_rvq": {"num_levels": 2, "codebook_sizes": 16},
+    "fsq": {"levels": [5, 4, 4, 3]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_OPTIONS))
+def test_indices_do_not_depend_on_batch_size(kind: str) -> None:
+    model = tiny(kind, KIND_OPTIONS[kind])
     video = clip(3, 9)
     with torch.no_grad():
         batched = model.encode(video)
