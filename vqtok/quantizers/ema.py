@@ -63,6 +63,10 @@ class EMACodebook(nn.Module):
         cluster_size: (K,) float32 buffer, the EMA of the per-code counts.
         embed_avg: (K, D) float32 buffer, the EMA of the per-code sums of inputs.
         update: set False to freeze the codebook (`ema_step` then does nothing).
+
+    There is no cross-process reduction of the statistics: under DDP (default
+    ``broadcast_buffers=True``) every rank's buffers are overwritten by rank 0's at each
+    forward, so the codebook follows rank 0's batches.
     """
 
     weight: Tensor
@@ -111,8 +115,9 @@ class EMACodebook(nn.Module):
         )
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> EMACodebook:
-        # Device moves apply, dtype casts do not: EMA statistics lose their meaning in half
-        # precision (a 0.99 decay of a count is below bf16's resolution near 256).
+        # Device moves apply, dtype casts do not: bf16 keeps 8 significant bits (relative
+        # spacing up to 0.8%), the size of one EMA step's 1% change, so the statistics would
+        # stall or drift in half precision.
         def keep_float32(t: Tensor) -> Tensor:
             moved = fn(t)
             return moved if moved.dtype == t.dtype else t.to(moved.device)
