@@ -1,0 +1,329 @@
+"""The ``vqtok`` command line (design.md §3): a thin Typer skin over the library.
+
+Each command parses its options, calls `vqtok.pipeline` (encode, decode), `vqtok.reconstruct`,
+`vqtok.codeusage` (remap build) or `vqtok.describe` (info, models) and renders the result:
+results on stdout (a table, or JSON with ``--json``), the progress bar and messages on stderr.
+Exit status 0 when everything worked, 1 when an input failed or held bad data (after the other
+inputs were done, with a summary), 2 for usage errors. Shared machinery is in
+`vqtok.cli_support`; commands are small functions so that later ones (``train``, ``convert``)
+register the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from vqtok.cli_support import (
+    ChunkOpt,
+    DebugOpt,
+    DeviceOpt,
+    DType,
+    Format,
+    JsonOpt,
+    ModelDirOpt,
+    ModelOpt,
+    QuietOpt,
+    as_usage_error,
+    emit_json,
+    err,
+    exit_for,
+    handle_errors,
+    load_tokenizer,
+    my_share,
+    out,
+    parse_size,
+    print_summary,
+    run_jobs,
+)
+from vqtok.jobs import INDEX_EXTENSIONS, plan_inputs
+from vqtok.tokens import is_complete, sidecar_path
+
+app = typer.Typer(
+    name="vqtok",
+    help="Turn video into discrete tokens and back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True)
+app.add_typer(remap_app, name="remap")
+
+SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]
+ShortSideOpt = Annotated[
+    int | None, typer.Option(min=1, help="Resize so the short side is N (keeps aspect).")
+]
+FpsOpt = Annotated[str | None, typer.Option(help="Frame rate, e.g. 8 or 30000/1001.")]
+MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N frames.")]
+
+
+def _encode_options(
+    size: str | None, short_side: int | None, fps: str | None, max_frames: int | None,
+    chunk: int, fmt: Format = Format.npy, remap: Path | None = None, strict: bool = False,
+) -> Any:
+    from vqtok.pipeline import EncodeOptions
+    from vqtok.video import as_fps
+
+    parsed = as_usage_error(lambda: parse_size(size), "--size")
+    if parsed is not None and short_side is not None:
+        raise typer.BadParameter("give --size or --short-side, not both", param_hint="--size")
+    rate: Fraction | None = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
+    return EncodeOptions(parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict)
+
+
+@app.command()
+def encode(
+    inputs: Annotated[list[Path], typer.Argument(help="Video files or directories.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Index file, or directory.")],
+    model: ModelOpt = None,
+    model_dir: ModelDirOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")] = None,
+    size: SizeOpt = None,
+    short_side: ShortSideOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    chunk: ChunkOpt = 16,
+    remap: Annotated[Path | None, typer.Option(help="Used-index .npy: store compact ids.")] = None,
+    format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
+    overwrite: Annotated[bool, typer.Option(help="Redo outputs that are complete.")] = False,
+    strict: Annotated[bool, typer.Option(help="Treat a damaged input as an error.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    shard: Annotated[str | None, typer.Option(help="Do share i of n of the files: i/n.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
+    from vqtok.pipeline import encode_file
+
+    options = _encode_options(size, short_side, fps, max_frames, chunk, format, remap, strict)
+    with handle_errors(debug):
+        jobs = plan_inputs(inputs, output, f".{format.value}", is_complete=is_complete,
+                           overwrite=overwrite)
+        jobs = my_share(jobs, shard)
+        # no model is loaded when every job is already done (a finished resume)
+        pending = any(not job.done for job in jobs)
+        tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
+        outcomes = run_jobs(
+            jobs,
+            lambda job, progress: encode_file(job.source, job.target, tokenizer, options,
+                                              progress),
+            quiet or as_json,
+            debug,
+        )
+    print_summary(outcomes, _describe_encoded, as_json)
+    exit_for(outcomes)
+
+
+def _describe_encoded(result: Any) -> str:
+    meta = result.meta
+    grid = "x".join(str(v) for v in meta.shape)
+    return (f"{meta.encoded.frames} frames -> indices {grid} "
+            f"(+{meta.encoded.padding} padding) in {result.seconds:.1f} s")
+
+
+@app.command()
+def decode(
+    codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Video file, or directory.")],
+    model: ModelOpt = None,
+    model_dir: ModelDirOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")] = None,
+    fps: FpsOpt = None,
+    remap: Annotated[Path | None, typer.Option(help="The remap file of remapped indices.")] = None,
+    chunk: ChunkOpt = 16,
+    force: Annotated[bool, typer.Option(help="Decode despite a model hash mismatch.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing videos.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Decode index files into MP4 videos, with the model each file names (or --model)."""
+    from vqtok.pipeline import decode_file
+    from vqtok.tokens import load_metadata
+    from vqtok.video import as_fps
+
+    rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
+    loaded: dict[str, Any] = {}
+
+    def tokenizer_for(path: Path) -> Any:
+        name = model or load_metadata(path).model
+        if name not in loaded:
+            loaded[name] = load_tokenizer(name, model_dir, device, dtype)
+        return loaded[name]
+
+    def work(job: Any, progress: Any) -> Any:
+        return decode_file(job.source, job.target, tokenizer_for(job.source), fps=rate,
+                           remap=remap, force=force, chunk=chunk, progress=progress)
+
+    with handle_errors(debug):
+        jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
+                           select=_is_index_file, overwrite=overwrite)
+        outcomes = run_jobs(jobs, work, quiet or as_json, debug)
+    print_summary(outcomes, _describe_decoded, as_json)
+    exit_for(outcomes)
+
+
+def _is_index_file(path: Path) -> bool:
+    return path.suffix == ".safetensors" or sidecar_path(path).is_file()
+
+
+def _describe_decoded(result: Any) -> str:
+    height, width = result.size
+    return f"{result.frames} frames {width}x{height} at {float(result.fps):g} fps"
+
+
+@remap_app.command("build")
+def remap_build(
+    codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The used-index .npy.")],
+    min_count: Annotated[int, typer.Option(min=1, help="Keep codes seen N times or more.")] = 1,
+    top: Annotated[int, typer.Option(min=0, help="How many top codes to show.")] = 10,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Count code usage over index files and write the sorted used-index file."""
+    from vqtok.codeusage import build_remap
+
+    with handle_errors(debug):
+        report = build_remap(codes, output, min_count, top)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    table = Table(show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    share = report.used / report.codebook_size
+    rows = [
+        ("model", report.model),
+        ("files", str(report.files)),
+        ("indices", str(report.tokens)),
+        ("codes used", f"{report.used} of {report.codebook_size} ({share:.1%})"
+                       f"{f', min count {report.min_count}' if report.min_count > 1 else ''}"),
+        ("perplexity", f"{report.perplexity:.2f}"),
+        ("bits per index", f"{report.bits_per_index:.3f}"),
+        ("top codes", ", ".join(f"{c} ({n})" for c, n in report.top)),
+        ("written", str(report.output)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A model directory, an index file or a video.")],
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Describe a model directory, an index file or a video."""
+    from vqtok.describe import describe_path
+
+    with handle_errors(debug):
+        facts = describe_path(path)
+    if as_json:
+        emit_json(facts)
+        return
+    table = Table(title=f"{facts['kind']}: {path}", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for key, value in facts.items():
+        if key not in ("kind", "path"):
+            table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    out.print(table)
+
+
+@app.command()
+def models(
+    model_dir: ModelDirOpt = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the models found (shipped models/, --model-dir, $VQTOK_MODELS)."""
+    from vqtok.describe import describe_models
+
+    with handle_errors(debug):
+        rows = describe_models(model_dir or [])
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        err.print("no models found; add a directory with --model-dir or $VQTOK_MODELS")
+        return
+    table = Table()
+    for column in rows[0]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
+
+
+@app.command()
+def reconstruct(
+    video: Annotated[Path, typer.Argument(help="The video to round-trip.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the reconstruction here.")
+    ] = None,
+    side_by_side: Annotated[bool, typer.Option(help="Write source | reconstruction.")] = False,
+    per_frame: Annotated[bool, typer.Option(help="Also report every frame.")] = False,
+    model: ModelOpt = None,
+    model_dir: ModelDirOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")] = None,
+    size: SizeOpt = None,
+    short_side: ShortSideOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    chunk: ChunkOpt = 16,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Encode and decode a video; print PSNR / SSIM (optionally write the result)."""
+    from vqtok.jobs import Job
+    from vqtok.reconstruct import reconstruct_file
+
+    options = _encode_options(size, short_side, fps, max_frames, chunk)
+    with handle_errors(debug):
+        tokenizer = load_tokenizer(model, model_dir, device, dtype)
+        outcomes = run_jobs(
+            [Job(video, output or video)],
+            lambda job, progress: reconstruct_file(video, tokenizer, options, output,
+                                                   side_by_side, progress),
+            quiet or as_json,
+            debug,
+        )
+    exit_for(outcomes)
+    _print_quality(outcomes[0].result, per_frame, as_json)
+
+
+def _print_quality(result: Any, per_frame: bool, as_json: bool) -> None:
+    facts: dict[str, Any] = {
+        "video": str(result.source), "frames": result.frames,
+        "psnr": round(result.psnr, 4), "ssim": round(result.ssim, 5),
+        "output": None if result.target is None else str(result.target),
+    }
+    if per_frame:
+        facts["per_frame"] = [
+            {"frame": i, "psnr": round(p, 4), "ssim": round(s, 5)}
+            for i, (p, s) in enumerate(zip(result.psnr_per_frame, result.ssim_per_frame,
+                                           strict=True))
+        ]
+    if as_json:
+        emit_json(facts)
+        return
+    out.print(f"{result.source}: {result.frames} frames, PSNR {result.psnr:.2f} dB, "
+              f"SSIM {result.ssim:.4f}", markup=False)
+    if per_frame:
+        table = Table()
+        for column in ("frame", "PSNR (dB)", "SSIM"):
+            table.add_column(column, justify="right")
+        for row in facts["per_frame"]:
+            table.add_row(str(row["frame"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}")
+        out.print(table)

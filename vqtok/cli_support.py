@@ -1,0 +1,315 @@
+"""What the ``vqtok`` commands share: error lines, batch runs, the progress bar, summaries.
+
+Kept apart from `vqtok.cli` so that each command there stays parse -> call -> render. Results go
+to ``out`` (stdout), the progress bar and messages to ``err`` (stderr). A `VqtokError` (or an
+``OSError``) becomes one line ``error: <path>: <reason>`` and exit status 1, with a traceback
+only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from vqtok.errors import ConfigError, VqtokError
+from vqtok.jobs import Job, parse_shard, shard, shard_from_env
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class DType(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Format(str, Enum):
+    npy = "npy"
+    safetensors = "safetensors"
+
+
+# Options shared by several commands.
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Model name or directory.")
+]
+ModelDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--model-dir", help="Extra directory to look for model names in (repeatable)."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")]
+ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (bounds memory).")]
+
+
+def emit_json(data: Any) -> None:
+    """Machine-readable results on stdout: plain JSON, no colour, no wrapping."""
+    typer.echo(json.dumps(data, indent=2))
+
+
+def fail_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, VqtokError) else _os_error_text(error)
+    return "error: " + " ".join(text.split())  # always one line
+
+
+def _os_error_text(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return f"{type(error).__name__}: {error}"
+
+
+@contextmanager
+def handle_errors(debug: bool) -> Iterator[None]:
+    """Turn library errors into one stderr line and exit 1 (a traceback with ``--debug``)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise
+    except KeyboardInterrupt:
+        err.print("error: interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except (VqtokError, OSError) as e:
+        if debug:
+            raise
+        err.print(fail_line(e), markup=False)
+        raise typer.Exit(1) from None
+
+
+def as_usage_error(fn: Callable[[], Any], param: str) -> Any:
+    """Run an option parser; its ConfigError is a usage error (exit 2) naming the option."""
+    try:
+        return fn()
+    except ConfigError as e:
+        raise typer.BadParameter(e.message, param_hint=param) from None
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"expected HxW such as 256x448, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise ConfigError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+def device_for_rank(device: str) -> str:
+    """``auto`` under torchrun picks this process's GPU (LOCAL_RANK)."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if device == "auto" and local is not None and torch.cuda.is_available():
+        return f"cuda:{local}"
+    return device
+
+
+def load_tokenizer(
+    model: str | None, model_dir: list[Path] | None, device: str, dtype: DType | None
+) -> Any:
+    from vqtok.api import load
+
+    return load(model, device=device_for_rank(device), dtype=dtype.value if dtype else None,
+                extra_dirs=model_dir or [])
+
+
+# ------------------------------------------------------------------------------- batch runs
+
+
+@dataclass
+class Outcome:
+    """One job of a run: ``status`` is ok, skipped or failed; ``result`` or ``error``."""
+
+    job: Job
+    status: str
+    result: Any = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    work: Callable[[Job, Callable[[int, int], None]], Any],
+    quiet: bool,
+    debug: bool,
+) -> list[Outcome]:
+    """Do every job (skipping done ones), printing each failure as it happens."""
+    outcomes = []
+    with RunProgress(err, len(jobs), disable=quiet) as bar:
+        for job in jobs:
+            if job.done:
+                outcomes.append(Outcome(job, "skipped"))
+                bar.skip()
+                continue
+            bar.start(job.source.name)
+            try:
+                result = work(job, bar.advance)
+            except (VqtokError, OSError) as e:
+                if debug:
+                    raise
+                bar.finish()
+                err.print(fail_line(e), markup=False)
+                outcomes.append(Outcome(job, "failed", error=str(e)))
+                continue
+            bar.finish()
+            warnings = tuple(getattr(result, "warnings", ()))
+            if not quiet:
+                for w in warnings:
+                    err.print(f"warning: {job.source}: {w}", markup=False)
+            outcomes.append(Outcome(job, "ok", result, warnings=warnings))
+    return outcomes
+
+
+def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_json: bool) -> None:
+    """Results on stdout: one line per file, a table for several, or JSON."""
+    if as_json:
+        rows = [_outcome_dict(o) for o in outcomes]
+        emit_json(rows)
+        return
+    if len(outcomes) == 1:
+        o = outcomes[0]
+        if o.status == "ok":
+            out.print(f"{o.job.source} -> {o.result.target}: {describe(o.result)}", markup=False)
+        elif o.status == "skipped":
+            out.print(f"{o.job.source} -> {o.job.target}: skipped (already done)", markup=False)
+        return
+    table = Table(title=None)
+    for column in ("input", "output", "status", "details"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        details = describe(o.result) if o.status == "ok" else (o.error or "already done")
+        table.add_row(str(o.job.source), str(o.job.target), o.status, details)
+    out.print(table)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+
+
+def _outcome_dict(o: Outcome) -> dict[str, Any]:
+    row: dict[str, Any] = {"input": str(o.job.source), "output": str(o.job.target),
+                           "status": o.status}
+    if o.error is not None:
+        row["error"] = o.error
+    if o.result is not None:
+        row.update(_result_dict(o.result))
+    if o.warnings:
+        row["warnings"] = list(o.warnings)
+    return row
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    meta = getattr(result, "meta", None)
+    if meta is not None:
+        return {"output": str(result.target), "frames": meta.encoded.frames,
+                "grid": list(meta.grid), "padding": meta.encoded.padding,
+                "seconds": round(result.seconds, 3)}
+    return {"output": str(result.target), "frames": result.frames,
+            "fps": f"{result.fps.numerator}/{result.fps.denominator}",
+            "size": list(result.size), "seconds": round(result.seconds, 3)}
+
+
+def exit_for(outcomes: list[Outcome]) -> None:
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def my_share(jobs: list[Job], spec: str | None) -> list[Job]:
+    """This process's jobs under ``--shard i/n`` or torchrun's RANK / WORLD_SIZE."""
+    split = as_usage_error(lambda: parse_shard(spec), "--shard") if spec else shard_from_env()
+    return jobs if split is None else shard(jobs, *split)
+
+
+
+# ------------------------------------------------------------------------------- progress
+
+
+class _FramesColumn(ProgressColumn):
+    """``123 frames  45.6 frames/s`` from the task's own fields."""
+
+    def render(self, task: Task) -> Text:
+        frames = task.fields.get("frames", 0)
+        elapsed = task.fields.get("busy", 0.0)
+        rate = frames / elapsed if elapsed > 0 else 0.0
+        return Text(f"{frames} frames  {rate:6.1f} frames/s", style="progress.data.speed")
+
+
+class RunProgress:
+    """One bar per run on stderr: files done (fractional within a file), frames, frames/s, ETA.
+
+    ``advance(frames, expected)`` is the pipeline's progress callback; ``expected`` is the
+    current file's frame count, so the bar moves smoothly through long files.
+    """
+
+    def __init__(self, console: Console, files: int, disable: bool = False) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            _FramesColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=disable,
+            transient=False,
+        )
+        self.task = self.progress.add_task("", total=files, frames=0, busy=0.0)
+        self.files_done = 0
+        self.frames = 0
+        self.in_file = 0
+        self.started = 0.0
+        self.busy = 0.0
+
+    def __enter__(self) -> RunProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def start(self, name: str) -> None:
+        self.started = time.perf_counter()
+        self.in_file = 0
+        self.progress.update(self.task, description=name)
+
+    def advance(self, frames: int, expected: int) -> None:
+        self.frames += frames
+        self.in_file += frames
+        within = 0.0 if expected <= 0 else min(1.0, self.in_file / expected)
+        self.progress.update(
+            self.task,
+            completed=self.files_done + within,
+            frames=self.frames,
+            busy=self.busy + time.perf_counter() - self.started,
+        )
+
+    def finish(self) -> None:
+        self.files_done += 1
+        self.busy += time.perf_counter() - self.started
+        self.progress.update(self.task, completed=self.files_done, busy=self.busy)
+
+    def skip(self) -> None:
+        self.files_done += 1
+        self.progress.update(self.task, completed=self.files_done)

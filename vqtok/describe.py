@@ -1,0 +1,138 @@
+"""Plain descriptions of what a path holds, for ``vqtok info`` and ``vqtok models``.
+
+`describe_path` tells a model directory, an index file and a video apart and returns a flat,
+JSON-ready dict of what each is (nothing is decoded beyond a video's first frame, no model
+weights are loaded); `describe_models` lists the models found in the search directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from vqtok.checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_models, read_info, weights_sha256
+from vqtok.errors import CheckpointError, VqtokError
+from vqtok.tokens import index_dtype, load_tokens
+from vqtok.video import probe
+
+INDEX_SUFFIXES = (".npy", ".safetensors", ".json")
+
+
+def describe_path(path: str | Path) -> dict[str, Any]:
+    """What ``path`` is: ``{"kind": "model" | "index" | "video", ...}``.
+
+    Raises:
+        VqtokError: the path does not exist or is none of the three (the message says why).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VqtokError("no such file or directory; check the path", path)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(f"a directory without {CONFIG_FILE}, not a model", path)
+        return describe_model(path)
+    if path.suffix in INDEX_SUFFIXES:
+        return describe_index(path)
+    return describe_video(path)
+
+
+def describe_model(directory: str | Path) -> dict[str, Any]:
+    """A model directory: name, family, config, parameter count and weights hash."""
+    info = read_info(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    out: dict[str, Any] = {
+        "kind": "model",
+        "path": str(directory),
+        "name": info.name,
+        "family": info.family,
+        "parameters": _parameter_count(weights),
+        "weights_sha256": weights_sha256(directory),
+    }
+    out.update({f"config.{k}": v for k, v in info.config.items()})
+    out.update({f"input.{k}": v for k, v in info.input.items()})
+    return out
+
+
+def _parameter_count(weights: Path) -> int:
+    """Elements of every tensor in a safetensors file, from its header (no tensor is read)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            total = 0
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                count = 1
+                for dim in f.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+            return total
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"unreadable weights ({e})", weights) from e
+
+
+def describe_index(path: str | Path) -> dict[str, Any]:
+    """An index file: its metadata (flattened), array shape, stored dtype, codes used."""
+    indices, meta = load_tokens(path)
+    out: dict[str, Any] = {
+        "kind": "index",
+        "path": str(path),
+        "shape": list(indices.shape),
+        "dtype": str(index_dtype(meta.vocab)),
+        "distinct_codes": int(len(set(indices.reshape(-1).tolist()))),
+    }
+    out.update(_flatten(meta.to_dict()))
+    return out
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def describe_video(path: str | Path) -> dict[str, Any]:
+    """A video: frames, fps (exact), size, duration, rotation, codec."""
+    info = probe(path)
+    return {
+        "kind": "video",
+        "path": str(path),
+        "frames": info.frames,
+        "frames_exact": info.frames_exact,
+        "fps": f"{info.fps.numerator}/{info.fps.denominator}",
+        "fps_float": round(float(info.fps), 3),
+        "width": info.width,
+        "height": info.height,
+        "duration": round(info.duration, 3),
+        "rotation": info.rotation,
+        "codec": info.codec,
+        "pix_fmt": info.pix_fmt,
+        "has_audio": info.has_audio,
+    }
+
+
+def describe_models(extra_dirs: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
+    """Every model in the search directories: name, family, quantizer, path."""
+    rows = []
+    for info in list_models(extra_dirs):
+        config = info.config
+        rows.append(
+            {
+                "name": info.name,
+                "family": info.family,
+                "quantizer": config.get("quantizer", _family_quantizer(info.family)),
+                "temporal_factor": config.get("temporal_factor"),
+                "spatial_factor": config.get("spatial_factor"),
+                "path": str(info.path),
+            }
+        )
+    return rows
+
+
+def _family_quantizer(family: str) -> str | None:
+    # the converted families fix their quantizer; their configs do not name it
+    return {"cosmos-dv": "fsq", "open-magvit2-video": "lfq"}.get(family)
