@@ -195,3 +195,15 @@ def test_swish_is_bitwise_independent_of_tensor_length() -> None:
         full = swish(x)
         assert all(torch.equal(swish(x[:n].clone()), full[:n]) for n in range(1, 80))
     torch.testing.assert_close(full, torch.nn.functional.silu(x))
+
+
+def test_empty_chunks_are_harmless() -> None:
+    model = tiny("lfq", {"codebook_size": 16})
+    video = clip(1, 9)
+    with torch.no_grad():
+        one_shot = model.encode(video)
+        pieces = [video[:, :, :0], video[:, :, :1], video[:, :, 1:1], video[:, :, 1:]]
+        assert torch.equal(torch.cat(list(model.encode_stream(pieces)), dim=1), one_shot)
+        index_pieces = [one_shot[:, :0], one_shot[:, :1], one_shot[:, 1:1], one_shot[:, 1:]]
+        decoded = torch.cat(list(model.decode_stream(index_pieces)), dim=2)
+        torch.testing.assert_close(decoded, model.decode(one_shot), atol=1e-5, rtol=1e-5)
