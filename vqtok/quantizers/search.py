@@ -28,11 +28,15 @@ from torch import Tensor
 
 from vqtok.errors import QuantizerError
 
-# Budget for one tile of the distance matrix, in float32 elements (8 MiB): large enough for an
-# efficient GEMM, small enough that the min passes read it from cache.
-BLOCK_ELEMENTS = 2 * 1024 * 1024
+# Budget for one tile of the distance matrix, in float32 elements (16 MiB): large enough for an
+# efficient GEMM, small enough that the min passes mostly read it from cache. Measured on 2 CPU
+# cores (D=256, K=16384): 2-4 Mi elements reach ~90 % of the plain matmul rate single-threaded;
+# on an oversubscribed machine larger tiles (fewer parallel regions) do better.
+BLOCK_ELEMENTS = 4 * 1024 * 1024
 # Codes per tile when the codebook is large; tokens per tile = block_elements // this.
-CODE_TILE = 4096
+CODE_TILE = 8192
+# Columns per group in the two-level min of a tile (see `_tile_best_two`).
+GROUP = 64
 
 
 def nearest_codes(x: Tensor, codebook: Tensor, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
@@ -70,17 +74,18 @@ def _search(x: Tensor, codebook: Tensor, block_elements: int) -> Tensor:
     code_t = codebook.t()  # (D, K) view: addmm reads it transposed without a copy
     margin = _error_bound(x, code_sq, d)  # (N,)
     best = torch.empty(n, dtype=torch.long, device=x.device)
+    unsure = torch.zeros(n, dtype=torch.bool, device=x.device)
     buf = torch.empty(min(rows, n) * kc, device=x.device)
     for start in range(0, n, rows):
-        xb = x[start : start + rows]
-        idx, gap = _best_two(xb, code_t, code_sq, buf, kc)
+        idx, gap = _best_two(x[start : start + rows], code_t, code_sq, buf, kc)
         best[start : start + rows] = idx
-        unsure = torch.nonzero(gap <= 2 * margin[start : start + rows]).reshape(-1)
-        if unsure.numel():
-            rows_u = unsure + start
-            best[rows_u] = _settle_exactly(
-                x[rows_u], codebook, code_t, code_sq, margin[rows_u], buf, kc
-            )
+        unsure[start : start + rows] = gap <= 2 * margin[start : start + rows]
+    # near-ties are rare: settle them all at the end, in as few codebook passes as possible
+    rows_u = torch.nonzero(unsure).reshape(-1)
+    if rows_u.numel():
+        best[rows_u] = _settle_exactly(
+            x[rows_u], codebook, code_t, code_sq, margin[rows_u], buf, kc
+        )
     return best
 
 
@@ -108,12 +113,7 @@ def _best_two(
         tile = buf[: r * (c1 - c0)].view(r, c1 - c0)
         # (r, D) @ (D, kc) with -2 folded into alpha and ||c||^2 as the bias
         torch.addmm(code_sq[c0:c1], xb, code_t[:, c0:c1], alpha=-2.0, out=tile)
-        val, idx = tile.min(1)
-        if c1 - c0 > 1:
-            tile.scatter_(1, idx.unsqueeze(1), math.inf)
-            sec = tile.amin(1)
-        else:
-            sec = torch.full_like(val, math.inf)
+        val, idx, sec = _tile_best_two(tile)
         idx = idx + c0
         if best_val is None or best_idx is None or second is None:
             best_val, best_idx, second = val, idx, sec
@@ -125,6 +125,29 @@ def _best_two(
         best_val = torch.minimum(best_val, val)
     assert best_idx is not None and best_val is not None and second is not None
     return best_idx, second - best_val
+
+
+def _tile_best_two(tile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(r, w) distances -> best value, its first index, second-best value; tile is clobbered.
+
+    A value-only min (``amin``) is vectorised and ~20x faster on CPU than ``min`` with
+    indices, so the full tile gets one ``amin`` over groups of ``GROUP`` columns and the
+    index-returning reductions run only on (r, w / GROUP) group minima and one (r, GROUP) group.
+    """
+    r, w = tile.shape
+    if w % GROUP or w == GROUP:
+        val, idx = tile.min(1)
+        tile.scatter_(1, idx.unsqueeze(1), math.inf)
+        return val, idx, tile.amin(1)
+    groups = tile.view(r, w // GROUP, GROUP)
+    group_min = groups.amin(2)  # (r, w / GROUP)
+    val, g = group_min.min(1)  # first group holding the minimum
+    inside = groups[torch.arange(r, device=tile.device), g]  # (r, GROUP) copy
+    j = inside.argmin(1)
+    inside.scatter_(1, j.unsqueeze(1), math.inf)
+    group_min.scatter_(1, g.unsqueeze(1), math.inf)
+    second = torch.minimum(inside.amin(1), group_min.amin(1))
+    return val, g * GROUP + j, second
 
 
 def _settle_exactly(
