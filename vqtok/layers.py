@@ -14,7 +14,8 @@ length of a chunk is not a multiple of the temporal stride); an upsampler rememb
 stream has started. Convolution is local, so the concatenated chunk outputs equal the one-shot
 output. To make them equal *bit for bit* (and independent of batch size and thread count),
 float32 convolutions on CPU always run through oneDNN: PyTorch's default dispatch switches to a
-different kernel for batch-1 or small inputs, whose results differ in the last bits.
+different kernel for batch-1 or small inputs, whose results differ in the last bits; and
+`swish` is evaluated so that an element's value does not depend on where it sits in the tensor.
 
 Layout: video tensors are (B, C, T, H, W) throughout.
 """
