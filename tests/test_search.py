@@ -19,12 +19,14 @@ def hard_case(n=300, k=40, d=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(k, d, generator=gen)
     base[5] = base[3]  # exact duplicate: ties must go to 3
+    base[9] = base[8]  # a duplicate inside one column group of 4
     base[7] = base[6] + 1e-6 * torch.randn(d, generator=gen)  # near duplicate
     codebook = base + 300.0
     # tokens near codes, so best and second best are close in relative terms
     pick = torch.randint(0, k, (n,), generator=gen)
     x = codebook[pick] + 0.01 * torch.randn(n, d, generator=gen)
     x[:10] = (codebook[3] + codebook[6]) / 2  # equidistant-ish rows
+    x[40:50] = codebook[9] + 0.01 * torch.randn(10, d, generator=gen)
     mid = (codebook[0] + codebook[1]) / 2  # near-ties far below float32 resolution at 300
     x[10:40] = mid + 1e-3 * torch.randn(30, d, generator=gen)
     return x, codebook
@@ -40,7 +42,8 @@ def test_exact_under_cancellation_and_ties():
     x, codebook = hard_case()
     got = nearest_codes(x, codebook)
     assert torch.equal(got, exact_argmin(x, codebook))
-    assert 5 not in got.tolist()  # duplicate of code 3 never wins the tie
+    assert 5 not in got.tolist() and 9 not in got.tolist()  # ties go to the lower index
+    assert 8 in got.tolist()
     assert got.dtype == torch.int64
 
 
@@ -51,11 +54,13 @@ def test_plain_float32_would_get_some_of_these_wrong():
     assert not torch.equal(naive, exact_argmin(x, codebook))
 
 
+@pytest.mark.parametrize("group", [4, 64])
 @pytest.mark.parametrize("block", [1, 7, 64, 1000, search.BLOCK_ELEMENTS])
-def test_independent_of_block_size_and_batch(block, monkeypatch):
+def test_independent_of_block_size_and_batch(block, group, monkeypatch):
     x, codebook = hard_case(n=60)
     want = exact_argmin(x, codebook)
-    monkeypatch.setattr(search, "CODE_TILE", 16)  # several code tiles per row
+    monkeypatch.setattr(search, "CODE_TILE", 16)  # several code tiles per row: 16, 16, 8
+    monkeypatch.setattr(search, "GROUP", group)  # 4: the two-level min; 64: the plain one
     assert torch.equal(nearest_codes(x, codebook, block_elements=block), want)
     singles = torch.cat([nearest_codes(x[i : i + 1], codebook, block) for i in range(len(x))])
     assert torch.equal(singles, want)
