@@ -159,7 +159,8 @@ def run_jobs(
 ) -> list[Outcome]:
     """Do every job (skipping done ones), printing each failure as it happens."""
     outcomes = []
-    with RunProgress(err, len(jobs), disable=quiet) as bar:
+    # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
+    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal) as bar:
         for job in jobs:
             if job.done:
                 outcomes.append(Outcome(job, "skipped"))

@@ -301,6 +301,7 @@ def encode_file(
     """
     start = time.perf_counter()
     indices, meta, warnings = encode_indices(source, tokenizer, options, progress)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)  # mirrored sub-directories
     written = save_tokens(target, indices, meta, options.format)
     return EncodeResult(Path(source), written, meta, time.perf_counter() - start, warnings)
 
@@ -375,6 +376,7 @@ def decode_file(
         full = IndexRemap(used).unmap_to_all(full)
     rate = as_fps(fps if fps is not None else meta.encoded.fps)
     height, width = meta.encoded.size
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(target, rate, width, height) as writer:
         for frames in decode_frames(full, meta, tokenizer, chunk):
             writer.write(frames)
