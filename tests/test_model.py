@@ -67,6 +67,13 @@ def test_config_round_trips_through_dict() -> None:
     assert TokenizerConfig.from_dict(data) == config
 
 
+def test_config_is_hashable_and_frozen() -> None:
+    assert hash(tiny()) == hash(tiny())
+    assert tiny() != tiny(num_res_blocks=2)
+    with pytest.raises(AttributeError):
+        tiny().channels = 4  # type: ignore[misc]
+
+
 def test_config_rejects_unknown_keys_by_name() -> None:
     data = tiny().to_dict() | {"chanels": 8, "zeta": 1}
     with pytest.raises(ConfigError, match="chanels, zeta"):
@@ -180,9 +187,12 @@ def test_bad_video_shapes_are_errors(shape: tuple[int, ...], message: str) -> No
         model.encode(torch.zeros(shape))
 
 
-def test_bad_index_rank_is_an_error() -> None:
+def test_bad_indices_are_errors() -> None:
+    model = build(tiny("fsq"))
     with pytest.raises(VqtokError, match="4 dims"):
-        build(tiny("fsq")).decode(torch.zeros(1, 2, 2, dtype=torch.long))
+        model.decode(torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(VqtokError, match="240"):  # 5*4*4*3 codes
+        model.decode(torch.full((1, 1, 2, 2), 240, dtype=torch.long))
 
 
 def test_gradients_reach_the_encoder_through_the_quantizer() -> None:

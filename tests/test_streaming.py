@@ -51,6 +51,17 @@ def test_causal_conv_stream_equals_one_shot(stride: int, sizes: list[int]) -> No
     assert torch.equal(torch.cat(parts, dim=2), conv(x))
 
 
+def test_causal_conv_carries_a_bounded_number_of_frames() -> None:
+    """Memory is bounded by the chunk: at most kt - 1 + st - 1 input frames are carried."""
+    conv = CausalConv3d(2, 2, 3, stride=(2, 1, 1))
+    state = StreamState()
+    for _ in range(7):
+        conv(torch.randn(1, 2, 1, 4, 4), state)
+        carried = state.take(conv)
+        assert carried is not None and carried.shape[2] <= 3
+        state.put(conv, carried)
+
+
 def test_upsample_drops_the_leading_frame_only_once_per_stream() -> None:
     torch.manual_seed(0)
     up = Upsample(4, spatial=False, temporal=True)

@@ -17,6 +17,7 @@ see fewer frames); the decoder mirrors it in its last stages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -102,6 +103,10 @@ class TokenizerConfig:
             )
         if "dim" in self.quantizer_options:
             raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
+
+    def __hash__(self) -> int:
+        # the generated hash would fail on the quantizer_options dict
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
 
     @property
     def widths(self) -> list[int]:
