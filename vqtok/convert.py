@@ -203,10 +203,14 @@ def convert_open_magvit2(
 # --- Cosmos
 
 
-def cosmos_variant(source: Path, variant: str | None) -> str:
-    """The variant from ``--variant``, else from the source's directory / file names."""
-    found = {v for v in VARIANTS for part in source.resolve().parts if v.lower() in part.lower()}
-    # "DV8x16x16" does not contain "DV8x8x8" and vice versa, but be explicit about overlaps
+def cosmos_variant(directory: Path, variant: str | None) -> str:
+    """The variant from ``--variant``, else from the name of the source's directory.
+
+    Hugging Face names the downloads ``Cosmos-0.1-Tokenizer-DV4x8x8`` etc.; a name that holds
+    no variant or several is an error, and so is ``--variant`` contradicting the name.
+    """
+    # no variant name is a substring of another, so a plain substring test is unambiguous
+    found = {v for v in VARIANTS if v.lower() in directory.resolve().name.lower()}
     if variant is not None:
         if variant not in VARIANTS:
             raise CheckpointError(
@@ -216,7 +220,7 @@ def cosmos_variant(source: Path, variant: str | None) -> str:
             raise CheckpointError(
                 f"--variant {variant} contradicts the path, which names {names(list(found))}; "
                 "rename the directory or fix --variant",
-                source,
+                directory,
             )
         return variant
     if len(found) == 1:
@@ -225,7 +229,7 @@ def cosmos_variant(source: Path, variant: str | None) -> str:
     raise CheckpointError(
         f"the variant cannot be read from the weights and the path {why}; pass --variant "
         f"{'|'.join(VARIANTS)}",
-        source,
+        directory,
     )
 
 
@@ -370,7 +374,7 @@ def convert_cosmos(
             buffers, missing, unexpected or mis-shaped tensors.
     """
     root, files = _cosmos_files(source)
-    chosen = cosmos_variant(root if variant is None else files[0].parent, variant)
+    chosen = cosmos_variant(root, variant)
     tensors: dict[str, Tensor] = {}
     for f in files:
         part = _load_jit(f)
