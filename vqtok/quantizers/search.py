@@ -28,13 +28,14 @@ from torch import Tensor
 
 from vqtok.errors import QuantizerError
 
-# Budget for one tile of the distance matrix, in float32 elements (16 MiB): large enough for an
-# efficient GEMM, small enough that the min passes mostly read it from cache. Measured on 2 CPU
-# cores (D=256, K=16384): 2-4 Mi elements reach ~90 % of the plain matmul rate single-threaded;
-# on an oversubscribed machine larger tiles (fewer parallel regions) do better.
-BLOCK_ELEMENTS = 4 * 1024 * 1024
-# Codes per tile when the codebook is large; tokens per tile = block_elements // this.
-CODE_TILE = 8192
+# Budget for one tile of the distance matrix, in float32 elements (128 MiB). Measured on the
+# 2-core development machine (D=256, K=16384): smaller, cache-sized tiles are ~10 % faster when
+# the cores are idle, but every tile costs a few parallel regions, and on a loaded machine
+# those synchronisations dominate (4 Mi-element tiles fell to ~30 % of the matmul rate where
+# these reached 65-85 %). Large tiles are the robust choice; memory stays far below 512 MiB.
+BLOCK_ELEMENTS = 32 * 1024 * 1024
+# Codes per tile (a whole codebook up to this size); tokens per tile = block_elements // this.
+CODE_TILE = 16384
 # Columns per group in the two-level min of a tile (see `_tile_best_two`).
 GROUP = 64
 
