@@ -128,6 +128,8 @@ def magvit_dir(tmp_path_factory: pytest.TempPathFactory, magvit_ckpt: Path) -> P
     assert conversion.used == 103
     reasons = set(conversion.ignored.values())
     assert len(conversion.ignored) == 103 + 2 + 1 + 2 and len(reasons) == 4
+    summary = conversion.summary()
+    assert "103 tensors used" in summary and "2 EMA bookkeeping" in summary
     return out
 
 

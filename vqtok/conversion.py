@@ -44,6 +44,22 @@ class Conversion:
     used: int
     ignored: dict[str, str] = field(default_factory=dict)
 
+    def ignored_by_reason(self) -> dict[str, int]:
+        """reason -> how many source tensors were skipped for it."""
+        counts: dict[str, int] = {}
+        for reason in self.ignored.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self) -> str:
+        """One line for the CLI: what was written from what, and what was skipped."""
+        skipped = "; ".join(f"{n} {why}" for why, n in self.ignored_by_reason().items())
+        sources = ", ".join(name for name, _ in self.sources)
+        return (
+            f"{self.out_dir}: {self.family} model from {sources} ({self.used} tensors used"
+            + (f"; ignored: {skipped})" if skipped else ")")
+        )
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -104,13 +120,12 @@ def write_model(
     digests = [(p.name, sha256_file(p)) for p in sources]
     rows = [f"| source | `{n}` (SHA-256 `{h}`) |" for n, h in digests]
     rows.append(f"| stored as | {str(dtype).removeprefix('torch.')} ({used} source tensors used) |")
-    reasons: dict[str, int] = {}
-    for reason in ignored.values():
-        reasons[reason] = reasons.get(reason, 0) + 1
-    rows += [f"| ignored | {n} tensor(s): {reason} |" for reason, n in sorted(reasons.items())]
+    result = Conversion(Path(out_dir), model.family, model.config.to_dict(), digests, used, ignored)
+    reasons = result.ignored_by_reason().items()
+    rows += [f"| ignored | {n} tensor(s): {reason} |" for reason, n in reasons]
     card = card.replace("{SOURCES}", "\n".join(rows))
-    out = save_pretrained(model, out_dir, name=name, card=card)
-    return Conversion(out, model.family, model.config.to_dict(), digests, used, ignored)
+    result.out_dir = save_pretrained(model, out_dir, name=name, card=card)
+    return result
 
 
 def model_card(title: str, family: str, license: str, command: str, weights: str) -> str:
