@@ -95,7 +95,7 @@ def test_directory_mode_resume_and_json(tmp_path: Path, videos: Path, run) -> No
     (out / "sub" / "b.json").unlink()  # an incomplete output (array without sidecar) is redone
     redo = json.loads(run("encode", videos, "-o", out, "-m", "tiny-fsq", "--json").stdout)
     assert [r["status"] for r in redo] == ["skipped", "ok"]
-    table = run("encode", videos, "-o", out, "-m", "tiny-fsq", "--overwrite").stdout
+    table = run("encode", videos, "-o", out, "-m", "tiny-fsq", "--overwrite", "--batch", "2").stdout
     assert "2 done, 0 skipped, 0 failed" in table
     # decode a directory of index files, mirrored
     decoded = json.loads(run("decode", out, "-o", tmp_path / "videos", "--json").stdout)

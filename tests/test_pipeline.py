@@ -359,3 +359,37 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
     assert {r["name"] for r in describe_models([models])} >= {"tiny-fsq", "tiny-ema_vq"}
     with pytest.raises(VqtokError, match="no such"):
         describe_path(tmp_path / "missing.mp4")
+
+
+# ------------------------------------------------------------------ batches
+
+
+def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer) -> None:
+    from clips import make_text, make_truncated
+
+    from vqtok.batching import encode_files
+
+    sources = [
+        make_clip(tmp_path / "long.mp4", frames=11, size=(16, 24)),
+        make_text(tmp_path / "bad.mp4"),
+        make_clip(tmp_path / "short.mp4", frames=2, size=(16, 24)),
+        make_clip(tmp_path / "mid.mp4", frames=7, size=(16, 24)),
+        make_clip(tmp_path / "wide.mp4", frames=5, size=(16, 32)),  # another size: own batch
+        make_truncated(tmp_path / "cut.mkv", frames=24),  # 32x32, damaged
+    ]
+    jobs = plan_inputs(sources, tmp_path / "out", ".npy")
+    groups: list[list[str]] = []
+    results = dict(encode_files(jobs, fsq, EncodeOptions(chunk=4, strict=True), batch=3,
+                                on_start=lambda js: groups.append([j.source.name for j in js])))
+    assert groups[0] == ["long.mp4", "short.mp4", "mid.mp4"]
+    failed = {job.source.name: str(r) for job, r in results.items() if isinstance(r, Exception)}
+    assert set(failed) == {"bad.mp4", "cut.mkv"} and "--strict" in failed["cut.mkv"]
+    for job, result in results.items():
+        if isinstance(result, Exception):
+            assert not job.target.exists()
+            continue
+        indices, meta = load_tokens(job.target)
+        alone, alone_meta, _ = encode_indices(job.source, fsq, EncodeOptions(chunk=4))
+        np.testing.assert_array_equal(indices, alone)
+        assert meta == alone_meta
+    assert load_tokens(tmp_path / "out" / "short.npy")[1].encoded.padding == 3

@@ -36,6 +36,7 @@ from vqtok.cli_support import (
     handle_errors,
     load_tokenizer,
     my_share,
+    one_by_one,
     out,
     parse_size,
     print_summary,
@@ -89,6 +90,9 @@ def encode(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     chunk: ChunkOpt = 16,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Encode up to N videos of the same size together.")
+    ] = 1,
     remap: Annotated[Path | None, typer.Option(help="Used-index .npy: store compact ids.")] = None,
     format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that are complete.")] = False,
@@ -99,7 +103,7 @@ def encode(
     debug: DebugOpt = False,
 ) -> None:
     """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
-    from vqtok.pipeline import encode_file
+    from vqtok.batching import encode_files
 
     options = _encode_options(size, short_side, fps, max_frames, chunk, format, remap, strict)
     with handle_errors(debug):
@@ -111,8 +115,8 @@ def encode(
         tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
         outcomes = run_jobs(
             jobs,
-            lambda job, progress: encode_file(job.source, job.target, tokenizer, options,
-                                              progress),
+            lambda bar: encode_files(jobs, tokenizer, options, batch, bar.advance,
+                                     lambda group: bar.start([j.source.name for j in group])),
             quiet or as_json,
             debug,
         )
@@ -165,7 +169,7 @@ def decode(
     with handle_errors(debug):
         jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
                            select=_is_index_file, overwrite=overwrite)
-        outcomes = run_jobs(jobs, work, quiet or as_json, debug)
+        outcomes = run_jobs(jobs, one_by_one(jobs, work), quiet or as_json, debug)
     print_summary(outcomes, _describe_decoded, as_json)
     exit_for(outcomes)
 
@@ -292,13 +296,10 @@ def reconstruct(
     options = _encode_options(size, short_side, fps, max_frames, chunk)
     with handle_errors(debug):
         tokenizer = load_tokenizer(model, model_dir, device, dtype)
-        outcomes = run_jobs(
-            [Job(video, output or video)],
-            lambda job, progress: reconstruct_file(video, tokenizer, options, output,
-                                                   side_by_side, progress),
-            quiet or as_json,
-            debug,
-        )
+        jobs = [Job(video, output or video)]
+        work = one_by_one(jobs, lambda job, progress: reconstruct_file(
+            video, tokenizer, options, output, side_by_side, progress))
+        outcomes = run_jobs(jobs, work, quiet or as_json, debug)
     exit_for(outcomes)
     _print_quality(outcomes[0].result, per_frame, as_json)
 

@@ -151,38 +151,51 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
-def run_jobs(
-    jobs: Sequence[Job],
-    work: Callable[[Job, Callable[[int, int], None]], Any],
-    quiet: bool,
-    debug: bool,
-) -> list[Outcome]:
-    """Do every job (skipping done ones), printing each failure as it happens."""
-    outcomes = []
-    # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
-    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal) as bar:
+ProgressFn = Callable[[int, int], None]  # as vqtok.pipeline.ProgressFn (not imported: torch)
+Results = Callable[["RunProgress"], Iterator[tuple[Job, Any]]]
+"""Given the progress bar, yields (job, result or the exception that stopped it)."""
+
+
+def one_by_one(jobs: Sequence[Job], work: Callable[[Job, ProgressFn], Any]) -> Results:
+    """`Results` of calling ``work(job, progress)`` for each job not done yet."""
+
+    def results(bar: RunProgress) -> Iterator[tuple[Job, Any]]:
         for job in jobs:
             if job.done:
-                outcomes.append(Outcome(job, "skipped"))
-                bar.skip()
                 continue
-            bar.start(job.source.name)
+            bar.start([job.source.name])
             try:
-                result = work(job, bar.advance)
+                yield job, work(job, bar.advance)
             except (VqtokError, OSError) as e:
-                if debug:
-                    raise
-                bar.finish()
-                err.print(fail_line(e), markup=False)
-                outcomes.append(Outcome(job, "failed", error=str(e)))
-                continue
+                yield job, e
+
+    return results
+
+
+def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) -> list[Outcome]:
+    """Run every job (done ones are skipped), printing each failure as it happens.
+
+    Returns:
+        one `Outcome` per job, in job order.
+    """
+    done: dict[Job, Outcome] = {job: Outcome(job, "skipped") for job in jobs if job.done}
+    # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
+    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal) as bar:
+        bar.skip(len(done))
+        for job, result in results(bar):
             bar.finish()
+            if isinstance(result, BaseException):
+                if debug:
+                    raise result
+                err.print(fail_line(result), markup=False)
+                done[job] = Outcome(job, "failed", error=str(result))
+                continue
             warnings = tuple(getattr(result, "warnings", ()))
             if not quiet:
                 for w in warnings:
                     err.print(f"warning: {job.source}: {w}", markup=False)
-            outcomes.append(Outcome(job, "ok", result, warnings=warnings))
-    return outcomes
+            done[job] = Outcome(job, "ok", result, warnings=warnings)
+    return [done[job] for job in jobs]
 
 
 def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_json: bool) -> None:
@@ -261,7 +274,7 @@ class RunProgress:
     """One bar per run on stderr: files done (fractional within a file), frames, frames/s, ETA.
 
     ``advance(frames, expected)`` is the pipeline's progress callback; ``expected`` is the
-    current file's frame count, so the bar moves smoothly through long files.
+    frame count of the file (or batch) in flight, so the bar moves smoothly through long files.
     """
 
     def __init__(self, console: Console, files: int, disable: bool = False) -> None:
@@ -280,6 +293,7 @@ class RunProgress:
         self.files_done = 0
         self.frames = 0
         self.in_file = 0
+        self.span = 1
         self.started = 0.0
         self.busy = 0.0
 
@@ -290,15 +304,17 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
-    def start(self, name: str) -> None:
+    def start(self, names: list[str]) -> None:
+        """A file (or a batch of files encoded together) begins."""
         self.started = time.perf_counter()
         self.in_file = 0
-        self.progress.update(self.task, description=name)
+        self.span = len(names)
+        self.progress.update(self.task, description=", ".join(names))
 
     def advance(self, frames: int, expected: int) -> None:
         self.frames += frames
         self.in_file += frames
-        within = 0.0 if expected <= 0 else min(1.0, self.in_file / expected)
+        within = 0.0 if expected <= 0 else self.span * min(1.0, self.in_file / expected)
         self.progress.update(
             self.task,
             completed=self.files_done + within,
@@ -307,10 +323,13 @@ class RunProgress:
         )
 
     def finish(self) -> None:
+        """A file is done (files of a batch finish one after the other)."""
         self.files_done += 1
-        self.busy += time.perf_counter() - self.started
+        now = time.perf_counter()
+        self.busy += now - self.started
+        self.started = now
         self.progress.update(self.task, completed=self.files_done, busy=self.busy)
 
-    def skip(self) -> None:
-        self.files_done += 1
+    def skip(self, files: int = 1) -> None:
+        self.files_done += files
         self.progress.update(self.task, completed=self.files_done)

@@ -222,35 +222,50 @@ def encode_indices(
             pieces = [piece.cpu() for piece in stream]
     finally:
         windows.close()
-    if options.strict and reader.warnings:
-        raise VideoError(f"damaged input (--strict): {reader.warnings[0]}", source)
     if not pieces:
         raise VideoError("no video frame could be encoded", source)
     indices = torch.cat(pieces, dim=1)[0]  # (1, t, h, w[, L]) chunks -> (t, h, w[, L])
+    return finish_indices(indices, stream.frames, reader, tokenizer, options, plan)
+
+
+def finish_indices(
+    indices: Tensor,
+    frames: int,
+    reader: VideoReader,
+    tokenizer: Tokenizer,
+    options: EncodeOptions,
+    plan: RemapPlan | None,
+) -> tuple[np.ndarray, TokenMetadata, tuple[str, ...]]:
+    """One video's encoded indices (t, h, w[, L]) -> what `encode_indices` returns.
+
+    Applies ``--strict`` to the reader's warnings and the remap plan, and builds the metadata.
+    """
+    source = reader.path
+    if options.strict and reader.warnings:
+        raise VideoError(f"damaged input (--strict): {reader.warnings[0]}", source)
     if plan is not None:
         indices = plan.to_compact(indices, source)
-    resize = "size" if options.size else "short_side" if options.short_side else "none"
-    counts = (stream.frames, stream.padding)
-    meta = _metadata(tokenizer, reader, counts, tuple(indices.shape[:3]), resize, plan)
+    meta = build_metadata(tokenizer, reader, frames, tuple(indices.shape[:3]), options, plan)
     return indices.numpy(), meta, tuple(reader.warnings)
 
 
-def _metadata(
+def build_metadata(
     tokenizer: Tokenizer,
     reader: VideoReader,
-    counts: tuple[int, int],
+    frames: int,
     grid: tuple[int, ...],
-    resize: str,
+    options: EncodeOptions,
     plan: RemapPlan | None,
 ) -> TokenMetadata:
+    """The index-file metadata of ``frames`` real frames read by ``reader``, encoded to
+    a (t, h, w) ``grid``."""
     model, info = tokenizer.model, reader.info
     quantizer = describe_quantizer(model)
-    window = model.window
-    frames, padding = counts
-    total = frames + padding
+    total = tokenizer.padded_frames(frames)
     windows = None
-    if window is not None:
-        windows = tuple((a, min(window, total - a)) for a in range(0, total, window))
+    if model.window is not None:
+        windows = tuple((a, min(model.window, total - a)) for a in range(0, total, model.window))
+    resize = "size" if options.size else "short_side" if options.short_side else "none"
     return TokenMetadata(
         model=tokenizer.name,
         model_sha256=tokenizer.weights_sha256,
@@ -262,9 +277,7 @@ def _metadata(
         source=SourceInfo(
             Path(info.path).name, info.frames, _fraction(info.fps), (info.height, info.width)
         ),
-        encoded=EncodedInfo(
-            frames, reader.size, resize, padding, _fraction(reader.fps)
-        ),
+        encoded=EncodedInfo(frames, reader.size, resize, total - frames, _fraction(reader.fps)),
         bit_order=quantizer.bit_order,
         levels=quantizer.levels,
         windows=windows,
