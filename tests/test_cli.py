@@ -263,3 +263,25 @@ def test_usage_errors_and_debug(tmp_path: Path, videos: Path, run) -> None:  # t
                  "--debug", code=1)
     assert isinstance(result.exception, VqtokError)  # --debug lets the error propagate
     assert not list(tmp_path.iterdir())
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: ignore[no-untyped-def]
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import vqtok.cli_support as support
+
+    screen = io.StringIO()
+    monkeypatch.setattr(support, "err", Console(file=screen, force_terminal=True, width=120))
+    result = run("encode", videos / "a.mp4", "-o", tmp_path / "codes", "-m", "tiny-fsq")
+    assert (tmp_path / "codes.npy").is_file()  # the format suffix is added to a bare name
+    assert "skipped" in run("encode", videos / "a.mp4", "-o", tmp_path / "codes").stdout
+    drawn = screen.getvalue()
+    assert "1/1" in drawn and "files" in drawn and "11 frames" in drawn and "frames/s" in drawn
+    assert "frames/s" not in result.stdout  # the bar is not on stdout
+    quiet = io.StringIO()
+    monkeypatch.setattr(support, "err", Console(file=quiet, force_terminal=True))
+    run("encode", videos / "a.mp4", "-o", tmp_path / "q.npy", "-m", "tiny-fsq", "--quiet")
+    assert quiet.getvalue() == ""

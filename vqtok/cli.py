@@ -12,6 +12,7 @@ register the same way.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +43,7 @@ from vqtok.cli_support import (
     print_summary,
     run_jobs,
 )
-from vqtok.jobs import INDEX_EXTENSIONS, plan_inputs
+from vqtok.jobs import INDEX_EXTENSIONS, Job, plan_inputs
 from vqtok.tokens import is_complete, sidecar_path
 
 app = typer.Typer(
@@ -109,7 +110,7 @@ def encode(
     with handle_errors(debug):
         jobs = plan_inputs(inputs, output, f".{format.value}", is_complete=is_complete,
                            overwrite=overwrite)
-        jobs = my_share(jobs, shard)
+        jobs = [_with_index_suffix(job, format.value, overwrite) for job in my_share(jobs, shard)]
         # no model is loaded when every job is already done (a finished resume)
         pending = any(not job.done for job in jobs)
         tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
@@ -122,6 +123,18 @@ def encode(
         )
     print_summary(outcomes, _describe_encoded, as_json)
     exit_for(outcomes)
+
+
+def _with_index_suffix(job: Job, fmt: str, overwrite: bool) -> Job:
+    """``-o codes`` names ``codes.npy`` (the file `save_tokens` writes), so resume finds it."""
+    target = job.target
+    if target.suffix == f".{fmt}":
+        return job
+    if target.suffix in (".npy", ".safetensors", ".json"):
+        target = target.with_suffix(f".{fmt}")
+    else:
+        target = target.with_name(f"{target.name}.{fmt}")
+    return replace(job, target=target, done=not overwrite and is_complete(target))
 
 
 def _describe_encoded(result: Any) -> str:
@@ -290,7 +303,6 @@ def reconstruct(
     debug: DebugOpt = False,
 ) -> None:
     """Encode and decode a video; print PSNR / SSIM (optionally write the result)."""
-    from vqtok.jobs import Job
     from vqtok.reconstruct import reconstruct_file
 
     options = _encode_options(size, short_side, fps, max_frames, chunk)
