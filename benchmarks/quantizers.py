@@ -253,6 +253,8 @@ def child(case: Case, runner: str, settings: Settings, conn: Any) -> None:
     result = Result(case.name, runner, cap_gib=settings.mem_cap_gib)
     cap = int(settings.mem_cap_gib * GIB)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    # if memory runs out anyway, the kernel kills this child first, not someone else's work
+    Path("/proc/self/oom_score_adj").write_text("1000")
     torch.set_num_threads(settings.threads)
     try:
         step, summarise = BUILDERS[case.kind](case, runner)
