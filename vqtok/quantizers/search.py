@@ -2,9 +2,10 @@
 
 The search behind every nearest-code quantizer (VQ-VAE, van den Oord et al., arXiv 1711.00937).
 Squared distances use the expansion ``||x - c||^2 = ||x||^2 + ||c||^2 - 2 x.c``; ``||x||^2`` is
-constant per row and dropped, so one ``addmm`` (``||c||^2`` as the bias, ``-2`` as alpha) gives a
-block of distances and a fused min reduces it. Only a ``rows x codes`` tile of the N x K matrix
-exists at any time, and it is reused between tiles (no allocation per tile).
+constant per row and dropped, and the rest is one plain matrix product of the tokens with a
+trailing 1, ``[x, 1]``, and the codes augmented as ``[-2c, ||c||^2]`` (the -2 and the bias are
+folded into the GEMM, no extra pass). A vectorised two-level min reduces each tile. Only a
+``rows x codes`` tile of the N x K matrix exists at any time, reused between tiles.
 
 Batch independence. A BLAS result for one row can depend on the shape of the block it is
 computed in, so a row whose two best codes are almost tied could flip between a batched call and
@@ -72,21 +73,25 @@ def _search(x: Tensor, codebook: Tensor, block_elements: int) -> Tensor:
     kc = min(k, CODE_TILE)
     rows = max(1, max(block_elements, 1) // kc)
     code_sq = codebook.square().sum(1)  # (K,)
-    code_t = codebook.t()  # (D, K) view: addmm reads it transposed without a copy
+    # [x, 1] . [-2c, ||c||^2] = ||c||^2 - 2 x.c: one plain GEMM per tile, with no bias pass
+    # (addmm first copies the bias into the output, then re-reads it); scaling by -2 is exact.
+    code_aug = torch.cat([codebook * -2.0, code_sq.unsqueeze(1)], 1)  # (K, D + 1)
     margin = _error_bound(x, code_sq, d)  # (N,)
     best = torch.empty(n, dtype=torch.long, device=x.device)
     unsure = torch.zeros(n, dtype=torch.bool, device=x.device)
     buf = torch.empty(min(rows, n) * kc, device=x.device)
+    x_aug = torch.ones(min(rows, n), d + 1, device=x.device)
     for start in range(0, n, rows):
-        idx, gap = _best_two(x[start : start + rows], code_t, code_sq, buf, kc)
+        xb = x_aug[: min(rows, n - start)]
+        xb[:, :d].copy_(x[start : start + rows])
+        idx, gap = _best_two(xb, code_aug, buf, kc)
         best[start : start + rows] = idx
         unsure[start : start + rows] = gap <= 2 * margin[start : start + rows]
     # near-ties are rare: settle them all at the end, in as few codebook passes as possible
     rows_u = torch.nonzero(unsure).reshape(-1)
     if rows_u.numel():
-        best[rows_u] = _settle_exactly(
-            x[rows_u], codebook, code_t, code_sq, margin[rows_u], buf, kc
-        )
+        xu = torch.cat([x[rows_u], torch.ones(rows_u.numel(), 1, device=x.device)], 1)
+        best[rows_u] = _settle_exactly(xu, codebook, code_aug, margin[rows_u], buf, kc)
     return best
 
 
@@ -102,18 +107,15 @@ def _error_bound(x: Tensor, code_sq: Tensor, d: int) -> Tensor:
     return 2.0 * (d + 4) * unit * (c_max_sq + 2.0 * x_norm * math.sqrt(c_max_sq)) + 1e-30
 
 
-def _best_two(
-    xb: Tensor, code_t: Tensor, code_sq: Tensor, buf: Tensor, kc: int
-) -> tuple[Tensor, Tensor]:
-    """Argmin over all codes of a row block, and the gap between its best two distances."""
-    k = code_t.shape[1]
-    r = xb.shape[0]
+def _best_two(xb: Tensor, code_aug: Tensor, buf: Tensor, kc: int) -> tuple[Tensor, Tensor]:
+    """Argmin over all codes of a row block, and the gap between its best two distances.
+
+    ``xb`` is (r, D + 1) tokens with a trailing 1, ``code_aug`` (K, D + 1) as in `_search`.
+    """
+    k = code_aug.shape[0]
     best_val = best_idx = second = None
     for c0 in range(0, k, kc):
-        c1 = min(k, c0 + kc)
-        tile = buf[: r * (c1 - c0)].view(r, c1 - c0)
-        # (r, D) @ (D, kc) with -2 folded into alpha and ||c||^2 as the bias
-        torch.addmm(code_sq[c0:c1], xb, code_t[:, c0:c1], alpha=-2.0, out=tile)
+        tile = _tile(xb, code_aug, buf, c0, min(k, c0 + kc))
         val, idx, sec = _tile_best_two(tile)
         idx = idx + c0
         if best_val is None or best_idx is None or second is None:
@@ -152,15 +154,12 @@ def _tile_best_two(tile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _settle_exactly(
-    xu: Tensor,
-    codebook: Tensor,
-    code_t: Tensor,
-    code_sq: Tensor,
-    margin: Tensor,
-    buf: Tensor,
-    kc: int,
+    xu: Tensor, codebook: Tensor, code_aug: Tensor, margin: Tensor, buf: Tensor, kc: int
 ) -> Tensor:
-    """Exact argmin for near-tied rows: float64 re-scoring of the codes within 2 * margin."""
+    """Exact argmin for near-tied rows: float64 re-scoring of the codes within 2 * margin.
+
+    ``xu`` is (M, D + 1) tokens with a trailing 1; ``codebook`` (K, D) the float32 codes.
+    """
     k, d = codebook.shape
     rows = max(1, buf.numel() // kc)
     out = torch.empty(xu.shape[0], dtype=torch.long, device=xu.device)
@@ -169,28 +168,29 @@ def _settle_exactly(
         # pass 1: float32 best value per row, recomputed in this block's shape
         lowest = torch.full((xb.shape[0],), math.inf, device=xu.device)
         for c0 in range(0, k, kc):
-            tile = _tile(xb, code_t, code_sq, buf, c0, min(k, c0 + kc))
+            tile = _tile(xb, code_aug, buf, c0, min(k, c0 + kc))
             lowest = torch.minimum(lowest, tile.amin(1))
         limit = lowest + 2 * mb  # every code that can truly be the best is at or below this
         best_d = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xu.device)
         best_i = torch.full((xb.shape[0],), k, dtype=torch.long, device=xu.device)
         for c0 in range(0, k, kc):
-            tile = _tile(xb, code_t, code_sq, buf, c0, min(k, c0 + kc))
+            tile = _tile(xb, code_aug, buf, c0, min(k, c0 + kc))
             r_idx, c_idx = torch.nonzero(tile <= limit.unsqueeze(1), as_tuple=True)
             # bound the (pairs, D) float64 temporaries by the tile budget
             step = max(1, buf.numel() // (2 * d))
             for p0 in range(0, r_idx.numel(), step):
                 r, c = r_idx[p0 : p0 + step], c_idx[p0 : p0 + step] + c0
-                exact = (xb[r].double() - codebook[c].double()).square().sum(1)
+                exact = (xb[r, :d].double() - codebook[c].double()).square().sum(1)
                 better = (exact < best_d[r]) | ((exact == best_d[r]) & (c < best_i[r]))
                 _merge(best_d, best_i, r[better], exact[better], c[better])
         out[start : start + rows] = best_i
     return out
 
 
-def _tile(xb: Tensor, code_t: Tensor, code_sq: Tensor, buf: Tensor, c0: int, c1: int) -> Tensor:
+def _tile(xb: Tensor, code_aug: Tensor, buf: Tensor, c0: int, c1: int) -> Tensor:
+    """(r, D + 1) @ (D + 1, c1 - c0) -> distances minus ||x||^2, written into ``buf``."""
     tile = buf[: xb.shape[0] * (c1 - c0)].view(xb.shape[0], c1 - c0)
-    return torch.addmm(code_sq[c0:c1], xb, code_t[:, c0:c1], alpha=-2.0, out=tile)
+    return torch.mm(xb, code_aug[c0:c1].t(), out=tile)
 
 
 def _merge(best_d: Tensor, best_i: Tensor, r: Tensor, dist: Tensor, code: Tensor) -> None:
