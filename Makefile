@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean footage
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check vqtok tests benchmarks
 	$(BIN)/mypy
+
+# Real footage for training the shipped models: city.mpg (CC0, ../shared/data) and the colour
+# sample photos bundled in scikit-image's wheel (taken from the wheel file; nothing is installed).
+FOOTAGE := .data/footage
+PHOTOS := astronaut.png chelsea.png coffee.png motorcycle_left.png motorcycle_right.png \
+	rocket.jpg retina.jpg hubble_deep_field.jpg ihc.png color.png
+footage:
+	mkdir -p $(FOOTAGE) .data/wheels
+	install -m 644 ../shared/data/city.mpg $(FOOTAGE)/city.mpg
+	test -n "$$(ls .data/wheels/scikit_image-0.26.0-*.whl 2>/dev/null)" || \
+		$(PY) -m pip download --no-deps -q -d .data/wheels scikit-image==0.26.0
+	cd $(FOOTAGE) && for f in $(PHOTOS); do \
+		unzip -o -j -q ../wheels/scikit_image-0.26.0-*.whl "skimage/data/$$f"; done
+	ls -l $(FOOTAGE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
