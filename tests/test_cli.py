@@ -285,3 +285,11 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
     monkeypatch.setattr(support, "err", Console(file=quiet, force_terminal=True))
     run("encode", videos / "a.mp4", "-o", tmp_path / "q.npy", "-m", "tiny-fsq", "--quiet")
     assert quiet.getvalue() == ""
+
+
+def test_bad_remap_file_fails_once(tmp_path: Path, videos: Path, run) -> None:  # type: ignore[no-untyped-def]
+    np.save(tmp_path / "used.npy", np.array([3, 1, 2]))
+    result = run("encode", videos, "-o", tmp_path / "out", "-m", "tiny-ema_vq", "--remap",
+                 tmp_path / "used.npy", code=1)
+    assert "not sorted" in _error_line(result, tmp_path / "used.npy")
+    assert not (tmp_path / "out").exists()

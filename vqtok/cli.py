@@ -114,6 +114,10 @@ def encode(
         # no model is loaded when every job is already done (a finished resume)
         pending = any(not job.done for job in jobs)
         tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
+        if pending and remap is not None:
+            from vqtok.vocab import RemapPlan
+
+            RemapPlan.open(remap, tokenizer.model)  # a bad remap file fails once, not per video
         outcomes = run_jobs(
             jobs,
             lambda bar: encode_files(jobs, tokenizer, options, batch, bar.advance,

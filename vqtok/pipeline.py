@@ -1,8 +1,8 @@
 """File-level jobs: a video file -> an index file, an index file -> a video, and a round trip.
 
 These are what ``vqtok encode``, ``decode`` and ``reconstruct`` run for each file; they print
-nothing and report progress through a callback (frames done since the last call), so the CLI
-(or a notebook) draws it.
+nothing and report progress through a callback (`ProgressFn`: frames done since the last call,
+frames expected), so the CLI (or a notebook) draws it. `vqtok.batching` runs many files.
 
 Memory is bounded by the chunk length, not by the video's length (design.md §5): frames are read
 by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps the model) in
