@@ -54,8 +54,26 @@ app = typer.Typer(
     add_completion=False,
 )
 remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vqtok import __version__
+
+        typer.echo(f"vqtok {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Turn video into discrete tokens and back."""
 app.add_typer(remap_app, name="remap")
 
+Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
 SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]
 ShortSideOpt = Annotated[
     int | None, typer.Option(min=1, help="Resize so the short side is N (keeps aspect).")
@@ -96,8 +114,8 @@ def encode(
     ] = 1,
     remap: Annotated[Path | None, typer.Option(help="Used-index .npy: store compact ids.")] = None,
     format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
-    overwrite: Annotated[bool, typer.Option(help="Redo outputs that are complete.")] = False,
-    strict: Annotated[bool, typer.Option(help="Treat a damaged input as an error.")] = False,
+    overwrite: Annotated[bool, Flag("--overwrite", help="Redo outputs that are complete.")] = False,
+    strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     shard: Annotated[str | None, typer.Option(help="Do share i of n of the files: i/n.")] = None,
@@ -159,8 +177,8 @@ def decode(
     fps: FpsOpt = None,
     remap: Annotated[Path | None, typer.Option(help="The remap file of remapped indices.")] = None,
     chunk: ChunkOpt = 16,
-    force: Annotated[bool, typer.Option(help="Decode despite a model hash mismatch.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing videos.")] = False,
+    force: Annotated[bool, Flag("--force", help="Decode despite a model hash mismatch.")] = False,
+    overwrite: Annotated[bool, Flag("--overwrite", help="Replace existing videos.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -291,8 +309,8 @@ def reconstruct(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the reconstruction here.")
     ] = None,
-    side_by_side: Annotated[bool, typer.Option(help="Write source | reconstruction.")] = False,
-    per_frame: Annotated[bool, typer.Option(help="Also report every frame.")] = False,
+    side_by_side: Annotated[bool, Flag("--side-by-side", help="Write source | result.")] = False,
+    per_frame: Annotated[bool, Flag("--per-frame", help="Also report every frame.")] = False,
     model: ModelOpt = None,
     model_dir: ModelDirOpt = None,
     device: DeviceOpt = "auto",
