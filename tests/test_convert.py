@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_cosmos import check_main_case
+from test_magvit2 import check_activations
 from torch import Tensor, nn
 
 import vqtok.api
@@ -146,7 +148,19 @@ def magvit_tok(magvit_dir: Path) -> vqtok.api.Tokenizer:
     return vqtok.api.load(magvit_dir, device="cpu")
 
 
-@pytest.mark.parametrize(("prefix", "frames"), [("", 17), ("t9.", 9), ("t1.", 1)])
+def test_converted_models_match_fixture_activations(
+    cosmos_tok: vqtok.api.Tokenizer,
+    cosmos_ref: dict[str, Tensor],
+    magvit_tok: vqtok.api.Tokenizer,
+    magvit_ref: dict[str, Tensor],
+) -> None:
+    assert isinstance(cosmos_tok.model, CosmosTokenizer)
+    assert isinstance(magvit_tok.model, Magvit2Tokenizer)
+    check_main_case(cosmos_tok.model, cosmos_ref)
+    check_activations(magvit_tok.model, magvit_ref)
+
+
+@pytest.mark.parametrize(("prefix", "frames"), [("t9.", 9), ("t1.", 1)])
 def test_converted_cosmos_matches_every_case(
     cosmos_tok: vqtok.api.Tokenizer, cosmos_ref: dict[str, Tensor], prefix: str, frames: int
 ) -> None:
@@ -160,8 +174,8 @@ def test_converted_cosmos_matches_every_case(
     torch.testing.assert_close(latents, cosmos_ref[f"{prefix}latent"], atol=ATOL, rtol=0)
     assert torch.equal(out.codes, cosmos_ref[f"{prefix}codes"])
     assert torch.equal(out.indices, cosmos_ref[f"{prefix}indices"].long())
-    if prefix == "":  # the API path, as `vqtok encode` runs it
-        assert torch.equal(cosmos_tok.encode(video), cosmos_ref["indices"].long())
+    # the API path, as `vqtok encode` runs it (the 17-frame case: in the activation test)
+    assert torch.equal(cosmos_tok.encode(video), cosmos_ref[f"{prefix}indices"].long())
     torch.testing.assert_close(output, cosmos_ref[f"{prefix}output"], atol=ATOL, rtol=0)
 
 

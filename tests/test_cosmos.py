@@ -66,6 +66,12 @@ def test_patcher_matches_fixture_and_inverts(ref: dict[str, torch.Tensor]) -> No
 def test_activations_latents_and_output_match_fixture(
     model: CosmosTokenizer, ref: dict[str, torch.Tensor]
 ) -> None:
+    check_main_case(model, ref)
+
+
+def check_main_case(model: CosmosTokenizer, ref: dict[str, torch.Tensor]) -> None:
+    """The 17-frame case: the nine intermediate activations in execution order (so the first
+    failure says where a mismatch starts), latents, codes, indices and output."""
     probes = {
         "debug.enc_patched": model.encoder.patcher3d,
         "debug.enc_conv_in": model.encoder.conv_in,

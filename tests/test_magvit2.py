@@ -41,6 +41,11 @@ def model(ref: dict[str, torch.Tensor]) -> Magvit2Tokenizer:
 def test_every_module_activation_matches_fixture(
     model: Magvit2Tokenizer, ref: dict[str, torch.Tensor]
 ) -> None:
+    check_activations(model, ref)
+
+
+def check_activations(model: Magvit2Tokenizer, ref: dict[str, torch.Tensor]) -> None:
+    """The 26 per-module outputs on the debug clip (encoder) and its codes (decoder)."""
     wanted = [k for k in ref if k.startswith("act.")]
     seen: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
