@@ -79,19 +79,23 @@ def _search(x: Tensor, codebook: Tensor, block_elements: int) -> Tensor:
     margin = _error_bound(x, code_sq, d)  # (N,)
     best = torch.empty(n, dtype=torch.long, device=x.device)
     unsure = torch.zeros(n, dtype=torch.bool, device=x.device)
+    best_val = torch.empty(n, device=x.device)
     buf = torch.empty(min(rows, n) * kc, device=x.device)
     x_aug = torch.ones(min(rows, n), d + 1, device=x.device)
     for start in range(0, n, rows):
         xb = x_aug[: min(rows, n - start)]
         xb[:, :d].copy_(x[start : start + rows])
-        idx, gap = _best_two(xb, code_aug, buf, kc)
+        idx, val, second = _best_two(xb, code_aug, buf, kc)
         best[start : start + rows] = idx
-        unsure[start : start + rows] = gap <= 2 * margin[start : start + rows]
+        best_val[start : start + rows] = val
+        unsure[start : start + rows] = second - val <= 2 * margin[start : start + rows]
     # near-ties are rare: settle them all at the end, in as few codebook passes as possible
     rows_u = torch.nonzero(unsure).reshape(-1)
     if rows_u.numel():
         xu = torch.cat([x[rows_u], torch.ones(rows_u.numel(), 1, device=x.device)], 1)
-        best[rows_u] = _settle_exactly(xu, codebook, code_aug, margin[rows_u], buf, kc)
+        # every code that can truly be the best has a computed distance at or below this
+        limit = best_val[rows_u] + 2 * margin[rows_u]
+        best[rows_u] = _settle_exactly(xu, codebook, code_aug, limit, buf, kc)
     return best
 
 
@@ -107,8 +111,8 @@ def _error_bound(x: Tensor, code_sq: Tensor, d: int) -> Tensor:
     return 2.0 * (d + 4) * unit * (c_max_sq + 2.0 * x_norm * math.sqrt(c_max_sq)) + 1e-30
 
 
-def _best_two(xb: Tensor, code_aug: Tensor, buf: Tensor, kc: int) -> tuple[Tensor, Tensor]:
-    """Argmin over all codes of a row block, and the gap between its best two distances.
+def _best_two(xb: Tensor, code_aug: Tensor, buf: Tensor, kc: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Argmin over all codes of a row block, its distance, and the second-best distance.
 
     ``xb`` is (r, D + 1) tokens with a trailing 1, ``code_aug`` (K, D + 1) as in `_search`.
     """
@@ -127,7 +131,7 @@ def _best_two(xb: Tensor, code_aug: Tensor, buf: Tensor, kc: int) -> tuple[Tenso
         best_idx = torch.where(take, idx, best_idx)
         best_val = torch.minimum(best_val, val)
     assert best_idx is not None and best_val is not None and second is not None
-    return best_idx, second - best_val
+    return best_idx, best_val, second
 
 
 def _tile_best_two(tile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,30 +158,24 @@ def _tile_best_two(tile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _settle_exactly(
-    xu: Tensor, codebook: Tensor, code_aug: Tensor, margin: Tensor, buf: Tensor, kc: int
+    xu: Tensor, codebook: Tensor, code_aug: Tensor, limit: Tensor, buf: Tensor, kc: int
 ) -> Tensor:
-    """Exact argmin for near-tied rows: float64 re-scoring of the codes within 2 * margin.
+    """Exact argmin for near-tied rows: float64 re-scoring of the codes at or below ``limit``.
 
-    ``xu`` is (M, D + 1) tokens with a trailing 1; ``codebook`` (K, D) the float32 codes.
+    ``xu`` is (M, D + 1) tokens with a trailing 1, ``codebook`` (K, D) the float32 codes,
+    ``limit`` (M,) the float32 distance under which the true best code must lie.
     """
     k, d = codebook.shape
     rows = max(1, buf.numel() // kc)
+    step = max(1, buf.numel() // (2 * d))  # pairs per float64 batch, within the tile budget
     out = torch.empty(xu.shape[0], dtype=torch.long, device=xu.device)
     for start in range(0, xu.shape[0], rows):
-        xb, mb = xu[start : start + rows], margin[start : start + rows]
-        # pass 1: float32 best value per row, recomputed in this block's shape
-        lowest = torch.full((xb.shape[0],), math.inf, device=xu.device)
-        for c0 in range(0, k, kc):
-            tile = _tile(xb, code_aug, buf, c0, min(k, c0 + kc))
-            lowest = torch.minimum(lowest, tile.amin(1))
-        limit = lowest + 2 * mb  # every code that can truly be the best is at or below this
+        xb, lim = xu[start : start + rows], limit[start : start + rows]
         best_d = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xu.device)
         best_i = torch.full((xb.shape[0],), k, dtype=torch.long, device=xu.device)
         for c0 in range(0, k, kc):
             tile = _tile(xb, code_aug, buf, c0, min(k, c0 + kc))
-            r_idx, c_idx = torch.nonzero(tile <= limit.unsqueeze(1), as_tuple=True)
-            # bound the (pairs, D) float64 temporaries by the tile budget
-            step = max(1, buf.numel() // (2 * d))
+            r_idx, c_idx = torch.nonzero(tile <= lim.unsqueeze(1), as_tuple=True)
             for p0 in range(0, r_idx.numel(), step):
                 r, c = r_idx[p0 : p0 + step], c_idx[p0 : p0 + step] + c0
                 exact = (xb[r, :d].double() - codebook[c].double()).square().sum(1)
