@@ -293,3 +293,24 @@ def test_bad_remap_file_fails_once(tmp_path: Path, videos: Path, run) -> None:  
                  tmp_path / "used.npy", code=1)
     assert "not sorted" in _error_line(result, tmp_path / "used.npy")
     assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_errors_are_one_line_and_do_not_stop_the_run(
+    tmp_path: Path, videos: Path, run, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    import vqtok.batching
+
+    real = vqtok.batching.encode_file
+
+    def flaky(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(source).name == "a.mp4":
+            raise RuntimeError("out of memory")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(vqtok.batching, "encode_file", flaky)
+    result = run("encode", videos, "-o", tmp_path / "o", "-m", "tiny-fsq", code=1)
+    line = _error_line(result, videos / "a.mp4")
+    assert "RuntimeError: out of memory (rerun with --debug" in line
+    assert (tmp_path / "o" / "sub" / "b.npy").is_file()
+    result = run("encode", videos, "-o", tmp_path / "o", "-m", "tiny-fsq", "--debug", code=1)
+    assert isinstance(result.exception, RuntimeError)

@@ -393,3 +393,11 @@ def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer
         np.testing.assert_array_equal(indices, alone)
         assert meta == alone_meta
     assert load_tokens(tmp_path / "out" / "short.npy")[1].encoded.padding == 3
+
+
+def test_reconstruct_refuses_frames_smaller_than_the_ssim_window(
+    tmp_path: Path, clip: Path, fsq: api.Tokenizer
+) -> None:
+    with pytest.raises(VqtokError, match="SSIM window"):
+        reconstruct_file(clip, fsq, EncodeOptions(size=(8, 16)), tmp_path / "r.mp4")
+    assert not list(tmp_path.iterdir())

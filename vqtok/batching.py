@@ -40,7 +40,7 @@ from vqtok.tokens import TokenMetadata, save_tokens
 from vqtok.video import VideoReader
 from vqtok.vocab import RemapPlan, restricted_search
 
-Outcome = EncodeResult | VqtokError | OSError
+Outcome = EncodeResult | Exception
 Encoded = tuple[np.ndarray, TokenMetadata, tuple[str, ...]] | VqtokError
 
 
@@ -63,7 +63,8 @@ def encode_files(
         on_start: called with the jobs of each group as it starts.
 
     Yields:
-        (job, `EncodeResult` or the `VqtokError` / ``OSError`` that stopped it), in job order.
+        (job, `EncodeResult` or the exception that stopped it: a `VqtokError` for bad input,
+        anything else for a bug or e.g. running out of memory), in job order.
     """
     group: list[tuple[Job, VideoReader]] = []
     for job in jobs:
@@ -74,7 +75,7 @@ def encode_files(
             continue
         try:
             reader = open_reader(job.source, tokenizer.model, options)
-        except (VqtokError, OSError) as e:
+        except Exception as e:  # every failure is that video's outcome
             yield job, e
             continue
         if group and (reader.size != group[0][1].size or len(group) == batch):
@@ -97,7 +98,7 @@ def _alone(
             on_start([job])
         try:
             yield job, encode_file(job.source, job.target, tokenizer, options, progress)
-        except (VqtokError, OSError) as e:
+        except Exception as e:  # every failure is that video's outcome
             yield job, e
 
 
@@ -117,7 +118,7 @@ def _together(
     start = time.perf_counter()
     try:
         encoded = encode_batch([reader for _, reader in group], tokenizer, options, progress)
-    except (VqtokError, OSError):
+    except Exception:  # whatever spoiled the batch
         # one bad video spoils the batch: redo each alone, so each reports for itself
         yield from _alone(jobs, tokenizer, options, progress, on_start)
         return
@@ -130,7 +131,7 @@ def _together(
         try:
             Path(job.target).parent.mkdir(parents=True, exist_ok=True)
             written = save_tokens(job.target, indices, meta, options.format)
-        except (VqtokError, OSError) as e:
+        except Exception as e:  # every failure is that video's outcome
             yield job, e
             continue
         yield job, EncodeResult(job.source, written, meta, seconds, warnings)

@@ -70,15 +70,20 @@ def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def fail_line(error: BaseException) -> str:
-    text = str(error) if isinstance(error, VqtokError) else _os_error_text(error)
+def fail_line(error: BaseException, path: Path | None = None) -> str:
+    """``error: <path>: <reason>`` on one line; ``path`` names the input when the error
+    does not name a file itself."""
+    if isinstance(error, VqtokError):
+        text = error.message if error.path is None else str(error)
+        named = error.path is not None
+    elif isinstance(error, OSError) and error.filename is not None:
+        text, named = f"{error.filename}: {error.strerror or error}", True
+    else:  # not a user error: say what it was and how to see where
+        text = f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        named = False
+    if path is not None and not named:
+        text = f"{path}: {text}"
     return "error: " + " ".join(text.split())  # always one line
-
-
-def _os_error_text(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"{error.filename}: {error.strerror or error}"
-    return f"{type(error).__name__}: {error}"
 
 
 @contextmanager
@@ -91,7 +96,7 @@ def handle_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("error: interrupted", markup=False)
         raise typer.Exit(130) from None
-    except (VqtokError, OSError) as e:
+    except Exception as e:  # a bug gets one line too; --debug shows it
         if debug:
             raise
         err.print(fail_line(e), markup=False)
@@ -166,7 +171,7 @@ def one_by_one(jobs: Sequence[Job], work: Callable[[Job, ProgressFn], Any]) -> R
             bar.start([job.source.name])
             try:
                 yield job, work(job, bar.advance)
-            except (VqtokError, OSError) as e:
+            except Exception as e:  # reported (re-raised with --debug) by run_jobs
                 yield job, e
 
     return results
@@ -187,7 +192,7 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
             if isinstance(result, BaseException):
                 if debug:
                     raise result
-                err.print(fail_line(result), markup=False)
+                err.print(fail_line(result, job.source), markup=False)
                 done[job] = Outcome(job, "failed", error=str(result))
                 continue
             warnings = tuple(getattr(result, "warnings", ()))

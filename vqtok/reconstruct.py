@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vqtok.api import Tokenizer
+from vqtok.errors import ConfigError
 from vqtok.metrics import psnr_per_frame, ssim_per_frame
 from vqtok.pipeline import (
     EncodeOptions,
@@ -28,7 +29,9 @@ from vqtok.pipeline import (
     open_reader,
     prefetch,
 )
-from vqtok.video import VideoWriter, as_fps
+from vqtok.video import VideoReader, VideoWriter, as_fps
+
+SSIM_WINDOW = 11  # the Gaussian window of vqtok.metrics.ssim_per_frame
 
 
 @dataclass(frozen=True)
@@ -78,38 +81,33 @@ def reconstruct_file(
     """
     start = time.perf_counter()
     plain = replace(options, remap=None)
+    reader = open_reader(source, tokenizer.model, plain)
+    if min(reader.size) < SSIM_WINDOW:
+        raise ConfigError(
+            f"frames of {reader.size[1]}x{reader.size[0]} are smaller than the "
+            f"{SSIM_WINDOW}x{SSIM_WINDOW} SSIM window; use a larger --size",
+            source,
+        )
+
     def half(frames: int, expected: int) -> None:  # every frame is counted twice
         if progress is not None:
             progress(frames, 2 * expected)
 
     indices, meta, _ = encode_indices(source, tokenizer, plain, half)
-    windows = prefetch(open_reader(source, tokenizer.model, plain))
-    reference = _FrameBuffer(windows)
-    errors: list[Tensor] = []
-    similarity: list[Tensor] = []
-    height, width = meta.encoded.size
     writer = None
     if target is not None:
+        height, width = meta.encoded.size
         writer = VideoWriter(target, as_fps(meta.encoded.fps), width * (1 + side_by_side), height)
     try:
-        for decoded in decode_frames(indices, meta, tokenizer, options.chunk):
-            original = reference.take(len(decoded))
-            ref, rec = torch.from_numpy(original), torch.from_numpy(decoded)
-            errors.append(psnr_per_frame(ref, rec))
-            similarity.append(ssim_per_frame(ref, rec))
-            if writer is not None:
-                writer.write(np.concatenate([original, decoded], axis=2) if side_by_side
-                             else decoded)
-            half(len(decoded), meta.encoded.frames)
+        decoded = decode_frames(indices, meta, tokenizer, options.chunk)
+        per_psnr, per_ssim = _compare(reader, decoded, writer, side_by_side, half,
+                                      meta.encoded.frames)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    finally:
-        windows.close()
     if writer is not None:
         writer.close()
-    per_psnr, per_ssim = torch.cat(errors), torch.cat(similarity)
     # mean squared error of each frame, recovered from its PSNR, gives the whole-video PSNR
     mse = (255.0**2 / 10 ** (per_psnr / 10)).mean()
     overall = float(10 * torch.log10(255.0**2 / mse)) if mse > 0 else math.inf
@@ -118,6 +116,34 @@ def reconstruct_file(
         float(per_ssim.mean()), tuple(per_psnr.tolist()), tuple(per_ssim.tolist()),
         time.perf_counter() - start,
     )
+
+
+def _compare(
+    reader: VideoReader,
+    decoded: Iterator[np.ndarray],
+    writer: VideoWriter | None,
+    side_by_side: bool,
+    progress: ProgressFn,
+    expected: int,
+) -> tuple[Tensor, Tensor]:
+    """Per-frame PSNR and SSIM of decoded windows against the reader's frames: (T,), (T,)."""
+    windows = prefetch(reader)
+    reference = _FrameBuffer(windows)
+    errors: list[Tensor] = []
+    similarity: list[Tensor] = []
+    try:
+        for frames in decoded:
+            original = reference.take(len(frames))
+            ref, rec = torch.from_numpy(original), torch.from_numpy(frames)
+            errors.append(psnr_per_frame(ref, rec))
+            similarity.append(ssim_per_frame(ref, rec))
+            if writer is not None:
+                writer.write(np.concatenate([original, frames], axis=2) if side_by_side
+                             else frames)
+            progress(len(frames), expected)
+    finally:
+        windows.close()
+    return torch.cat(errors), torch.cat(similarity)
 
 
 class _FrameBuffer:
