@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,11 @@ def test_info_models_reconstruct_json(tmp_path: Path, videos: Path, models: Path
     assert "frames" in run("info", videos / "a.mp4").stdout  # the table form
     listed = json.loads(run("models", "--json").stdout)
     assert {"tiny-fsq", "tiny-ema_vq"} <= {m["name"] for m in listed}
+    extra = tmp_path / "more"
+    shutil.copytree(models / "tiny-fsq", extra / "copy-fsq")
+    listed = json.loads(run("models", "--model-dir", extra, "--json").stdout)
+    assert "copy-fsq" in {Path(m["path"]).name for m in listed}
+    assert "tiny-fsq" in run("models").stdout
     quality = json.loads(run("reconstruct", videos / "a.mp4", "-m", "tiny-fsq", "--per-frame",
                              "-o", tmp_path / "sbs.mp4", "--side-by-side", "--json").stdout)
     assert quality["frames"] == 11 and len(quality["per_frame"]) == 11
