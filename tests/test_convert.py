@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 import vqtok.api
 from vqtok.conversion import meta_model
-from vqtok.convert import convert_cosmos, convert_open_magvit2, magvit2_release_names
+from vqtok.convert import (
+    convert_cosmos,
+    convert_open_magvit2,
+    cosmos_constants,
+    infer_cosmos_config,
+    infer_magvit2_config,
+    magvit2_release_names,
+)
 from vqtok.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.errors import CheckpointError
 from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
@@ -265,20 +272,31 @@ def test_full_size_magvit2_has_the_released_keys_and_shapes() -> None:
     ema = {e["key"]: e["ema_of"] for e in full["keys"] if e["group"] == "ema_weight"}
     assert ema == {"model_ema." + k.replace(".", ""): k for k in names}
     assert sum(t.numel() for t in model.state_dict().values()) == full["generator_parameter_count"]
+    # the converter infers the released architecture from these shapes (meta: no memory)
+    released = {e["key"]: torch.empty(e["shape"], device="meta") for e in full["keys"]}
+    get = lambda key: released.get("model_ema." + key.replace(".", ""))  # noqa: E731
+    assert infer_magvit2_config(get, MAGVIT) == Magvit2Config()
 
 
 @pytest.mark.parametrize("variant", ["DV4x8x8", "DV8x8x8", "DV8x16x16"])
 def test_full_size_cosmos_has_the_released_keys_and_shapes(variant: str) -> None:
     full = json.loads((COSMOS / "full_keys.json").read_text())
-    model = meta_model(CosmosTokenizer, CosmosConfig(variant=variant))
+    config = CosmosConfig(variant=variant)
+    model = meta_model(CosmosTokenizer, config)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    constants = {k: tuple(v.shape) for k, v in cosmos_constants(config).items()}
     for archives in (["encoder.jit", "decoder.jit"], ["autoencoder.jit"]):
         released = {e["key"]: tuple(e["shape"]) for a in archives for e in full[a]}
-        params = {k: s for a in archives for e in full[a] if e["kind"] == "parameter"
-                  for k, s in [(e["key"], tuple(e["shape"]))]}
+        params = {e["key"]: tuple(e["shape"]) for a in archives for e in full[a]
+                  if e["kind"] == "parameter"}
         assert ours == params
-        buffers = set(released) - set(params)
-        assert all(re.search(r"patcher3d|quantizer\.", k) for k in buffers), buffers
+        buffers = {k: s for k, s in released.items() if k not in params}
+        if len(archives) == 2:
+            assert buffers == constants  # every derived buffer is known and checked
+        else:  # autoencoder.jit has one quantizer, without the decoder's inv_quant prefix
+            assert buffers == {k: s for k, s in constants.items() if "inv_quant" not in k}
+        shapes = {k: torch.empty(s, device="meta") for k, s in released.items()}
+        assert infer_cosmos_config(shapes, variant, False, COSMOS) == config
     assert sum(map(lambda s: torch.Size(s).numel(), ours.values())) == full["param_counts"][
         "full_model"
     ]

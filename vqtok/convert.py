@@ -93,7 +93,7 @@ def _load_ckpt(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _infer_magvit2(get: Callable[[str], Tensor | None], path: Path) -> Magvit2Config:
+def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Magvit2Config:
     def need(key: str) -> Tensor:
         t = get(key)
         if t is None:
@@ -172,7 +172,7 @@ def convert_open_magvit2(
     def get(release_key: str) -> Tensor | None:
         return ema.get(release_key.replace(".", "")) if use_ema else tensors.get(release_key)
 
-    model = meta_model(Magvit2Tokenizer, _infer_magvit2(get, path))
+    model = meta_model(Magvit2Tokenizer, infer_magvit2_config(get, path))
     weights: dict[str, Tensor] = {}
     used: set[str] = set()
     missing = []
@@ -264,7 +264,7 @@ def _load_jit(path: Path) -> dict[str, Tensor]:
     return {k: v.detach() for k, v in module.state_dict().items()}
 
 
-def _cosmos_constants(config: CosmosConfig) -> dict[str, Tensor]:
+def cosmos_constants(config: CosmosConfig) -> dict[str, Tensor]:
     """The derived buffers of the release and the values they must hold."""
     fsq = FiniteScalarQuantizer(len(config.levels), list(config.levels))
     quantizer = {
@@ -288,7 +288,7 @@ def _cosmos_constants(config: CosmosConfig) -> dict[str, Tensor]:
 def _check_constants(tensors: dict[str, Tensor], config: CosmosConfig, path: Path) -> list[str]:
     """Check every derived buffer present; return their keys."""
     present = []
-    for key, expected in _cosmos_constants(config).items():
+    for key, expected in cosmos_constants(config).items():
         if key not in tensors:
             continue
         got = tensors[key]
@@ -307,7 +307,7 @@ def _check_constants(tensors: dict[str, Tensor], config: CosmosConfig, path: Pat
     return present
 
 
-def _infer_cosmos(
+def infer_cosmos_config(
     tensors: dict[str, Tensor], variant: str, legacy: bool, path: Path
 ) -> CosmosConfig:
     def need(key: str) -> Tensor:
@@ -382,7 +382,7 @@ def convert_cosmos(
         if clash:
             raise CheckpointError(f"the files disagree on {names(clash)}", f)
         tensors.update(part)
-    config = _infer_cosmos(tensors, chosen, legacy_mode, files[0])
+    config = infer_cosmos_config(tensors, chosen, legacy_mode, files[0])
     constants = _check_constants(tensors, config, files[0])
     model = meta_model(CosmosTokenizer, config)
     # parameter names are the release's (see vqtok.cosmos_layers)
