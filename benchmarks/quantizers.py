@@ -10,12 +10,10 @@ Measures the cases of issue 2 ("Memory and speed", design.md §5) on the CPU:
 - EMA VQ and residual VQ training steps (SoundStream, Zeghidour et al., arXiv 2107.03312):
   `EMAQuantizer` vs `VectorQuantize` (EMA), `EMAResidualQuantizer` vs `ResidualVQ`.
 
-Every (case, runner) pair runs in its own freshly spawned child process, one after the other,
-all in one run of this script: the peaks of one runner cannot pile onto the next, and a peer
-that runs out of memory under the child's address-space cap (``RLIMIT_AS``) is recorded as
-such instead of taking the machine down. A child times warm-up + repeats (median) and reports
-the peak extra resident memory: the high-water mark is reset (``/proc/self/clear_refs``) after
-the inputs and modules exist, and the peak is read back from ``VmHWM``.
+Every (case, runner) pair runs in its own freshly spawned child process (`measure.py`), one
+after the other, all in one run of this script: the peaks of one runner cannot pile onto the
+next, and a peer that runs out of memory under the child's address-space cap is recorded as
+such. Both sides get the same inputs, 2 threads, and (VQ eval) the same codebook.
 
 Run by hand, not in CI (see benchmarks/README.md): ``python benchmarks/quantizers.py --quick``.
 """
@@ -23,24 +21,20 @@ Run by hand, not in CI (see benchmarks/README.md): ``python benchmarks/quantizer
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
-import multiprocessing as mp
+import functools
 import os
 import platform
-import resource
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from measure import Result, Settings, Step, loadavg, meminfo_gib, run_in_child, write_section
 
-GIB = 2**30
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Quantizers"
 
@@ -56,31 +50,6 @@ class Case:
     d: int  # channels (LFQ: bits)
     levels: int = 1
     runners: tuple[str, ...] = ("vqtok", "peer")
-
-
-@dataclass
-class Settings:
-    threads: int
-    warmup: int
-    repeats: int
-    budget_s: float
-    mem_cap_gib: float
-    timeout_s: float
-
-
-@dataclass
-class Result:
-    case: str
-    runner: str
-    status: str = "ok"  # "ok" | "out of memory" | "killed (...)" | "timed out" | "error: ..."
-    times: list[float] = field(default_factory=list)
-    peak_mib: float = float("nan")
-    cap_gib: float = float("nan")
-    check: Any = None  # indices / loss of the first call, compared across runners
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times) if self.times else float("nan")
 
 
 def build_cases(quick: bool) -> list[Case]:
@@ -104,12 +73,6 @@ def build_cases(quick: bool) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------- workloads
-# A builder returns (step, first): step() runs the measured work once; first(out) turns the
-# first call's output into a small value the parent compares across runners.
-
-Step = tuple[Callable[[], Any], Callable[[Any], Any]]
-
-
 def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -214,6 +177,7 @@ def build_rvq_train(case: Case, runner: str) -> Step:
     return _train_step(peer, x[None], lambda out: (out[0], out[2].sum()))
 
 
+NO_GRAD = ("matmul", "vq_eval")  # inference workloads; the others are training steps
 BUILDERS: dict[str, Callable[[Case, str], Step]] = {
     "matmul": build_matmul,
     "vq_eval": build_vq_eval,
@@ -221,84 +185,6 @@ BUILDERS: dict[str, Callable[[Case, str], Step]] = {
     "ema_train": build_ema_train,
     "rvq_train": build_rvq_train,
 }
-
-
-# ----------------------------------------------------------------------------- child process
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def _timed_runs(step: Callable[[], Any], settings: Settings) -> tuple[list[float], Any]:
-    """Warm-up + repeats; a call slower than the budget is timed once (its first call)."""
-    first = None
-    times: list[float] = []
-    for i in range(settings.warmup + settings.repeats):
-        start = time.perf_counter()
-        out = step()
-        elapsed = time.perf_counter() - start
-        if i == 0:
-            first = out
-        if i >= settings.warmup or elapsed > settings.budget_s:
-            times.append(elapsed)
-        if sum(times) > settings.budget_s or (i == 0 and elapsed > settings.budget_s):
-            break
-    return times, first
-
-
-def child(case: Case, runner: str, settings: Settings, conn: Any) -> None:
-    """Measure one runner of one case; sends a `Result` through ``conn``."""
-    result = Result(case.name, runner, cap_gib=settings.mem_cap_gib)
-    cap = int(settings.mem_cap_gib * GIB)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    # if memory runs out anyway, the kernel kills this child first, not someone else's work
-    Path("/proc/self/oom_score_adj").write_text("1000")
-    torch.set_num_threads(settings.threads)
-    try:
-        step, summarise = BUILDERS[case.kind](case, runner)
-        context = torch.no_grad() if case.kind in ("vq_eval", "matmul") else torch.enable_grad()
-        with context:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            base_kib = _status_kib("VmRSS")
-            result.times, first = _timed_runs(step, settings)
-            result.peak_mib = (_status_kib("VmHWM") - base_kib) / 1024
-        result.check = summarise(first)
-    except Exception as e:  # noqa: BLE001  (any failure is recorded, the run goes on)
-        text = str(e)
-        memory = isinstance(e, MemoryError) or "alloc" in text or "memory" in text.lower()
-        result.status = "out of memory" if memory else f"error: {text.splitlines()[0][:120]}"
-    conn.send(result)
-    conn.close()
-
-
-def run_one(case: Case, runner: str, settings: Settings) -> Result:
-    """Spawn a fresh interpreter for (case, runner) and collect its `Result`."""
-    # never let a child take memory the other processes on the machine hold
-    cap = min(settings.mem_cap_gib, round(meminfo_gib("MemAvailable") - 0.5, 1))
-    settings = dataclasses.replace(settings, mem_cap_gib=cap)
-    ctx = mp.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=child, args=(case, runner, settings, send))
-    proc.start()
-    send.close()
-    result = None
-    if receive.poll(settings.timeout_s):
-        try:
-            result = receive.recv()
-        except EOFError:  # the child died before sending
-            result = None
-    proc.join(5.0 if result is not None else 0.1)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return result or Result(case.name, runner, "timed out", cap_gib=cap)
-    if result is None:
-        code = proc.exitcode
-        status = f"killed (signal {-code})" if code and code < 0 else f"died (exit {code})"
-        result = Result(case.name, runner, status, cap_gib=cap)
-    return result
 
 
 # ----------------------------------------------------------------------------- report
@@ -411,32 +297,6 @@ def machine_lines(settings: Settings, command: str, loads: tuple[str, str]) -> l
     ]
 
 
-def meminfo_gib(key: str) -> float:
-    """A /proc/meminfo field (``MemTotal``, ``MemAvailable``) in GiB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{key} not in /proc/meminfo")
-
-
-def _loadavg() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def write_section(path: Path, body: list[str]) -> None:
-    """Replace (or append) the ``## Quantizers`` section of ``path``, keeping other sections."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        lines = [*lines, "", *body]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        lines = [*lines[:start], *body, *([""] if end < len(lines) else []), *lines[end:]]
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
-
-
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -464,23 +324,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = Settings(args.threads, args.warmup, args.repeats, args.budget, args.mem_cap_gb,
                         args.timeout)
-    load_start = _loadavg()
+    load_start = loadavg()
     results: dict[tuple[str, str], Result] = {}
     for case in cases:
         for runner in case.runners:
             if not any(fnmatch.fnmatch(runner, pat) for pat in args.runners):
                 continue
-            r = run_one(case, runner, settings)
+            build = functools.partial(BUILDERS[case.kind], case, runner)
+            r = run_in_child(build, (case.name, runner), settings, no_grad=case.kind in NO_GRAD)
             results[(case.name, runner)] = r
             print(f"{case.name:28s} {runner:9s} {_fmt(r.median_s, '9.3f')} s  "
                   f"{_fmt(r.peak_mib, '8.0f')} MiB  {r.status}", file=sys.stderr, flush=True)
     command = "python benchmarks/quantizers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    body = [SECTION, "", *machine_lines(settings, command.strip(), (load_start, _loadavg())), "",
+    body = [SECTION, "", *machine_lines(settings, command.strip(), (load_start, loadavg())), "",
             *ratio_rows(cases, results), "", *runner_rows(cases, results)]
     print("\n".join(body))
     path = args.results if args.results is not None else (None if args.quick else RESULTS)
     if path is not None:
-        write_section(path, body)
+        write_section(path, SECTION, body)
         print(f"wrote {path}", file=sys.stderr)
 
 
