@@ -273,3 +273,15 @@ def test_vq2_state_dict_uses_reference_keys():
     assert torch.equal(other.embedding.weight, vq.embedding.weight)
     plain = VectorQuantizer2(16, 4, 0.25)
     assert sorted(plain.state_dict()) == ["embedding.weight"]
+
+
+def test_indices_do_not_depend_on_batch():
+    vq = make_vq(dim=8, k=32)
+    with torch.no_grad():  # near-duplicate codes make near-ties likely
+        vq.embedding.weight[1] = vq.embedding.weight[0] + 1e-7
+        z = torch.cat(
+            [vq.embedding.weight[:2].mean(0, keepdim=True).repeat(5, 1), torch.randn(20, 8)]
+        )
+    whole = vq(z).indices
+    assert torch.equal(whole, torch.cat([vq(z[i : i + 1]).indices for i in range(len(z))]))
+    assert whole[:5].tolist() == [0] * 5 or whole[:5].tolist() == [1] * 5
