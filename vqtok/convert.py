@@ -128,6 +128,19 @@ def _magvit2_ignored(key: str, use_ema: bool, raw_used: set[str]) -> str | None:
     return None
 
 
+def _magvit2_state(obj: dict[str, Any], path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(the state dict's tensors, top-level checkpoint entries ignored as training state)."""
+    state = obj.get("state_dict", obj)
+    if not isinstance(state, dict):
+        raise CheckpointError("'state_dict' is not a dict of tensors", path)
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    others = sorted(set(state) - set(tensors))
+    if others:
+        raise CheckpointError(f"state_dict entries that are not tensors: {names(others)}", path)
+    top = {f"[top-level] {k}": "training state" for k in obj if k != "state_dict"}
+    return tensors, top if "state_dict" in obj else {}
+
+
 def convert_open_magvit2(
     ckpt: str | Path,
     out_dir: str | Path,
@@ -151,51 +164,34 @@ def convert_open_magvit2(
         CheckpointError: unreadable / unsafe file, missing, unexpected or mis-shaped tensors.
     """
     path = Path(ckpt)
-    obj = _load_ckpt(path)
-    state = obj.get("state_dict", obj)
-    if not isinstance(state, dict):
-        raise CheckpointError("'state_dict' is not a dict of tensors", path)
-    ignored = {f"[top-level] {k}": "training state" for k in obj if k != "state_dict"}
-    ignored = ignored if "state_dict" in obj else {}
-    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    others = sorted(set(state) - set(tensors))
-    if others:
-        raise CheckpointError(f"state_dict entries that are not tensors: {names(others)}", path)
-    ema = {
-        k[len("model_ema.") :]: v
-        for k, v in tensors.items()
-        if k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")
-        and not k.startswith("model_ema.loss")
-    }
-    use_ema = bool(ema)
+    tensors, ignored = _magvit2_state(_load_ckpt(path), path)
+    # EMA shadows are "model_ema." + the parameter name with its dots removed
+    ema = any(k.startswith("model_ema.") and _magvit2_ignored(k, False, set()) is None
+              for k in tensors)
 
-    def get(release_key: str) -> Tensor | None:
-        return ema.get(release_key.replace(".", "")) if use_ema else tensors.get(release_key)
+    def source_key(release_key: str) -> str:
+        return "model_ema." + release_key.replace(".", "") if ema else release_key
 
-    model = meta_model(Magvit2Tokenizer, infer_magvit2_config(get, path))
-    weights: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing = []
-    for release_key, key in magvit2_release_names(model).items():
-        t = get(release_key)
-        if t is None:
-            missing.append(release_key)
-            continue
-        weights[key] = t
-        used.add("model_ema." + release_key.replace(".", "") if use_ema else release_key)
-    raw_used = {r for r in magvit2_release_names(model) if r in tensors}
-    for key in tensors:
-        reason = None if key in used else _magvit2_ignored(key, use_ema, raw_used)
+    model = meta_model(
+        Magvit2Tokenizer, infer_magvit2_config(lambda k: tensors.get(source_key(k)), path)
+    )
+    release_names = magvit2_release_names(model)
+    weights = {key: tensors[source_key(r)] for r, key in release_names.items()
+               if source_key(r) in tensors}
+    missing = [r for r in release_names if source_key(r) not in tensors]
+    used = {source_key(r) for r in release_names} & set(tensors)
+    raw = set(release_names) & set(tensors)
+    for key in sorted(set(tensors) - used):
+        reason = _magvit2_ignored(key, ema, raw)
         if reason is not None:
             ignored[key] = reason
-    unexpected = sorted(set(tensors) - used - set(ignored))
-    check_accounting(path, missing, unexpected)
+    check_accounting(path, missing, sorted(set(tensors) - used - set(ignored)))
     card = model_card(
         "Open-MAGVIT2 video tokenizer (TencentARC, LFQ 2^18)",
         "open-magvit2-video",
         MAGVIT2_LICENSE,
         command or f"vqtok convert open-magvit2 {path} -o {out_dir}",
-        "EMA weights (model_ema.*)" if use_ema else "raw weights (no model_ema.* in the file)",
+        "EMA weights (model_ema.*)" if ema else "raw weights (no model_ema.* in the file)",
     )
     return write_model(model, weights, dtype, out_dir, name, card, [path], ignored, len(used))
 
