@@ -320,3 +320,10 @@ def test_unexpected_errors_are_one_line_and_do_not_stop_the_run(
     assert (tmp_path / "o" / "sub" / "b.npy").is_file()
     result = run("encode", videos, "-o", tmp_path / "o", "-m", "tiny-fsq", "--debug", code=1)
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_trailing_slash_makes_the_output_a_directory(tmp_path: Path, videos: Path, run) -> None:  # type: ignore[no-untyped-def]
+    run("encode", videos / "a.mp4", "-o", f"{tmp_path / 'new'}/", "-m", "tiny-fsq")
+    assert (tmp_path / "new" / "a.npy").is_file()
+    run("decode", tmp_path / "new" / "a.npy", "-o", f"{tmp_path / 'vid'}/")
+    assert probe(tmp_path / "vid" / "a.mp4").frames == 11

@@ -99,7 +99,7 @@ def _encode_options(
 @app.command()
 def encode(
     inputs: Annotated[list[Path], typer.Argument(help="Video files or directories.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Index file, or directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Index file, or directory/.")],
     model: ModelOpt = None,
     model_dir: ModelDirOpt = None,
     device: DeviceOpt = "auto",
@@ -169,7 +169,7 @@ def _describe_encoded(result: Any) -> str:
 @app.command()
 def decode(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Video file, or directory.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Video file, or directory/.")],
     model: ModelOpt = None,
     model_dir: ModelDirOpt = None,
     device: DeviceOpt = "auto",
