@@ -391,7 +391,8 @@ def convert_cosmos(
         f"NVIDIA Cosmos-0.1-Tokenizer-{chosen} (FSQ 64K, causal)",
         "cosmos-dv",
         COSMOS_LICENSE,
-        command or f"vqtok convert cosmos {source} --variant {chosen} -o {out_dir}",
+        command or f"vqtok convert cosmos {' '.join(map(str, files))} --variant {chosen} "
+        f"-o {out_dir}",
         f"variant {chosen}" + (" (legacy_mode)" if legacy_mode else ""),
     )
     return write_model(model, weights, dtype, out_dir, name, card, files, ignored, len(weights))
