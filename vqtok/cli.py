@@ -79,6 +79,9 @@ ShortSideOpt = Annotated[
     int | None, typer.Option(min=1, help="Resize so the short side is N (keeps aspect).")
 ]
 FpsOpt = Annotated[str | None, typer.Option(help="Frame rate, e.g. 8 or 30000/1001.")]
+ShardOpt = Annotated[
+    str | None, typer.Option(help="Do share i of n of the files: i/n (torchrun: automatic).")
+]
 MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N frames.")]
 
 
@@ -118,7 +121,7 @@ def encode(
     strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
-    shard: Annotated[str | None, typer.Option(help="Do share i of n of the files: i/n.")] = None,
+    shard: ShardOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
@@ -181,6 +184,7 @@ def decode(
     overwrite: Annotated[bool, Flag("--overwrite", help="Replace existing videos.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Decode index files into MP4 videos, with the model each file names (or --model)."""
@@ -204,6 +208,7 @@ def decode(
     with handle_errors(debug):
         jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
                            select=_is_index_file, overwrite=overwrite)
+        jobs = my_share(jobs, shard)
         outcomes = run_jobs(jobs, one_by_one(jobs, work), quiet or as_json, debug)
     print_summary(outcomes, _describe_decoded, as_json)
     exit_for(outcomes)
