@@ -263,3 +263,29 @@ def test_frame_group_norm_normalises_each_frame_alone() -> None:
         frame = y[:, :2, t].reshape(2, -1)  # group 0 of frame t
         torch.testing.assert_close(frame.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
         torch.testing.assert_close(frame.var(1, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_patch_size_folds_pixels_and_keeps_the_latent_grid(patch: int) -> None:
+    stages = {2: (1, 1, 2), 4: (1, 2)}[patch]
+    tau = 4 if patch == 2 else 2
+    config = tiny("fsq", patch_size=patch, channel_multipliers=stages, temporal_factor=tau)
+    model = build(config)
+    video = clip(b=2, t=1 + 2 * tau)
+    with torch.no_grad():
+        indices = model.encode(video)
+        assert indices.shape == (2, 3, 2, 2)
+        assert model.decode(indices).shape == video.shape
+        pieces = list(model.encode_stream(video.split(3, dim=2)))
+    assert torch.equal(torch.cat(pieces, dim=1), indices)
+    # the first conv sees each p x p patch as 3*p*p channels
+    assert model.encoder.conv_in.weight.shape[1] == 3 * patch * patch
+
+
+def test_patch_size_must_match_the_number_of_stages() -> None:
+    with pytest.raises(ConfigError, match="patch_size 2 needs 3 channel_multipliers"):
+        tiny(patch_size=2)
+    with pytest.raises(ConfigError, match="patch_size"):
+        tiny(patch_size=3)
+    with pytest.raises(ConfigError, match="temporal_factor 4 needs at least 3 stages"):
+        tiny(patch_size=4, channel_multipliers=(1, 2))

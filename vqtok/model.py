@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, VqtokError
@@ -51,10 +52,14 @@ class TokenizerConfig:
 
     Attributes:
         channels: base width; stage i has ``channels * channel_multipliers[i]`` channels.
-        channel_multipliers: one per encoder stage; exactly log2(spatial_factor) + 1 of them
-            (every stage but the last halves H and W).
+        channel_multipliers: one per encoder stage; exactly log2(spatial_factor / patch_size)
+            + 1 of them (every stage but the last halves H and W).
         num_res_blocks: residual blocks per stage.
         spatial_factor: 8 or 16; H and W of a clip must be multiples of it.
+        patch_size: 1, 2 or 4; the encoder starts by folding p x p pixel patches into channels
+            (space-to-depth) and the decoder ends by unfolding them, so the convolutions run at
+            1/p of the resolution (a large saving on CPU); the stages then downsample by
+            spatial_factor / p.
         temporal_factor: tau in (1, 2, 4, 8); at most len(channel_multipliers) - 1.
         latent_dim: channels of the latent that enters the quantizer.
         quantizer: a kind of `vqtok.quantizers.KINDS`.
@@ -69,6 +74,7 @@ class TokenizerConfig:
     channel_multipliers: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 2
     spatial_factor: int = 8
+    patch_size: int = 1
     temporal_factor: int = 4
     latent_dim: int = 6
     quantizer: str = "fsq"
@@ -86,11 +92,19 @@ class TokenizerConfig:
             raise ConfigError(f"spatial_factor must be 8 or 16, got {self.spatial_factor}")
         if self.temporal_factor not in (1, 2, 4, 8):
             raise ConfigError(f"temporal_factor must be 1, 2, 4 or 8, got {self.temporal_factor}")
-        stages = int(math.log2(self.spatial_factor)) + 1
+        if self.patch_size not in (1, 2, 4):
+            raise ConfigError(f"patch_size must be 1, 2 or 4, got {self.patch_size}")
+        stages = int(math.log2(self.spatial_factor // self.patch_size)) + 1
         if len(self.channel_multipliers) != stages:
             raise ConfigError(
-                f"spatial_factor {self.spatial_factor} needs {stages} channel_multipliers, "
+                f"spatial_factor {self.spatial_factor} with patch_size {self.patch_size} needs "
+                f"{stages} channel_multipliers, "
                 f"got {len(self.channel_multipliers)}"
+            )
+        if self.temporal_stages > stages - 1:
+            raise ConfigError(
+                f"temporal_factor {self.temporal_factor} needs at least "
+                f"{self.temporal_stages + 1} stages, got {stages}"
             )
         if any(m < 1 for m in self.channel_multipliers):
             raise ConfigError(f"channel_multipliers must be >= 1, got {self.channel_multipliers}")
@@ -182,7 +196,8 @@ class Encoder(nn.Module):
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         widths, groups = config.widths, config.norm_groups
-        self.conv_in = CausalConv3d(3, widths[0], 3)
+        self.patch_size = config.patch_size
+        self.conv_in = CausalConv3d(3 * config.patch_size**2, widths[0], 3)
         # stage i: num_res_blocks ResBlocks at widths[i], then a Downsample (not after the last)
         self.blocks = nn.ModuleList()
         prev = widths[0]
@@ -198,6 +213,9 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(prev, config.latent_dim, 3)
 
     def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
+        p = self.patch_size
+        # space-to-depth: (B, 3, T, H, W) -> (B, 3*p*p, T, H/p, W/p)
+        video = rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)
         h = self.conv_in(video, state)
         for block in self.blocks:
             h = block(h, state)
@@ -226,13 +244,17 @@ class Decoder(nn.Module):
                 temporal = i - 1 < config.temporal_stages
                 self.blocks.append(Upsample(prev, spatial=True, temporal=temporal))
         self.norm_out = FrameGroupNorm(groups, prev)
-        self.conv_out = CausalConv3d(prev, 3, 3)
+        self.patch_size = config.patch_size
+        self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
 
     def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.mid(self.conv_in(codes, state), state)
         for block in self.blocks:
             h = block(h, state)
-        return self.conv_out(swish(self.norm_out(h)), state)
+        out = self.conv_out(swish(self.norm_out(h)), state)
+        p = self.patch_size
+        # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
+        return rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
 
 
 class VideoTokenizer(TokenizerModel):
