@@ -193,7 +193,9 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
                 if debug:
                     raise result
                 err.print(fail_line(result, job.source), markup=False)
-                done[job] = Outcome(job, "failed", error=str(result))
+                # the table and JSON rows name the input already: keep just the reason
+                reason = result.message if isinstance(result, VqtokError) else str(result)
+                done[job] = Outcome(job, "failed", error=" ".join(reason.split()))
                 continue
             warnings = tuple(getattr(result, "warnings", ()))
             if not quiet:
