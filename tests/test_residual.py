@@ -159,8 +159,9 @@ def test_ema_rvq_eval_does_not_update_and_bf16_input():
 def test_build_and_config_errors():
     q = build_quantizer("ema_rvq", dim=3, num_levels=2, codebook_sizes=[4, 2])
     assert isinstance(q, EMAResidualQuantizer) and q.codebook_sizes == [4, 2]
-    assert isinstance(build_quantizer("rvq", dim=3, num_levels=2, codebook_sizes=4),
-                      ResidualQuantizer)
+    assert isinstance(
+        build_quantizer("rvq", dim=3, num_levels=2, codebook_sizes=4), ResidualQuantizer
+    )
     with pytest.raises(ConfigError, match="2 codebook sizes for 3 levels"):
         ResidualQuantizer(3, 3, [4, 4])
     with pytest.raises(ConfigError):
@@ -174,8 +175,13 @@ def test_build_and_config_errors():
 
 def test_helia_ema_call_signature_indices_and_losses():
     layer = EmaResidualVectorQuantizer(2, [6, 4], 3, beta=0.5, name="rvq")
-    assert (layer.M, layer.D, layer.Ks, layer.ema_decay, layer.epsilon) == (2, 3, [6, 4], 0.99,
-                                                                            1e-5)
+    assert (layer.M, layer.D, layer.Ks, layer.ema_decay, layer.epsilon) == (
+        2,
+        3,
+        [6, 4],
+        0.99,
+        1e-5,
+    )
     assert len(layer.non_trainable_weights) == 6 and layer.trainable_weights == []
     cb = layer.core.codebooks[0]
     assert torch.equal(cb.cluster_size, torch.ones(6)) and torch.equal(cb.embed_avg, cb.weight)
@@ -205,9 +211,15 @@ def test_helia_metrics_are_running_means_in_reference_order():
     layer(a)
     layer(b)
     assert list(layer.metrics) == [
-        "rvq_l1_perplexity", "rvq_l2_perplexity", "rvq_l1_usage", "rvq_l2_usage",
-        "rvq_l1_bits_per_index", "rvq_l2_bits_per_index",
-        "rvq_perplexity_mean", "rvq_usage_mean", "rvq_bits_per_index_sum",
+        "rvq_l1_perplexity",
+        "rvq_l2_perplexity",
+        "rvq_l1_usage",
+        "rvq_l2_usage",
+        "rvq_l1_bits_per_index",
+        "rvq_l2_bits_per_index",
+        "rvq_perplexity_mean",
+        "rvq_usage_mean",
+        "rvq_bits_per_index_sum",
     ]
     for key, value in layer.metrics.items():
         assert value == pytest.approx((ma[key].item() + mb[key].item()) / 2, rel=1e-5)
@@ -221,8 +233,15 @@ def test_helia_metrics_are_running_means_in_reference_order():
 def test_helia_config_round_trip_and_validation():
     layer = EmaResidualVectorQuantizer(3, 8, 4, beta=0.3, ema_decay=0.9, epsilon=1e-4, name="q")
     config = layer.get_config()
-    assert config == {"name": "q", "num_levels": 3, "num_embeddings": [8, 8, 8],
-                      "embedding_dim": 4, "beta": 0.3, "ema_decay": 0.9, "epsilon": 1e-4}
+    assert config == {
+        "name": "q",
+        "num_levels": 3,
+        "num_embeddings": [8, 8, 8],
+        "embedding_dim": 4,
+        "beta": 0.3,
+        "ema_decay": 0.9,
+        "epsilon": 1e-4,
+    }
     clone = EmaResidualVectorQuantizer.from_config({**config, "trainable": True})
     assert clone.get_config() == config
     with pytest.raises(ConfigError):
@@ -245,3 +264,22 @@ def test_helia_gradient_rvq():
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in layer.trainable_weights)
     assert len(idx) == 2 and idx[0].shape == (8,)
     assert torch.allclose(layer.decode(idx, x.shape), y, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [ResidualQuantizer, EMAResidualQuantizer])
+def test_reseed_dead_codes_moves_unused_codes_onto_each_levels_residuals(cls):
+    torch.manual_seed(0)
+    q = cls(dim=3, num_levels=2, codebook_sizes=[4, 6])
+    samples = torch.randn(64, 3) * 5
+    counts = torch.zeros(2, 6, dtype=torch.long)
+    counts[0, :2] = 10  # level 0: codes 0 and 1 alive, 2 and 3 dead; level 1: all dead
+    before0 = q.level_weight(0).detach().clone()
+    g = torch.Generator().manual_seed(1)
+    assert q.reseed_dead_codes(samples, counts, threshold=1.0, generator=g) == 2 + 6
+    w0 = q.level_weight(0).detach()
+    assert torch.equal(w0[:2], before0[:2])
+    # re-seeded level-0 codes are sample rows; level-1 codes are level-1 residual rows
+    assert all(any(torch.equal(w0[k], row) for row in samples) for k in (2, 3))
+    residuals = samples - w0[torch.cdist(samples, w0).argmin(1)]
+    w1 = q.level_weight(1).detach()
+    assert all(any(torch.allclose(w1[k], row) for row in residuals) for k in range(6))

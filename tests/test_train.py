@@ -136,3 +136,14 @@ def test_sampler_is_reproducible_per_step_and_holds_out_the_tail():
     assert a.min() >= -1 and a.max() <= 1
     steps = [s for s, _ in sampler.prefetch(3, 6, depth=2)]
     assert steps == [3, 4, 5]
+
+
+def test_residual_ema_model_trains_with_dead_code_reseeding(footage_dir, tmp_path):
+    model = {**TINY_MODEL, "quantizer": "ema_rvq",
+             "quantizer_options": {"num_levels": 2, "codebook_sizes": [16, 8]}}
+    options = {**tiny_run(4).to_dict()["train"], "dead_code_every": 2, "eval_every": 4}
+    config = RunConfig.from_dict({"name": "rvq", "model": model, "train": options})
+    result = train(config, [footage_dir], tmp_path / "run", device="cpu")
+    reseeded = [r["reseeded"] for r in read_metrics(tmp_path / "run") if "reseeded" in r]
+    assert len(reseeded) == 2 and reseeded[0] > 0  # tiny data leaves codes unused
+    assert 0 < result.last_eval["eval_usage"] <= 1

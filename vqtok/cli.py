@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from vqtok.cli_models import convert, train
 from vqtok.cli_support import (
     ChunkOpt,
     DebugOpt,
@@ -72,6 +73,8 @@ def main(
 ) -> None:
     """Turn video into discrete tokens and back."""
 app.add_typer(remap_app, name="remap")
+app.command()(train)
+app.command()(convert)
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
 SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]

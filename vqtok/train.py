@@ -35,7 +35,6 @@ from vqtok.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, sp
 from vqtok.errors import ConfigError
 from vqtok.metrics import psnr, ssim_per_frame
 from vqtok.model import VideoTokenizer
-from vqtok.quantizers.usage import CodeUsage
 from vqtok.train_config import RunConfig, TrainConfig
 from vqtok.train_state import load_checkpoint, save_checkpoint
 
@@ -92,28 +91,44 @@ class _LatentTap:
             self.samples = flat[idx].float()
 
 
+def code_counts(indices: Tensor, num_codebooks: int, codebook_size: int) -> Tensor:
+    """(L, K) int64 usage counts per codebook / level (the trailing index axis when L > 1)."""
+    flat = indices.reshape(-1, num_codebooks).long().cpu()
+    return torch.stack(
+        [torch.bincount(flat[:, i], minlength=codebook_size) for i in range(num_codebooks)]
+    )
+
+
+def usage_stats(counts: Tensor) -> dict[str, float]:
+    """Mean over codebooks of the used fraction and the perplexity of (L, K) counts."""
+    p = counts.double() / counts.sum(1, keepdim=True).clamp_min(1)
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(1)
+    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp().mean())}
+
+
 def _eval(model: VideoTokenizer, clips: list[Tensor], device: torch.device) -> dict[str, float]:
     """Held-out PSNR / SSIM (on uint8-rounded frames) and codebook usage."""
     if not clips:
         return {}
     model.eval()
-    usage = CodeUsage(model.quantizer.codebook_size)
+    q = model.quantizer
+    counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
     psnrs, ssims = [], []
     with torch.inference_mode():
         for clip in clips:
             indices = model.encode(clip.to(device))
-            usage.update(indices)
+            counts += code_counts(indices, q.num_codebooks, q.codebook_size)
             recon = model.decode(indices)
             ref, out = (_to_uint8(x) for x in (clip, recon.cpu()))
             psnrs.append(float(psnr(ref, out)))
             ssims.append(float(ssim_per_frame(ref, out).mean()))
     model.train()
-    m = usage.metrics()
+    m = usage_stats(counts)
     return {
         "eval_psnr": sum(psnrs) / len(psnrs),
         "eval_ssim": sum(ssims) / len(ssims),
-        "eval_usage": float(m["usage"]),
-        "eval_perplexity": float(m["perplexity"]),
+        "eval_usage": m["usage"],
+        "eval_perplexity": m["perplexity"],
     }
 
 
@@ -213,7 +228,9 @@ def train(
         for k in ("entropy_loss_weight",)
         if hasattr(model.quantizer, k)
     }
-    tap, usage = _LatentTap(model), CodeUsage(model.quantizer.codebook_size)
+    q = model.quantizer
+    tap = _LatentTap(model)
+    counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
     log = (run / "metrics.jsonl").open("a")
     done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
     try:
@@ -224,13 +241,16 @@ def train(
             _schedule_quantizer(model, cfg, base, step)
             logged = _step(model, opt, batch, cfg, dev)
             done = step + 1  # steps completed; what a checkpoint records
-            usage.update(logged.pop("indices"))
+            counts += code_counts(logged.pop("indices"), q.num_codebooks, q.codebook_size)
             if cfg.dead_code_every and done % cfg.dead_code_every == 0:
                 g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed + done)
-                logged["reseeded"] = model.quantizer.reseed_dead_codes(
-                    tap.samples, usage.counts.to(tap.samples.device), cfg.dead_code_threshold, g
+                logged["reseeded"] = q.reseed_dead_codes(
+                    tap.samples,
+                    counts.squeeze(0).to(tap.samples.device),
+                    cfg.dead_code_threshold,
+                    g,
                 )
-                usage = CodeUsage(model.quantizer.codebook_size)
+                counts.zero_()
             if done % cfg.log_every == 0 or done == cfg.steps:
                 _log(
                     log,

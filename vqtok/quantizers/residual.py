@@ -33,6 +33,7 @@ from vqtok.quantizers.base import (
 )
 from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
 from vqtok.quantizers.search import nearest_codes
+from vqtok.quantizers.usage import reseed_dead_codes
 
 
 def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ...]) -> list[int]:
@@ -75,6 +76,49 @@ class _ResidualQuantizer(Quantizer):
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize residual ``r`` (N, D) float32 -> (q (N, D), idx (N,), loss scalar)."""
         raise NotImplementedError
+
+    def _reseed_level(
+        self,
+        level: int,
+        residuals: Tensor,
+        counts: Tensor,
+        threshold: float,
+        generator: torch.Generator | None,
+    ) -> int:
+        """Re-seed level ``level``'s dead codes from ``residuals`` (M, D); returns how many."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reseed_dead_codes(
+        self,
+        samples: Tensor,
+        counts: Tensor,
+        threshold: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Re-seed every level's rarely used codes from the residuals that level sees.
+
+        Level l is re-seeded from ``r_l`` of the samples (after levels < l, already re-seeded,
+        took their share), so a new code lands where that level's inputs really are.
+
+        Args:
+            samples: (M, dim) recent quantizer inputs.
+            counts: (L, K) usage per level since the last call (row l uses its first K_l
+                entries); a (K,) tensor is accepted when L = 1.
+            threshold: codes with count < threshold are re-seeded.
+            generator: optional, for reproducible choices.
+
+        Returns:
+            The number of codes re-seeded over all levels.
+        """
+        counts = counts.reshape(self.num_levels, -1)
+        r, total = samples.detach().float(), 0
+        for level in range(self.num_levels):
+            k = self.codebook_sizes[level]
+            total += self._reseed_level(level, r, counts[level, :k], threshold, generator)
+            weight = self.level_weight(level).float()
+            r = r - weight[nearest_codes(r, weight)]
+        return total
 
     def quantize_tokens(
         self, tokens: Tensor, update: bool
@@ -229,6 +273,19 @@ class ResidualQuantizer(_ResidualQuantizer):
     def level_weight(self, level: int) -> Tensor:
         return self.codebooks[level]
 
+    def _reseed_level(
+        self,
+        level: int,
+        residuals: Tensor,
+        counts: Tensor,
+        threshold: float,
+        generator: torch.Generator | None,
+    ) -> int:
+        dead = reseed_dead_codes(
+            self.codebooks[level].data, counts, residuals, threshold, generator
+        )
+        return int(dead.sum())
+
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         weight = self.codebooks[level]
         idx = nearest_codes(r, weight)
@@ -278,6 +335,17 @@ class EMAResidualQuantizer(_ResidualQuantizer):
     def level_weight(self, level: int) -> Tensor:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
         return codebook.weight
+
+    def _reseed_level(
+        self,
+        level: int,
+        residuals: Tensor,
+        counts: Tensor,
+        threshold: float,
+        generator: torch.Generator | None,
+    ) -> int:
+        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
+        return int(codebook.reseed_dead(residuals, counts, threshold, generator).sum())
 
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
