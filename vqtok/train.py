@@ -242,7 +242,14 @@ def train(
             logged = _step(model, opt, batch, cfg, dev)
             done = step + 1  # steps completed; what a checkpoint records
             counts += code_counts(logged.pop("indices"), q.num_codebooks, q.codebook_size)
-            if cfg.dead_code_every and done % cfg.dead_code_every == 0:
+            if done == 1 and cfg.init_codebook_from_data:
+                # data-dependent init: every code restarts at a random latent of the first batch
+                counts.zero_()
+                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed)
+                logged["reseeded"] = q.reseed_dead_codes(
+                    tap.samples, counts.squeeze(0).to(tap.samples.device), 1.0, g
+                )
+            elif cfg.dead_code_every and done % cfg.dead_code_every == 0:
                 g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed + done)
                 logged["reseeded"] = q.reseed_dead_codes(
                     tap.samples,

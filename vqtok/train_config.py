@@ -39,6 +39,8 @@ class TrainConfig:
         ramps an LFQ entropy weight linearly from 0.
     Quantizer machinery:
         gumbel_temperature (start, end) annealed exponentially over gumbel_anneal_steps;
+        init_codebook_from_data (after the first step, every code of a learned codebook is
+        re-seeded from that batch's latents, the cheap form of k-means initialisation),
         dead_code_every (steps between re-seeding codes unused since the last time; 0 = off),
         dead_code_threshold.
     Bookkeeping:
@@ -67,6 +69,7 @@ class TrainConfig:
     entropy_warmup_steps: int = 0
     gumbel_temperature: tuple[float, ...] = (1.0, 0.5)
     gumbel_anneal_steps: int = 0
+    init_codebook_from_data: bool = True
     dead_code_every: int = 200
     dead_code_threshold: float = 1.0
     log_every: int = 10
