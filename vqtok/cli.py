@@ -232,6 +232,10 @@ def remap_build(
     output: Annotated[Path, typer.Option("--output", "-o", help="The used-index .npy.")],
     min_count: Annotated[int, typer.Option(min=1, help="Keep codes seen N times or more.")] = 1,
     top: Annotated[int, typer.Option(min=0, help="How many top codes to show.")] = 10,
+    level: Annotated[
+        int | None,
+        typer.Option(min=0, help="Files with several codebooks / levels: count this one."),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -239,7 +243,7 @@ def remap_build(
     from vqtok.codeusage import build_remap
 
     with handle_errors(debug):
-        report = build_remap(codes, output, min_count, top)
+        report = build_remap(codes, output, min_count, top, level)
     if as_json:
         emit_json(report.to_dict())
         return

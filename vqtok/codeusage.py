@@ -84,8 +84,15 @@ def index_files(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def count_codes(files: Iterable[Path]) -> tuple[np.ndarray, TokenMetadata, int]:
+def count_codes(
+    files: Iterable[Path], level: int | None = None
+) -> tuple[np.ndarray, TokenMetadata, int]:
     """Sum code counts over index files of one model and vocabulary.
+
+    Args:
+        files: index files.
+        level: for files with several codebooks / residual levels (trailing axis L), count
+            this one (0-based); required for such files, refused for single-codebook ones.
 
     Returns:
         (counts, meta, files): int64 (K,) counts, the first file's metadata, files read.
@@ -101,11 +108,19 @@ def count_codes(files: Iterable[Path]) -> tuple[np.ndarray, TokenMetadata, int]:
         indices, meta = load_tokens(path)
         if meta.remap is not None:
             raise TokenFileError("holds remapped indices; count the full-codebook files", path)
-        if meta.num_codebooks > 1:
+        if meta.num_codebooks > 1 and level is None:
             raise TokenFileError(
-                f"has {meta.num_codebooks} codebooks / levels; a remap file is one vocabulary",
+                f"has {meta.num_codebooks} codebooks / levels; a remap file is one vocabulary: "
+                "pick one with --level",
                 path,
             )
+        if level is not None and not 0 <= level < meta.num_codebooks:
+            raise TokenFileError(
+                f"has {meta.num_codebooks} codebook(s) / level(s); --level {level} is not one",
+                path,
+            )
+        if level is not None and meta.num_codebooks > 1:
+            indices = indices[..., level]
         if first is None:
             first = meta
             counts = np.zeros(meta.codebook_size, dtype=np.int64)
@@ -133,11 +148,13 @@ def build_remap(
     output: str | Path | None,
     min_count: int = 1,
     top: int = 10,
+    level: int | None = None,
 ) -> UsageReport:
     """Count code usage over index files and write the used-index file.
 
     Args:
         inputs: index files and directories of them.
+        level: which codebook / residual level of multi-codebook files to count.
         output: the remap ``.npy`` to write atomically; None only reports.
         min_count: keep codes seen at least this many times (>= 1).
         top: how many of the most frequent codes to report.
@@ -152,7 +169,7 @@ def build_remap(
     """
     if min_count < 1:
         raise ConfigError(f"--min-count must be >= 1, got {min_count}")
-    counts, meta, files = count_codes(index_files(inputs))
+    counts, meta, files = count_codes(index_files(inputs), level)
     used = np.flatnonzero(counts >= min_count).astype(np.int64)
     if output is not None:
         if used.size == 0:

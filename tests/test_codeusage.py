@@ -1,0 +1,29 @@
+"""`remap build` on index files with several codebooks / residual levels: one level at a time."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_tokens import make_meta
+
+from vqtok.codeusage import build_remap
+from vqtok.errors import TokenFileError
+from vqtok.remap import load_used
+from vqtok.tokens import save_tokens
+
+
+def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> None:
+    meta = make_meta(quantizer="ema_rvq", bit_order=None, codebook_size=16, num_codebooks=2)
+    indices = np.zeros(meta.shape, dtype=np.int64)
+    indices[..., 0] = np.arange(24).reshape(2, 3, 4) % 5  # level 0 uses codes 0..4
+    indices[..., 1] = 7  # level 1 uses code 7 only
+    save_tokens(tmp_path / "a", indices, meta)
+    with pytest.raises(TokenFileError, match="--level"):
+        build_remap([tmp_path], tmp_path / "used.npy")
+    report = build_remap([tmp_path], tmp_path / "used0.npy", level=0)
+    assert report.used == 5 and report.tokens == 24
+    assert load_used(tmp_path / "used0.npy").tolist() == [0, 1, 2, 3, 4]
+    report = build_remap([tmp_path], tmp_path / "used1.npy", level=1)
+    assert report.used == 1 and report.perplexity == pytest.approx(1.0)
+    with pytest.raises(TokenFileError, match="--level 2"):
+        build_remap([tmp_path], None, level=2)
