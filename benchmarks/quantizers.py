@@ -238,9 +238,9 @@ def ratio_rows(cases: list[Case], results: dict[tuple[str, str], Result]) -> lis
         t_ours = ours.median_s if ours else float("nan")
         t_peer = peer.median_s if peer and peer.times else float("nan")
         peer_s = _fmt(t_peer, ".3f") if peer is None or peer.status == "ok" else peer.status
-        speedup = _fmt(t_peer / t_ours, ".1f")
+        speedup = _fmt(t_peer / t_ours, ".1f") + "x" if t_peer == t_peer else "—"
         rows.append(
-            f"| {describe(case)} | {_fmt(t_ours, '.3f')} | {peer_s} | {speedup}x "
+            f"| {describe(case)} | {_fmt(t_ours, '.3f')} | {peer_s} | {speedup} "
             f"| {_fmt(ours.peak_mib if ours else float('nan'), '.0f')} "
             f"| {_fmt(peer.peak_mib if peer else float('nan'), '.0f')} "
             f"| {agreement(ours, peer)} | {targets(case, ours, peer, mm_rate)} |")
@@ -275,7 +275,7 @@ def targets(case: Case, ours: Result | None, peer: Result | None, mm: dict[int, 
                          f">= 80 %: {verdict[frac >= 0.8]}")
     if case.kind == "lfq_train" and case.k >= 2**18:
         parts.append(f"< 2 GiB: {verdict[ours.peak_mib < 2048]}")
-    return "; ".join(parts) or "throughput ratio"
+    return "; ".join(parts) or "— (speed-up reported)"
 
 
 def machine_lines(settings: Settings, command: str, loads: tuple[str, str]) -> list[str]:
