@@ -53,10 +53,11 @@ def test_load_none_means_the_default_model_name(
 ) -> None:
     monkeypatch.setattr(checkpoint, "REPO_MODELS", tmp_path / "empty")
     monkeypatch.setenv("VQTOK_MODELS", str(tmp_path / "zoo"))
-    with pytest.raises(CheckpointError, match="vqtok-default"):
+    from vqtok.api import DEFAULT_MODEL as default
+    with pytest.raises(CheckpointError, match=default):
         vqtok.load(device="cpu")
-    vqtok.save_pretrained(tiny_model(), tmp_path / "zoo" / "vqtok-default")
-    assert vqtok.load(device="cpu").name == "vqtok-default"
+    vqtok.save_pretrained(tiny_model(), tmp_path / "zoo" / default)
+    assert vqtok.load(device="cpu").name == default
 
 
 def test_three_lines_match_the_model(tok: Tokenizer) -> None:

@@ -2,7 +2,7 @@
 
 Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
 
-    tok = vqtok.load("vqtok-default")          # or a model directory; device="auto", dtype=None
+    tok = vqtok.load("vqtok-ema")          # or a model directory; device="auto", dtype=None
     indices = tok.encode(video)                # (B, 3, T, H, W) in [-1, 1] -> (B, t, h, w[, L])
     video = tok.decode(indices, frames=T)      # -> (B, 3, T, H, W) in [-1, 1]
 
@@ -29,7 +29,7 @@ from vqtok.family import TokenizerModel
 
 __all__ = ["DEFAULT_MODEL", "EncodeStream", "Tokenizer", "load", "resolve_device", "resolve_dtype"]
 
-DEFAULT_MODEL = "vqtok-default"
+DEFAULT_MODEL = "vqtok-ema"
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -76,7 +76,7 @@ def load(
 
     Args:
         name_or_path: a model directory, or a name looked up in the repository's ``models/``,
-            then ``extra_dirs``, then ``$VQTOK_MODELS``; None means ``"vqtok-default"``.
+            then ``extra_dirs``, then ``$VQTOK_MODELS``; None means ``"vqtok-ema"``.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: None / ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (CUDA only) autocast.
         extra_dirs: more directories to search for names (the CLI's ``--model-dir``).

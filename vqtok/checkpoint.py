@@ -2,14 +2,14 @@
 
 Layout (the diffusers convention, one directory per model)::
 
-    models/vqtok-default/
+    models/vqtok-ema/
         config.json         # format_version, family, name, config, input convention
         model.safetensors   # every parameter and persistent buffer, by state_dict name
         README.md           # optional model card
 
 ``config.json``::
 
-    {"format_version": 1, "family": "vqtok", "name": "vqtok-default",
+    {"format_version": 1, "family": "vqtok", "name": "vqtok-ema",
      "config": {...the family's config dict...},
      "input": {"value_range": [-1, 1], "channels": "RGB", "temporal": "causal", "window": null},
      "vqtok_version": "0.1.0"}
