@@ -19,6 +19,19 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The main job on a fresh clone: encode the bundled held-out clip (the last second of city.mpg,
+# CC0) with the default model, decode it, and measure the round trip.
+DEMO_CLIP := tests/data/city-heldout.mp4
+demo: $(STAMP)
+	mkdir -p out/demo
+	$(BIN)/vqtok encode $(DEMO_CLIP) -o out/demo/city.npy --overwrite --quiet
+	$(BIN)/vqtok info out/demo/city.npy
+	$(BIN)/vqtok decode out/demo/city.npy -o out/demo/city-decoded.mp4 --overwrite --quiet
+	$(BIN)/vqtok reconstruct $(DEMO_CLIP) -o out/demo/city-side-by-side.mp4 --side-by-side --quiet
+	@echo "index file:      out/demo/city.npy (+ city.json)"
+	@echo "reconstruction:  out/demo/city-decoded.mp4"
+	@echo "side by side:    out/demo/city-side-by-side.mp4 (source | reconstruction)"
+
 lint: $(STAMP)
 	$(BIN)/ruff check vqtok tests benchmarks
 	$(BIN)/mypy
