@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 import torch
@@ -103,8 +104,9 @@ def load_used(path: str | os.PathLike, codebook_size: int | None = None) -> Tens
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise RemapError("remap file not found", where) from e
-    except ValueError as e:
-        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False.
+    except (ValueError, SyntaxError, TokenError) as e:
+        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False, and
+        # tokenize / ast errors for a damaged header.
         raise RemapError(f"remap file is not a plain .npy integer array ({e})", where) from e
     except (OSError, EOFError) as e:
         raise RemapError(f"cannot read remap file ({e})", where) from e

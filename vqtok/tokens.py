@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any, Literal
 
 import numpy as np
@@ -485,7 +486,8 @@ def load_metadata(path: str | Path) -> TokenMetadata:
 def _read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, SyntaxError, TokenError) as e:
+        # numpy parses a damaged header with tokenize / ast, which raise their own errors.
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             reason = "it holds pickled Python objects, which vqtok never loads"
         else:
