@@ -8,7 +8,8 @@ bytes and byte-level mutations of valid files.
 
 CI runs a few examples per property; run longer locally with
 ``VQTOK_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_fuzz.py -q``.
-Inputs that ever crashed a parser are kept in ``tests/fuzz_corpus/`` and replayed here.
+Inputs that crashed a parser (``*.npy``) and hand-picked edge cases (``*.json``: parser name
+and input) are kept in ``tests/fuzz_corpus/`` and replayed here.
 """
 
 from __future__ import annotations
