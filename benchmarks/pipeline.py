@@ -21,6 +21,7 @@ Without ``--model`` a randomly initialised model of the default `TokenizerConfig
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import subprocess
 import sys
@@ -32,7 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import vqtok.api as api
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import loadavg, write_section  # noqa: E402
+
+import vqtok.api as api  # noqa: E402
 from vqtok.checkpoint import save_pretrained
 from vqtok.model import TokenizerConfig, VideoTokenizer
 from vqtok.pipeline import EncodeOptions, encode_file, frames_to_video
@@ -112,7 +116,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss", action="store_true", help="also compare 10 s vs 2 min memory")
     parser.add_argument("--rss-fps", type=int, default=10)
-    parser.add_argument("--results", type=Path, help="append the markdown table to this file")
+    parser.add_argument("--results", type=Path,
+                        help="write the table as the '## Pipeline' section of this file")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vqtok-bench-"))
@@ -151,8 +156,12 @@ def main() -> None:
     table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
     if args.results is not None:
-        with args.results.open("a") as f:
-            f.write(f"\n## Pipeline (`benchmarks/pipeline.py`)\n\n{table}")
+        header = (f"`{' '.join(['python', *sys.argv])}` — {datetime.date.today()}, "
+                  f"{os.cpu_count()} cores, torch {torch.__version__}, load average at the end "
+                  f"{loadavg()}. Target: end-to-end >= 90 % of the slower of decode-only and "
+                  "model-only; peak RSS of the 2-minute clip within 1.2x of the 10-second one.")
+        body = ["## Pipeline", "", header, "", *table.splitlines()]
+        write_section(args.results, "## Pipeline", body)
 
 
 if __name__ == "__main__":
