@@ -38,6 +38,7 @@ from vqtok.quantizers.lfq import (
     check_power_of_two,
     lfq_step,
     linear_f32,
+    token_mask,
     unpack_codes,
 )
 
@@ -159,7 +160,7 @@ class LFQ(nn.Module):
             settings,
             "msb",
             self.training,
-            self._token_mask(mask, b * n),
+            token_mask(mask, b * n),
             self.frac_per_sample_entropy,
             activation=self.activation,
         )
@@ -201,14 +202,3 @@ class LFQ(nn.Module):
         if is_img_or_video:
             codes = codes.movedim(-1, 1)  # (b, ..., dim) -> (b, dim, ...)
         return codes
-
-    @staticmethod
-    def _token_mask(mask: Tensor | None, num_tokens: int) -> Tensor | None:
-        if mask is None:
-            return None
-        if mask.dtype != torch.bool or mask.numel() != num_tokens:
-            raise QuantizerError(
-                f"mask must be bool (b, n) with {num_tokens} entries, "
-                f"got {mask.dtype} of shape {tuple(mask.shape)}"
-            )
-        return mask.reshape(-1)

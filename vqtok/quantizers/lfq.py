@@ -276,7 +276,7 @@ class LookupFreeQuantizer(Quantizer):
         layout = Layout.of(z, channel_last)
         if layout.dim != self.dim:
             raise QuantizerError(f"LFQ expects {self.dim} channels, got shape {tuple(z.shape)}")
-        valid = self._token_mask(mask, layout.num_tokens)
+        valid = token_mask(mask, layout.num_tokens)
         flat = layout.to_tokens(z)  # (N, D)
         h = linear_f32(self.project_in, flat).reshape(-1, self.num_codebooks, self.bits)
         step = lfq_step(
@@ -325,16 +325,18 @@ class LookupFreeQuantizer(Quantizer):
         codes = unpack_codes(flat, self.bits, self.bit_order, self.settings.scale)  # (N, c, d)
         return layout.from_tokens(linear_f32(self.project_out, codes.flatten(1)))
 
-    @staticmethod
-    def _token_mask(mask: Tensor | None, num_tokens: int) -> Tensor | None:
-        if mask is None:
-            return None
-        if mask.dtype != torch.bool or mask.numel() != num_tokens:
-            raise QuantizerError(
-                f"mask must be a bool tensor with one entry per token ({num_tokens}), "
-                f"got {mask.dtype} of shape {tuple(mask.shape)}"
-            )
-        return mask.reshape(-1)
+
+
+def token_mask(mask: Tensor | None, num_tokens: int) -> Tensor | None:
+    """Validate a token mask (bool, one entry per token, True = valid) and flatten it to (N,)."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool or mask.numel() != num_tokens:
+        raise QuantizerError(
+            f"mask must be a bool tensor with one entry per token ({num_tokens}), "
+            f"got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    return mask.reshape(-1)
 
 
 def _validate(
