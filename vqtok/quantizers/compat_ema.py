@@ -18,16 +18,15 @@ the README's compatibility section:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vqtok.errors import QuantizerError
 from vqtok.quantizers.base import Layout, check_indices
+from vqtok.quantizers.compat_vq import RemapMixin
 from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
-from vqtok.remap import IndexRemap, UsedLike
+from vqtok.remap import UsedLike
 
 
 class EmbeddingEMA(EMACodebook):
@@ -74,7 +73,7 @@ class EmbeddingEMA(EMACodebook):
         self.weight.copy_(self.embed_avg / smoothed.unsqueeze(1))
 
 
-class EMAVectorQuantizer(nn.Module):
+class EMAVectorQuantizer(RemapMixin):
     """The reference ``EMAVectorQuantizer``: EMA codebook, commitment loss, dict output.
 
     Args:
@@ -112,35 +111,7 @@ class EMAVectorQuantizer(nn.Module):
         self.loss_key = loss_key
         self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps, legacy_init)
         self.restrict_search = restrict_search
-        self.remap = remap
-        self.remapper = (
-            None if remap is None else IndexRemap(remap, n_embed, unknown_index, generator)
-        )
-        self.re_embed = n_embed if self.remapper is None else self.remapper.re_embed
-        self.unknown_index = unknown_index
-        if self.remapper is not None:
-            self.unknown_index = self.remapper.unknown_index
-            self.register_state_dict_post_hook(_used_key_out)
-            self.register_load_state_dict_pre_hook(_used_key_in)
-
-    @property
-    def used(self) -> Tensor:
-        """(U,) int64 used-code table of the remap."""
-        if self.remapper is None:
-            raise QuantizerError("this EMAVectorQuantizer has no remap, so no `used` table")
-        return self.remapper.used
-
-    def remap_to_used(self, inds: Tensor) -> Tensor:
-        """Full ids -> compact ids of the used codes (same shape)."""
-        if self.remapper is None:
-            raise QuantizerError("remap_to_used needs a remap file")
-        return self.remapper.remap_to_used(inds)
-
-    def unmap_to_all(self, inds: Tensor) -> Tensor:
-        """Compact ids -> full ids (same shape); never mutates ``inds``."""
-        if self.remapper is None:
-            raise QuantizerError("unmap_to_all needs a remap file")
-        return self.remapper.unmap_to_all(inds)
+        self._setup_remap(remap, n_embed, unknown_index, generator)
 
     def forward(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Quantize ``z`` and, in training with ``embedding.update``, update the codebook.
@@ -200,12 +171,4 @@ class EMAVectorQuantizer(nn.Module):
         return codes.reshape(shape).movedim(-1, 1).contiguous()
 
 
-def _used_key_out(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
-    # the reference family saves the used table as a top-level buffer named `used`
-    if prefix + "remapper.used" in state_dict:
-        state_dict[prefix + "used"] = state_dict.pop(prefix + "remapper.used")
 
-
-def _used_key_in(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
-    if prefix + "used" in state_dict:
-        state_dict[prefix + "remapper.used"] = state_dict.pop(prefix + "used")

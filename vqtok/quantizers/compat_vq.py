@@ -34,7 +34,53 @@ from vqtok.quantizers.vq import straight_through, vq_losses
 from vqtok.remap import IndexRemap, UsedLike
 
 
-class VectorQuantizer2(nn.Module):
+class RemapMixin(nn.Module):
+    """The reference classes' remap surface (quantizers.md A.2) over a `vqtok.remap.IndexRemap`:
+    ``remap``, ``remapper``, ``re_embed``, ``unknown_index``, ``used``, ``remap_to_used``,
+    ``unmap_to_all``; the table is saved under the reference's state-dict key ``used``."""
+
+    remapper: IndexRemap | None
+
+    def _setup_remap(
+        self,
+        remap: Any,
+        codebook_size: int,
+        unknown_index: str | int,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.remap = remap
+        self.remapper = (
+            None if remap is None
+            else IndexRemap(remap, codebook_size, unknown_index, generator)
+        )
+        self.re_embed = codebook_size if self.remapper is None else self.remapper.re_embed
+        self.unknown_index = unknown_index
+        if self.remapper is not None:
+            self.unknown_index = self.remapper.unknown_index
+            self.register_state_dict_post_hook(_used_out)
+            self.register_load_state_dict_pre_hook(_used_in)
+
+    @property
+    def used(self) -> Tensor:
+        """(U,) int64 used-code table of the remap."""
+        if self.remapper is None:
+            raise QuantizerError(f"this {type(self).__name__} has no remap, so no `used` table")
+        return self.remapper.used
+
+    def remap_to_used(self, inds: Tensor) -> Tensor:
+        """Full ids -> compact ids (same shape); see `IndexRemap.remap_to_used`."""
+        if self.remapper is None:
+            raise QuantizerError("remap_to_used needs a remap file")
+        return self.remapper.remap_to_used(inds)
+
+    def unmap_to_all(self, inds: Tensor) -> Tensor:
+        """Compact ids -> full ids (same shape), without mutating ``inds``."""
+        if self.remapper is None:
+            raise QuantizerError("unmap_to_all needs a remap file")
+        return self.remapper.unmap_to_all(inds)
+
+
+class VectorQuantizer2(RemapMixin):
     """taming's ``VectorQuantizer2`` (n_e codes of dimension e_dim).
 
     Args:
@@ -71,32 +117,7 @@ class VectorQuantizer2(nn.Module):
         self.restrict_search = restrict_search
         self.embedding = nn.Embedding(n_e, e_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
-        self.remap = remap
-        self.remapper = None if remap is None else IndexRemap(remap, n_e, unknown_index, generator)
-        self.re_embed = n_e if self.remapper is None else self.remapper.re_embed
-        if self.remapper is not None:
-            self.unknown_index = self.remapper.unknown_index
-            # the reference stores the table as a top-level buffer named `used`
-            self.register_state_dict_post_hook(_used_out)
-            self.register_load_state_dict_pre_hook(_used_in)
-
-    @property
-    def used(self) -> Tensor:
-        if self.remapper is None:
-            raise QuantizerError("this VectorQuantizer2 has no remap, so no `used` table")
-        return self.remapper.used
-
-    def remap_to_used(self, inds: Tensor) -> Tensor:
-        """Full ids -> compact ids (same shape); see `IndexRemap.remap_to_used`."""
-        if self.remapper is None:
-            raise QuantizerError("remap_to_used needs a remap file")
-        return self.remapper.remap_to_used(inds)
-
-    def unmap_to_all(self, inds: Tensor) -> Tensor:
-        """Compact ids -> full ids (same shape), without mutating ``inds``."""
-        if self.remapper is None:
-            raise QuantizerError("unmap_to_all needs a remap file")
-        return self.remapper.unmap_to_all(inds)
+        self._setup_remap(remap, n_e, unknown_index, generator)
 
     def forward(
         self,
@@ -175,6 +196,7 @@ class VectorQuantizer2(nn.Module):
 
 
 def _used_out(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
+    # the reference family saves the used table as a top-level buffer named `used`
     key = prefix + "remapper.used"
     if key in state_dict:
         state_dict[prefix + "used"] = state_dict.pop(key)
