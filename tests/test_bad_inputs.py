@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from clips import (
     make_audio_only,
     make_clip,
@@ -25,8 +24,7 @@ from clips import (
     make_zero_frames,
 )
 
-from vqtok.checkpoint import save_pretrained
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from tests.tiny import save_tiny_model
 from vqtok.tokens import load_tokens
 
 BIN = Path(sys.executable).parent
@@ -77,18 +75,7 @@ def corpus_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, Path, set[str], subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("bad")
-    torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8,
-        channel_multipliers=(1, 1, 2, 2),
-        num_res_blocks=1,
-        temporal_factor=4,
-        latent_dim=4,
-        quantizer="ema_vq",
-        quantizer_options={"codebook_size": 16},
-        norm_groups=4,
-    )
-    model = save_pretrained(VideoTokenizer(config), root / "tiny")
+    model = save_tiny_model(root / "tiny")
     videos = root / "videos"
     videos.mkdir()
     for name, options in GOOD.items():

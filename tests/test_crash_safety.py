@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from clips import make_clip
 
-from vqtok.checkpoint import save_pretrained
+from tests.tiny import save_tiny_model
 from vqtok.errors import VqtokError
-from vqtok.model import TokenizerConfig, VideoTokenizer
 from vqtok.tokens import is_complete, load_tokens
 
 BIN = Path(sys.executable).parent
@@ -34,18 +32,7 @@ CLIPS = 8
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model directory, directory of CLIPS clips)."""
     root = tmp_path_factory.mktemp("crash")
-    torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8,
-        channel_multipliers=(1, 1, 2, 2),
-        num_res_blocks=1,
-        temporal_factor=4,
-        latent_dim=4,
-        quantizer="ema_vq",
-        quantizer_options={"codebook_size": 16},
-        norm_groups=4,
-    )
-    model = save_pretrained(VideoTokenizer(config), root / "tiny")
+    model = save_tiny_model(root / "tiny")
     clips = root / "clips"
     clips.mkdir()
     for i in range(CLIPS):

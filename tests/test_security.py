@@ -20,10 +20,10 @@ import torch
 from clips import make_clip
 from typer.testing import CliRunner
 
-from vqtok.checkpoint import resolve_model, save_pretrained
+from tests.tiny import save_tiny_model
+from vqtok.checkpoint import resolve_model
 from vqtok.cli import app
 from vqtok.errors import CheckpointError
-from vqtok.model import TokenizerConfig, VideoTokenizer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vqtok"
 # The conversion path is the only code allowed to read foreign (pickle-based) checkpoints.
@@ -69,18 +69,7 @@ def test_convert_loads_only_with_weights_only() -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8,
-        channel_multipliers=(1, 1, 2, 2),
-        num_res_blocks=1,
-        temporal_factor=4,
-        latent_dim=4,
-        quantizer="ema_vq",
-        quantizer_options={"codebook_size": 16},
-        norm_groups=4,
-    )
-    save_pretrained(VideoTokenizer(config), root / "tiny")
+    save_tiny_model(root / "tiny")
     return root
 
 
