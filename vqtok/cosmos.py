@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +39,7 @@ from vqtok.cosmos_layers import (
     swish,
 )
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.family import TokenizerModel
+from vqtok.family import TokenizerModel, config_from_dict
 from vqtok.haar import HaarPatcher, HaarUnpatcher
 from vqtok.layers import StreamState
 from vqtok.quantizers.base import QuantizerOutput
@@ -130,14 +130,8 @@ class CosmosConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CosmosConfig:
         """Build from a plain dict (e.g. config.json); unknown keys are a `ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown cosmos-dv config key(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"bad cosmos-dv config: {e}") from e
+        config: CosmosConfig = config_from_dict(cls, data, "cosmos-dv")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

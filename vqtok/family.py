@@ -12,6 +12,7 @@ returns the `TokenizerModel` subclass that builds it. Families:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -88,6 +89,21 @@ class TokenizerModel(nn.Module):
         """Decode consecutive index chunks; yields video chunks whose concatenation along
         time matches a one-shot decode within float tolerance."""
         raise NotImplementedError
+
+
+def config_from_dict(cls: Any, data: dict[str, Any], family: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a plain dict (e.g. config.json).
+
+    Raises:
+        ConfigError: unknown keys (named), or values the dataclass refuses.
+    """
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {family} config key(s): {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"bad {family} config: {e}") from e
 
 
 def family_class(name: str) -> type[TokenizerModel]:

@@ -24,7 +24,7 @@ Parameter names are the release's with the ``.conv_1`` level of its conv wrapper
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +33,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.family import TokenizerModel
+from vqtok.family import TokenizerModel, config_from_dict
 from vqtok.layers import CausalConv3d
 from vqtok.quantizers.base import QuantizerOutput
 from vqtok.quantizers.lfq import LookupFreeQuantizer
@@ -93,13 +93,8 @@ class Magvit2Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Magvit2Config:
         """Build from a plain dict (e.g. config.json); unknown keys are a `ConfigError`."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown open-magvit2-video config key(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"bad open-magvit2-video config: {e}") from e
+        config: Magvit2Config = config_from_dict(cls, data, "open-magvit2-video")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
