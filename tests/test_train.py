@@ -148,3 +148,22 @@ def test_residual_ema_model_trains_with_dead_code_reseeding(footage_dir, tmp_pat
     # step 1: every code starts from the data (16 + 8); steps 2 and 4: the unused ones
     assert len(reseeded) == 3 and reseeded[0] == 24
     assert 0 < result.last_eval["eval_usage"] <= 1
+
+
+def test_transfer_weights_keeps_the_backbone_and_swaps_the_quantizer(tmp_path):
+    from vqtok.checkpoint import save_pretrained
+    from vqtok.model import TokenizerConfig
+    from vqtok.train import transfer_weights
+
+    torch.manual_seed(0)
+    source = VideoTokenizer(TokenizerConfig.from_dict(TINY_MODEL))
+    save_pretrained(source, tmp_path / "src")
+    lfq = {**TINY_MODEL, "quantizer": "lfq", "quantizer_options": {"codebook_size": 16}}
+    target = VideoTokenizer(TokenizerConfig.from_dict(lfq))
+    fresh = transfer_weights(target, tmp_path / "src")
+    assert fresh == ["pre_quant_norm.bias", "pre_quant_norm.weight"]  # LFQ's own, left as is
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    wider = VideoTokenizer(TokenizerConfig.from_dict({**TINY_MODEL, "channels": 16}))
+    with pytest.raises(ConfigError, match="do not fit"):
+        transfer_weights(wider, tmp_path / "src")

@@ -42,6 +42,7 @@ from vqtok.layers import (
 )
 from vqtok.quantizers import KINDS, build_quantizer
 from vqtok.quantizers.base import QuantizerOutput
+from vqtok.shortcut import PoolShortcut, UnpoolShortcut
 
 __all__ = ["Decoder", "Encoder", "LatentNorm", "TokenizerConfig", "VideoTokenizer"]
 
@@ -68,6 +69,10 @@ class TokenizerConfig:
             "on for LFQ, off otherwise" (LFQ's sign quantiser and entropy terms want latents
             of a fixed scale).
         norm_groups: GroupNorm groups; must divide every stage's width.
+        shortcut: parameter-free block-average shortcuts (`vqtok.shortcut`) so the networks
+            learn only the residual detail: "both" (encoder and decoder), "encoder" (for
+            sign quantizers such as LFQ, whose codes carry no brightness to spread back) or
+            "none".
     """
 
     channels: int = 64
@@ -83,6 +88,7 @@ class TokenizerConfig:
     )
     pre_quant_norm: bool | None = None
     norm_groups: int = 32
+    shortcut: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("channels", "num_res_blocks", "latent_dim", "norm_groups"):
@@ -114,6 +120,10 @@ class TokenizerConfig:
         if self.quantizer not in KINDS:
             raise ConfigError(
                 f"unknown quantizer {self.quantizer!r}; choose one of {sorted(KINDS)}"
+            )
+        if self.shortcut not in ("none", "encoder", "both"):
+            raise ConfigError(
+                f"shortcut must be 'none', 'encoder' or 'both', got {self.shortcut!r}"
             )
         if "dim" in self.quantizer_options:
             raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
@@ -211,16 +221,23 @@ class Encoder(nn.Module):
         self.mid = ResBlock(prev, prev, groups)
         self.norm_out = FrameGroupNorm(groups, prev)
         self.conv_out = CausalConv3d(prev, config.latent_dim, 3)
+        self.shortcut = (
+            PoolShortcut(config.latent_dim, config.spatial_factor, config.temporal_factor)
+            if config.shortcut != "none"
+            else None
+        )
 
     def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
         p = self.patch_size
         # space-to-depth: (B, 3, T, H, W) -> (B, 3*p*p, T, H/p, W/p)
-        video = rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)
-        h = self.conv_in(video, state)
+        h = self.conv_in(
+            rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p), state
+        )
         for block in self.blocks:
             h = block(h, state)
         h = self.mid(h, state)
-        return self.conv_out(swish(self.norm_out(h)), state)
+        z = self.conv_out(swish(self.norm_out(h)), state)
+        return z if self.shortcut is None else z + self.shortcut(video, state)
 
 
 class Decoder(nn.Module):
@@ -246,6 +263,11 @@ class Decoder(nn.Module):
         self.norm_out = FrameGroupNorm(groups, prev)
         self.patch_size = config.patch_size
         self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
+        self.shortcut = (
+            UnpoolShortcut(config.latent_dim, config.spatial_factor, config.temporal_factor)
+            if config.shortcut == "both"
+            else None
+        )
 
     def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.mid(self.conv_in(codes, state), state)
@@ -254,7 +276,8 @@ class Decoder(nn.Module):
         out = self.conv_out(swish(self.norm_out(h)), state)
         p = self.patch_size
         # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
-        return rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+        video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+        return video if self.shortcut is None else video + self.shortcut(codes, state)
 
 
 class VideoTokenizer(TokenizerModel):

@@ -61,6 +61,44 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+_QUANTIZER_SIDE = ("quantizer.", "pre_quant_norm.")
+
+
+def transfer_weights(model: VideoTokenizer, source: str | Path) -> list[str]:
+    """Start ``model`` from the weights of the model directory (or name) ``source``.
+
+    The encoder and decoder must match exactly (same keys and shapes). The quantizer's state
+    (and the pre-quantizer norm's) is copied too when the quantizer config is the same;
+    otherwise it is left as initialised, so a
+    backbone trained with one quantizer can be fine-tuned with another (EMA VQ -> LFQ).
+
+    Returns:
+        The keys left at their initial values (the quantizer's, when it changed).
+
+    Raises:
+        ConfigError: the source is another family or its backbone does not fit.
+    """
+    src = load_pretrained(source)
+    if not isinstance(src, VideoTokenizer):
+        raise ConfigError(f"--init-from needs a vqtok-family model, not {src.family!r}", source)
+    theirs = src.state_dict()
+    same_q = (src.config.quantizer, src.config.quantizer_options) == (
+        model.config.quantizer,
+        model.config.quantizer_options,
+    )
+    if not same_q:
+        theirs = {k: v for k, v in theirs.items() if not k.startswith(_QUANTIZER_SIDE)}
+    ours = model.state_dict()
+    backbone = {k for k in ours if same_q or not k.startswith(_QUANTIZER_SIDE)}
+    bad = sorted(backbone ^ set(theirs)) + sorted(
+        k for k in backbone & set(theirs) if ours[k].shape != theirs[k].shape
+    )
+    if bad:
+        raise ConfigError(f"--init-from: weights do not fit this architecture ({bad[0]})", source)
+    model.load_state_dict(theirs, strict=same_q)
+    return sorted(set(ours) - backbone)
+
+
 def _schedule_quantizer(
     model: VideoTokenizer, cfg: TrainConfig, base: dict[str, float], step: int
 ) -> None:
@@ -189,7 +227,7 @@ def train(
         run_dir: where checkpoints, metrics and the final model go.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         resume: continue from ``run_dir/checkpoint`` (exactly).
-        init_from: fine-tune: start from this model directory's weights (same architecture).
+        init_from: fine-tune: start from this model directory's weights (`transfer_weights`).
         on_progress: called with a dict of scalars after every logged step / evaluation.
 
     Returns:
@@ -204,7 +242,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = VideoTokenizer(config.model)
     if init_from is not None:
-        model.load_state_dict(load_pretrained(init_from).state_dict())
+        transfer_weights(model, init_from)
     model.to(dev).train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
