@@ -55,7 +55,12 @@ def train(
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o.")] = False,
     init_from: Annotated[
-        str | None, typer.Option("--init-from", help="Fine-tune: start from this model.")
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Fine-tune: start from this model's weights (encoder and decoder must match; "
+            "the quantizer's are kept only if its config is the same).",
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")
