@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,6 +29,7 @@ from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.family import TokenizerModel
+from vqtok.jsonfields import dataclass_from_json
 from vqtok.layers import (
     CausalConv3d,
     Downsample,
@@ -149,45 +148,14 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
         """Build from a JSON-style dict; unknown keys and wrong types are a `ConfigError`."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a tokenizer config must be a dict, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown tokenizer config key(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        values = {name: _coerce(name, value, hints[name]) for name, value in data.items()}
-        return cls(**values)
+        config: TokenizerConfig = dataclass_from_json(cls, data, "tokenizer config key")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
         out = dataclasses.asdict(self)
         out["channel_multipliers"] = list(self.channel_multipliers)
         return out
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type (JSON lists become tuples); else ConfigError."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
-            return tuple(value)
-    elif origin in (types.UnionType, typing.Union):  # bool | None
-        if value is None or isinstance(value, bool):
-            return value
-    elif origin is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return dict(value)
-    elif hint is int:
-        if _is_int(value):
-            return value
-    elif isinstance(hint, type) and isinstance(value, hint):
-        return value
-    raise ConfigError(f"tokenizer config key {name!r} has type {hint}, got {value!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class LatentNorm(nn.LayerNorm):

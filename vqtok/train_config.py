@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vqtok.errors import ConfigError
+from vqtok.jsonfields import dataclass_from_json
 from vqtok.model import TokenizerConfig
 
 
@@ -136,28 +136,5 @@ class RunConfig:
 
 def train_config_from_dict(data: Any) -> TrainConfig:
     """`TrainConfig` from a JSON object; unknown keys and wrong types are a `ConfigError`."""
-    if not isinstance(data, dict):
-        raise ConfigError("training config 'train' must be a JSON object")
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise ConfigError(f"unknown train option(s): {', '.join(unknown)}")
-    values = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if hint is bool:
-            ok = isinstance(value, bool)
-        elif hint is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif hint is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        else:  # tuple[...] of numbers
-            ok = isinstance(value, list) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-            )
-            value = tuple(value) if ok else value
-        if not ok:
-            raise ConfigError(f"train option {key!r} must be {hint}, got {value!r}")
-        values[key] = value
-    return TrainConfig(**values)
+    config: TrainConfig = dataclass_from_json(TrainConfig, data, "train option")
+    return config
