@@ -1,16 +1,14 @@
-"""Video files in and out: probe, stream RGB frames in windows, write H.264 MP4.
+"""Video files in and out through PyAV: probe, stream RGB frames in windows, write H.264 MP4.
 
 The only module that imports PyAV (FFmpeg bindings); every FFmpeg failure becomes a `VideoError`
-naming the file here, with ``raise ... from e``.
+naming the file here, with ``raise ... from e``. What needs no decoder (`VideoInfo`, resize and
+crop planning, frame-rate resampling, windowing, `as_fps`) is in `vqtok.frames`, re-exported here.
 
 Reading never holds the whole file. `VideoReader` decodes with FFmpeg's threaded decoder, scales
-in swscale (``VideoFrame.reformat``), applies the container's display rotation, then on the
-displayed picture: resizes (``size=(H, W)`` exactly, aspect not kept, like torchvision's
-``Resize((H, W))``; or ``short_side=N`` keeping the aspect), centre-crops H and W down to
-multiples of ``crop_multiple`` (the model's spatial factor), resamples to ``fps`` by timestamp,
-and yields uint8 RGB windows of at most ``window`` frames. A damaged stream yields what decodes
-and records a warning; a file without one decodable video frame is a `VideoError`. Sample aspect
-ratio (anamorphic video) is not applied.
+in swscale (``VideoFrame.reformat``), applies the container's display rotation, then centre-crops,
+resamples and windows the displayed picture as `vqtok.frames` describes. A damaged stream yields
+what decodes and records a warning; a file without one decodable video frame is a `VideoError`.
+Sample aspect ratio (anamorphic video) is not applied.
 
 Writing (`VideoWriter`, `write_video`) makes H.264 (libx264; MPEG-4 part 2 where the PyAV build
 lacks it) in yuv420p, which needs even sizes: an odd height or width is padded by one row or
@@ -20,14 +18,10 @@ the same directory is renamed over the target only when the writer closes withou
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import closing
-from dataclasses import dataclass
 from fractions import Fraction
-from itertools import islice
 from pathlib import Path
 from types import TracebackType
 
@@ -35,40 +29,23 @@ import av
 import numpy as np
 
 from vqtok.errors import ConfigError, VideoError
+from vqtok.frames import VideoInfo, WindowedFrames, _normalise_rotation, _plan_geometry, as_fps
+from vqtok.frames import _FrameRateResampler as _FrameRateResampler  # re-export
+from vqtok.frames import _Geometry as _Geometry  # re-export
+
+__all__ = [
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "as_fps",
+    "default_codec",
+    "probe",
+    "read_frames",
+    "write_video",
+]
 
 # Output container by file extension; the writer refuses anything else rather than guessing.
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What `probe` learns about a video file.
-
-    Attributes:
-        path: the file.
-        frames: number of video frames; exact when ``frames_exact``, else estimated from the
-            duration and frame rate (containers such as MKV or MPEG-TS do not store a count).
-        frames_exact: whether ``frames`` comes from the container's frame count.
-        fps: average frame rate as an exact fraction (e.g. ``Fraction(30000, 1001)``).
-        width, height: size of the displayed picture, i.e. after ``rotation`` is applied.
-        duration: seconds.
-        rotation: counter-clockwise display rotation in degrees (0, 90, 180 or -90).
-        codec: decoder name, e.g. ``"h264"``.
-        pix_fmt: stored pixel format, e.g. ``"yuv420p"``.
-        has_audio: whether the file also has an audio stream (never read).
-    """
-
-    path: str
-    frames: int
-    frames_exact: bool
-    fps: Fraction
-    width: int
-    height: int
-    duration: float
-    rotation: int
-    codec: str
-    pix_fmt: str
-    has_audio: bool
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -106,80 +83,7 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """How one decoded frame becomes an output frame."""
-
-    scaled: tuple[int, int]  # (H, W) after the scaler, displayed orientation
-    crop: tuple[int, int]  # (top, left) of the centre crop
-    size: tuple[int, int]  # (H, W) of the output frames
-
-
-def _plan_geometry(
-    source: tuple[int, int],
-    size: tuple[int, int] | None,
-    short_side: int | None,
-    crop_multiple: int,
-) -> _Geometry:
-    """Resize then centre-crop to a multiple of ``crop_multiple``; sizes are (H, W)."""
-    if size is not None and short_side is not None:
-        raise ConfigError("give either size or short_side, not both")
-    if crop_multiple < 1:
-        raise ConfigError(f"crop_multiple must be >= 1, got {crop_multiple}")
-    height, width = source
-    if size is not None:
-        if min(size) < 1:
-            raise ConfigError(f"size must be positive, got {size}")
-        height, width = size
-    elif short_side is not None:
-        if short_side < 1:
-            raise ConfigError(f"short_side must be positive, got {short_side}")
-        scale = short_side / min(height, width)
-        # the short side is exactly N; the long side rounds to the nearest pixel
-        height, width = (
-            (short_side, max(1, round(width * scale)))
-            if height <= width
-            else (max(1, round(height * scale)), short_side)
-        )
-    out_h, out_w = height // crop_multiple * crop_multiple, width // crop_multiple * crop_multiple
-    if out_h == 0 or out_w == 0:
-        raise ConfigError(
-            f"frames of {width}x{height} are smaller than the crop multiple {crop_multiple}; "
-            "use a larger size"
-        )
-    return _Geometry((height, width), ((height - out_h) // 2, (width - out_w) // 2), (out_h, out_w))
-
-
-class _FrameRateResampler:
-    """Drops / repeats frames so that output frame k shows what is on screen at time k / fps.
-
-    Output slot k takes the last source frame whose timestamp is <= k / fps, with a tolerance
-    of a quarter frame so that timestamps rounded to the container's time base (29.97 fps in
-    1/90000 s ticks) still land in the right slot.
-    """
-
-    def __init__(self, fps: Fraction, source_fps: Fraction) -> None:
-        self.step = 1 / fps
-        self.tolerance = min(self.step, 1 / source_fps) / 4
-        self.slot = 0
-        self.previous: np.ndarray | None = None
-
-    def push(self, time: Fraction, frame: np.ndarray) -> list[np.ndarray]:
-        """Frames to emit now that a frame with timestamp ``time`` (seconds from start) came."""
-        out = self.flush(time)
-        self.previous = frame
-        return out
-
-    def flush(self, end: Fraction) -> list[np.ndarray]:
-        """The previous frame, once per slot before ``end`` (at the end: when it stops showing)."""
-        out = []
-        while self.previous is not None and self.slot * self.step < end - self.tolerance:
-            out.append(self.previous)
-            self.slot += 1
-        return out
-
-
-class VideoReader:
+class VideoReader(WindowedFrames):
     """Streams a video as uint8 RGB windows; iterate it (again) to read from the start.
 
     Args:
@@ -240,44 +144,6 @@ class VideoReader:
         self.warnings: list[str] = []
         self.frames_read = 0
 
-    @property
-    def expected_frames(self) -> int:
-        """Frames an iteration should yield (estimated when the container has no count)."""
-        count = self.info.frames
-        if self._resample:
-            count = math.ceil(self.info.frames * self.fps / self.info.fps)
-        return count if self.max_frames is None else min(count, self.max_frames)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """Yield (T_i, H, W, 3) uint8 arrays, T_i <= window, in display order."""
-        self.warnings = []
-        self.frames_read = 0
-        batch: list[np.ndarray] = []
-        # closing() shuts the container as soon as max_frames is reached or the caller stops
-        with closing(self._decoded()) as decoded:
-            frames = self._resampled(decoded) if self._resample else (f for _, _, f in decoded)
-            for frame in islice(frames, self.max_frames):
-                batch.append(frame)
-                self.frames_read += 1
-                if len(batch) == self.window:
-                    yield np.stack(batch)
-                    batch = []
-        if batch:
-            yield np.stack(batch)
-        if self.frames_read == 0:
-            raise VideoError("no video frame could be decoded; the file is damaged", self.path)
-        self._check_count()
-
-    def _resampled(
-        self, decoded: Iterator[tuple[Fraction, Fraction, np.ndarray]]
-    ) -> Iterator[np.ndarray]:
-        resampler = _FrameRateResampler(self.fps, self.info.fps)
-        end = Fraction(0)
-        for time, duration, frame in decoded:
-            end = time + duration
-            yield from resampler.push(time, frame)
-        yield from resampler.flush(end)
-
     def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:
         """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
         with _open(self.path) as container:
@@ -326,25 +192,6 @@ class VideoReader:
         top, left = geometry.crop
         out_h, out_w = geometry.size
         return rgb[top : top + out_h, left : left + out_w]
-
-    def _check_count(self) -> None:
-        info = self.info
-        if self._resample or (self.max_frames is not None and self.frames_read >= self.max_frames):
-            return
-        short = info.frames - self.frames_read
-        # an estimated count is only a hint: allow a few percent of slack before complaining
-        slack = 0 if info.frames_exact else 1 + info.frames // 20
-        if short > slack:
-            kind = "says it has" if info.frames_exact else "should have about"
-            self._warn(
-                f"decoded {self.frames_read} frames but the file {kind} {info.frames}; "
-                "it is truncated or damaged"
-            )
-
-    def _warn(self, message: str) -> None:
-        self.warnings.append(message)
-        if self.on_warning is not None:
-            self.on_warning(message)
 
 
 def read_frames(
@@ -531,17 +378,6 @@ def default_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def as_fps(value: Fraction | int | float | str) -> Fraction:
-    """A positive frame rate as an exact fraction: 30, 29.97, "30000/1001", Fraction(...)."""
-    try:
-        fps = Fraction(value).limit_denominator(1_000_000)
-    except (ValueError, ZeroDivisionError, TypeError) as e:
-        raise ConfigError(f"not a frame rate: {value!r}") from e
-    if fps <= 0:
-        raise ConfigError(f"frame rate must be positive, got {value!r}")
-    return fps
-
-
 def _open(path: str | Path) -> av.container.InputContainer:
     """Open for reading; every failure becomes a VideoError that says what to do."""
     file = Path(path)
@@ -599,11 +435,3 @@ def _duration(container: av.container.InputContainer, stream: av.VideoStream) ->
     if container.duration:
         return container.duration / av.time_base
     return 0.0
-
-
-def _normalise_rotation(degrees: float | int | None) -> int:
-    """Display rotation snapped to one of 0, 90, 180, -90 (FFmpeg reports [-180, 180])."""
-    if not degrees:
-        return 0
-    turns = round(degrees / 90) % 4
-    return (0, 90, 180, -90)[turns]
