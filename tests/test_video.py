@@ -243,6 +243,19 @@ def test_video_errors(tmp_path: Path, make, message: str) -> None:  # type: igno
             assert info.value.__cause__ is not None  # raised from the FFmpeg / OS error
 
 
+@pytest.mark.parametrize("keep", [0.85, 0.9])
+def test_mp4_cut_inside_its_track_table_says_truncated(tmp_path: Path, keep: float) -> None:
+    # Cut at 90 % the MP4 still opens, but its video track has no codec entry and no frames:
+    # FFmpeg's own words ("Decoder not found") would send the user hunting for a codec.
+    path = make_truncated(tmp_path / "cut.mp4", frames=12, keep=keep, container_format="mp4")
+    for call in (probe, read_frames):
+        with pytest.raises(VideoError) as info:
+            call(path)
+        reason = str(info.value).removeprefix(f"{path}: ")
+        assert reason.startswith("truncated or damaged MP4/MOV: its track table (moov box)")
+        assert "decoder" not in reason.lower() and "no video stream" not in reason
+
+
 def test_permission_denied(tmp_path: Path) -> None:
     path = make_clip(tmp_path / "a.mp4", frames=1, size=(16, 16))
     if not chmod_unreadable(path):

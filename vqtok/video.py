@@ -406,6 +406,8 @@ def _reason(error: BaseException) -> str:
 def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.VideoStream:
     if not container.streams.video:
         audio = len(container.streams.audio)
+        if not audio and _cut_mp4(container):
+            raise VideoError(_CUT_MP4, path)
         what = f"only audio ({audio} stream{'s' * (audio != 1)})" if audio else "no video stream"
         raise VideoError(f"the file has {what}; pass a video file", path)
     return container.streams.video[0]
@@ -418,8 +420,26 @@ def _first_frame(
         for frame in container.decode(stream):
             return frame
     except av.FFmpegError as e:
+        if _cut_mp4(container):  # FFmpeg says "Decoder not found": the codec entry is missing
+            raise VideoError(_CUT_MP4, path) from e
         raise VideoError(f"the video stream cannot be decoded: {_reason(e)}", path) from e
     raise VideoError("the video stream has no frames; the file is empty or truncated", path)
+
+
+# MP4 / MOV keep every track's codec parameters and frame table in one box (moov), often at the
+# end of the file; a copy cut inside it still opens, with tracks that list no frames at all.
+_CUT_MP4 = (
+    "truncated or damaged MP4/MOV: its track table (moov box) is incomplete, so no frame can be "
+    "decoded; check that it is a complete video file"
+)
+
+
+def _cut_mp4(container: av.container.InputContainer) -> bool:
+    """An MP4-family file none of whose tracks lists or indexes a frame (complete ones do)."""
+    is_mp4 = "mp4" in container.format.name.split(",")
+    return is_mp4 and all(
+        s.frames == 0 and not len(getattr(s, "index_entries", ())) for s in container.streams
+    )
 
 
 def _stream_fps(stream: av.VideoStream, path: str | Path) -> Fraction:
