@@ -10,8 +10,9 @@ duration, (H, W, 3) uint8 RGB); everything after that lives here, so none of it 
 - frame rate (`_FrameRateResampler`, `as_fps`): resample to ``fps`` by timestamp, dropping or
   repeating frames;
 - `WindowedFrames`, the base of `vqtok.video.VideoReader`: stops after ``max_frames``, yields
-  uint8 RGB windows (T_i, H, W, 3) of at most ``window`` frames and warns when fewer frames
-  decoded than the file promised.
+  uint8 RGB windows (T_i, H, W, 3) of at most ``window`` frames and warns when the file ends
+  early: fewer frames than its exact frame count, or (no exact count, e.g. MKV; or resampled)
+  frames that stop showing well before its duration, which also holds for variable frame rate.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ import numpy as np
 
 from vqtok.errors import ConfigError, VideoError
 
-__all__ = ["VideoInfo", "WindowedFrames", "as_fps"]
+__all__ = ["MAX_PIXELS", "VideoInfo", "WindowedFrames", "as_fps", "check_picture_size"]
+
+MAX_PIXELS = 8192 * 8192
+"""The largest picture (width x height) vqtok reads. 8K (7680x4320) fits with room to spare; a
+larger frame costs hundreds of megabytes as RGB and gigabytes in the model."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,21 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     has_audio: bool
+
+
+def check_picture_size(width: int, height: int, path: str | Path) -> None:
+    """Refuse a picture of more than `MAX_PIXELS` before any frame of it is converted.
+
+    Raises:
+        VideoError: naming the size and the limit.
+    """
+    if width * height > MAX_PIXELS:
+        raise VideoError(
+            f"the picture is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than "
+            f"the {MAX_PIXELS / 1e6:.0f} megapixels (8192x8192) vqtok reads; scale it down "
+            "first (e.g. ffmpeg -vf scale=-2:2160)",
+            path,
+        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +172,7 @@ class WindowedFrames:
     warnings: list[str]
     frames_read: int
     _resample: bool  # resample to ``fps`` by timestamp; else keep every decoded frame
+    _decoded_until: Fraction  # seconds from the first frame to the end of the last decoded one
 
     @property
     def expected_frames(self) -> int:
@@ -166,9 +187,11 @@ class WindowedFrames:
         self.warnings = []
         self.frames_read = 0
         batch: list[np.ndarray] = []
+        self._decoded_until = Fraction(0)
         # closing() shuts the container as soon as max_frames is reached or the caller stops
         with closing(self._decoded()) as decoded:
-            frames = self._resampled(decoded) if self._resample else (f for _, _, f in decoded)
+            timed = self._timed(decoded)
+            frames = self._resampled(timed) if self._resample else (f for _, _, f in timed)
             for frame in islice(frames, self.max_frames):
                 batch.append(frame)
                 self.frames_read += 1
@@ -181,15 +204,21 @@ class WindowedFrames:
             raise VideoError("no video frame could be decoded; the file is damaged", self.path)
         self._check_count()
 
+    def _timed(
+        self, decoded: Iterator[tuple[Fraction, Fraction, np.ndarray]]
+    ) -> Iterator[tuple[Fraction, Fraction, np.ndarray]]:
+        """Pass frames on, recording in ``_decoded_until`` when the last one stops showing."""
+        for time, duration, frame in decoded:
+            self._decoded_until = time + duration
+            yield time, duration, frame
+
     def _resampled(
         self, decoded: Iterator[tuple[Fraction, Fraction, np.ndarray]]
     ) -> Iterator[np.ndarray]:
         resampler = _FrameRateResampler(self.fps, self.info.fps)
-        end = Fraction(0)
-        for time, duration, frame in decoded:
-            end = time + duration
+        for time, _, frame in decoded:
             yield from resampler.push(time, frame)
-        yield from resampler.flush(end)
+        yield from resampler.flush(self._decoded_until)
 
     def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:
         """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
@@ -197,16 +226,23 @@ class WindowedFrames:
 
     def _check_count(self) -> None:
         info = self.info
-        if self._resample or (self.max_frames is not None and self.frames_read >= self.max_frames):
+        if self.max_frames is not None and self.frames_read >= self.max_frames:
             return
-        short = info.frames - self.frames_read
-        # an estimated count is only a hint: allow a few percent of slack before complaining
-        slack = 0 if info.frames_exact else 1 + info.frames // 20
-        if short > slack:
-            kind = "says it has" if info.frames_exact else "should have about"
+        if info.frames_exact and not self._resample:
+            if self.frames_read < info.frames:
+                self._warn(
+                    f"decoded {self.frames_read} frames but the file says it has {info.frames}; "
+                    "it is truncated or damaged"
+                )
+            return
+        # Without an exact count (MKV, MPEG-TS) or after resampling, compare times: a count
+        # estimated from the average rate is wrong for variable-frame-rate video. Allow 2 frames
+        # or 5 % of slack.
+        missing = info.duration - float(self._decoded_until)
+        if missing > max(float(2 / info.fps), info.duration / 20):
             self._warn(
-                f"decoded {self.frames_read} frames but the file {kind} {info.frames}; "
-                "it is truncated or damaged"
+                f"decoded {self.frames_read} frames lasting {float(self._decoded_until):.2f} s "
+                f"but the file lasts {info.duration:.2f} s; it is truncated or damaged"
             )
 
     def _warn(self, message: str) -> None:

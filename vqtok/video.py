@@ -18,6 +18,7 @@ the same directory is renamed over the target only when the writer closes withou
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -29,7 +30,14 @@ import av
 import numpy as np
 
 from vqtok.errors import ConfigError, VideoError
-from vqtok.frames import VideoInfo, WindowedFrames, _normalise_rotation, _plan_geometry, as_fps
+from vqtok.frames import (
+    VideoInfo,
+    WindowedFrames,
+    _normalise_rotation,
+    _plan_geometry,
+    as_fps,
+    check_picture_size,
+)
 from vqtok.frames import _FrameRateResampler as _FrameRateResampler  # re-export
 from vqtok.frames import _Geometry as _Geometry  # re-export
 
@@ -52,12 +60,16 @@ def probe(path: str | Path) -> VideoInfo:
     """Describe a video file, decoding only its first frame (for rotation and to prove it decodes).
 
     Raises:
-        VideoError: missing, a directory, unreadable, no video stream (e.g. audio-only) or no
-            decodable video frame.
+        VideoError: missing, a directory, unreadable, no video stream (e.g. audio-only), no
+            decodable video frame, or a picture larger than `vqtok.frames.MAX_PIXELS`.
     """
     with _open(path) as container:
         stream = _video_stream(container, path)
+        header = stream.codec_context  # None when FFmpeg has no decoder for the stream
+        if header is not None:
+            check_picture_size(header.width, header.height, path)
         first = _first_frame(container, stream, path)
+        check_picture_size(first.width, first.height, path)  # the stream may disagree
         rotation = _normalise_rotation(getattr(first, "rotation", 0))  # PyAV < 13: no .rotation
         fps = _stream_fps(stream, path)
         duration = _duration(container, stream)
@@ -392,6 +404,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
     except PermissionError as e:
         raise VideoError("permission denied; check the file's read permission", path) from e
     except (av.FFmpegError, OSError) as e:
+        if getattr(e, "errno", None) == errno.ELOOP:
+            raise VideoError("is a symbolic link loop; point the link at a video file", path) from e
         raise VideoError(
             f"not a readable video ({e.__class__.__name__}: {_reason(e)}); "
             "check that it is a complete video file",
