@@ -64,7 +64,8 @@ def plan_inputs(
 
     Args:
         inputs: files and directories. A directory contributes every file below it (recursively)
-            whose suffix is in ``extensions``, in sorted order; a file is taken as given (a
+            whose suffix is in ``extensions``, in sorted order (and every broken link so
+            named, which then fails with an error); a file is taken as given (a
             missing one still gets a job, so the run reports it).
         output: with one input file and no existing directory at ``output``, the output file
             itself; otherwise a directory (created on demand) into which names are mirrored:
@@ -99,7 +100,7 @@ def plan_inputs(
         elif item.is_dir():
             found = sorted(
                 p for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in keep and (select is None or select(p))
+                if _walk_takes(p) and p.suffix.lower() in keep and (select is None or select(p))
             )
             if not found:
                 raise VqtokError(f"no files with a suffix in {sorted(keep)} below it", item)
@@ -113,6 +114,12 @@ def plan_inputs(
         Job(src, dst, _size(src), done=not overwrite and dst.exists() and check(dst))
         for src, dst in pairs
     ]
+
+
+def _walk_takes(path: Path) -> bool:
+    """A file, or a link that leads nowhere (dangling, or a loop): the run reports such a link
+    rather than silently skipping something named like an input."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _refuse_collisions(pairs: list[tuple[Path, Path]]) -> None:
