@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from tokenize import TokenError
@@ -104,9 +105,9 @@ def load_used(path: str | os.PathLike, codebook_size: int | None = None) -> Tens
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise RemapError("remap file not found", where) from e
-    except (ValueError, SyntaxError, TokenError) as e:
-        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False, and
-        # tokenize / ast errors for a damaged header.
+    except (ValueError, SyntaxError, TokenError, zipfile.BadZipFile) as e:
+        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False,
+        # tokenize / ast errors for a damaged header and BadZipFile for a damaged .npz.
         raise RemapError(f"remap file is not a plain .npy integer array ({e})", where) from e
     except (OSError, EOFError) as e:
         raise RemapError(f"cannot read remap file ({e})", where) from e

@@ -28,6 +28,7 @@ import io
 import json
 import os
 import uuid
+import zipfile
 from pathlib import Path
 from tokenize import TokenError
 from typing import Literal
@@ -239,22 +240,43 @@ def load_metadata(path: str | Path) -> TokenMetadata:
 def _read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, SyntaxError, TokenError) as e:
-        # numpy parses a damaged header with tokenize / ast, which raise their own errors.
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            reason = "it holds pickled Python objects, which vqtok never loads"
-        else:
-            reason = f"it is not a complete .npy array ({e})"
+    except (ValueError, SyntaxError, TokenError, zipfile.BadZipFile) as e:
         raise TokenFileError(
-            f"cannot read the index array: {reason}; encode the video again", path
+            f"cannot read the index array: {_unreadable_npy(path, e)}; encode the video again",
+            path,
         ) from e
     except (OSError, EOFError) as e:
         raise TokenFileError(
             f"cannot read the index array ({e}); encode the video again", path
         ) from e
     if not isinstance(array, np.ndarray):
+        array.close()
         raise TokenFileError("expected one .npy array, found an .npz archive", path)
     return array
+
+
+def _unreadable_npy(path: Path, error: Exception) -> str:
+    """Why ``np.load(path, allow_pickle=False)`` failed, in words, told by the first bytes.
+
+    numpy calls any file without the NumPy or zip magic "pickled (object) data" (it would try
+    to unpickle it), raises BadZipFile for a damaged zip (.npz), and parses a damaged .npy
+    header with tokenize / ast, which raise their own errors.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(6)
+    except OSError:
+        head = b""
+    pickled = "it holds pickled Python objects, which vqtok never loads"
+    if head == b"\x93NUMPY":
+        text = str(error).lower()
+        return pickled if "object" in text or "pickle" in text else (
+            f"it is not a complete .npy array ({error})")
+    if head.startswith(b"\x80"):  # the PROTO opcode every pickle of protocol >= 2 starts with
+        return pickled
+    if head.startswith(b"PK"):
+        return f"it is a damaged zip / .npz archive ({error}), not an .npy array"
+    return "it is not a .npy file (it does not start with the NumPy header)"
 
 
 def _read_safetensors(path: Path) -> tuple[np.ndarray, TokenMetadata]:
