@@ -7,8 +7,10 @@ An 8x8 grey block in the top-left corner counts frames: `frame_index` reads it b
 can tell exactly which source frame a decoded (resampled, truncated) frame is.
 
 The bad files: `make_empty`, `make_random_bytes`, `make_text`, `make_truncated` (Matroska: opens
-and decodes partly; MP4: does not open), `make_corrupted` (a damaged packet mid-stream),
-`make_audio_only`, `make_zero_frames`; `chmod_unreadable` for permission errors.
+and decodes partly; MP4: does not open), `make_cut_mp4` (an MP4 cut before, inside or after its
+moov box), `make_corrupted` (a damaged packet mid-stream), `make_audio_only`, `make_zero_frames`,
+`make_oversized` (a picture too large to read), `make_symlink_loop`; `chmod_unreadable` for
+permission errors. `make_vfr` writes a good clip with a variable frame rate.
 
 Usage from any test module (pytest puts ``tests/`` on ``sys.path``)::
 
@@ -19,6 +21,8 @@ Usage from any test module (pytest puts ``tests/`` on ``sys.path``)::
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import av
 import numpy as np
 
 __all__ = [
+    "VFR_GAPS_MS",
     "chmod_unreadable",
     "clip_frame",
     "clip_frames",
@@ -35,12 +40,17 @@ __all__ = [
     "make_audio_only",
     "make_clip",
     "make_corrupted",
+    "make_cut_mp4",
     "make_empty",
+    "make_oversized",
     "make_random_bytes",
+    "make_symlink_loop",
     "make_testsrc",
     "make_text",
     "make_truncated",
+    "make_vfr",
     "make_zero_frames",
+    "mp4_boxes",
 ]
 
 
@@ -91,6 +101,7 @@ def make_clip(
     rotation: int = 0,
     audio: bool = False,
     container_format: str | None = None,
+    muxer_options: dict[str, str] | None = None,
 ) -> Path:
     """Write the synthetic clip with PyAV.
 
@@ -104,13 +115,15 @@ def make_clip(
         rotation: counter-clockwise display rotation stored in the container (0, 90, 180, -90).
         audio: also add a short silent AAC track.
         container_format: FFmpeg muxer name, e.g. ``"mpegts"`` for a streamable file.
+        muxer_options: FFmpeg muxer options, e.g. ``{"movflags": "faststart"}`` to put an MP4's
+            moov box before its frames (PyAV writes it at the end by default).
 
     Returns:
         ``Path(path)``.
     """
     path = Path(path)
     height, width = size
-    with av.open(str(path), "w", format=container_format) as container:
+    with av.open(str(path), "w", format=container_format, options=muxer_options) as container:
         stream = _add_video(container, codec, fps)
         stream.height, stream.width = height, width
         stream.pix_fmt = pix_fmt
@@ -188,6 +201,135 @@ def make_corrupted(path: str | Path, *, frames: int = 24, seed: int = 1) -> Path
     start = len(data) // 3
     data[start : start + 600] = np.random.default_rng(seed).bytes(600)
     path.write_bytes(bytes(data))
+    return path
+
+
+def mp4_boxes(path: str | Path) -> dict[str, tuple[int, int]]:
+    """The top-level boxes of an MP4 / MOV file: {type: (offset, size in bytes)}."""
+    data = Path(path).read_bytes()
+    boxes: dict[str, tuple[int, int]] = {}
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        boxes[kind.decode("latin-1")] = (offset, size)
+        offset += max(size, 8)
+    return boxes
+
+
+def make_cut_mp4(path: str | Path, cut: str, *, frames: int = 12, faststart: bool = False) -> Path:
+    """An MP4 clip (32x32) cut short at a point named by its boxes, like a stopped download.
+
+    PyAV writes the moov box (codec parameters and the frame table) after the frames (mdat);
+    ``faststart`` moves it first. ``cut`` is one of ``"mid_mdat"`` (half-way through the
+    frames), ``"before_moov"`` (everything but moov), ``"moov_header"`` (moov's first 8 bytes
+    only), ``"mid_moov"``. Without faststart none of these can be read; with it, ``"mid_mdat"``
+    opens and decodes its first frames.
+    """
+    path = Path(path)
+    options = {"movflags": "faststart"} if faststart else None
+    make_clip(path, frames=frames, size=(32, 32), container_format="mp4", muxer_options=options)
+    boxes = mp4_boxes(path)
+    (mdat, mdat_size), (moov, moov_size) = boxes["mdat"], boxes["moov"]
+    at = {
+        "mid_mdat": mdat + mdat_size // 2,
+        "before_moov": moov,
+        "moov_header": moov + 8,
+        "mid_moov": moov + moov_size // 2,
+    }[cut]
+    path.write_bytes(path.read_bytes()[:at])
+    return path
+
+
+VFR_GAPS_MS = (125, 75, 300, 60, 315, 125, 60, 315, 65, 60, 125, 125)
+"""How long each frame of `make_vfr` shows, in ms: frame i starts at sum(VFR_GAPS_MS[:i]) ms
+and the clip lasts 1.75 s. Every start is a multiple of 125 ms (1/8 s) or at least 50 ms from
+one, so resampling to 8 fps picks frames without ties."""
+
+
+def make_vfr(
+    path: str | Path,
+    *,
+    gaps_ms: tuple[int, ...] = VFR_GAPS_MS,
+    size: tuple[int, int] = (32, 48),
+    container_format: str | None = None,
+) -> Path:
+    """A variable-frame-rate clip: frame i (`clip_frame`) shows for ``gaps_ms[i]`` ms.
+
+    Timestamps are in milliseconds (time base 1/1000); the stream's nominal rate is 8 fps,
+    which is what Matroska then reports while MP4 reports the average rate.
+    """
+    path = Path(path)
+    height, width = size
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = _add_video(container, "mpeg4", 8)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.bit_rate = 4_000_000
+        stream.codec_context.time_base = Fraction(1, 1000)
+        start = 0
+        for index, gap in enumerate(gaps_ms):
+            frame = av.VideoFrame.from_ndarray(clip_frame(index, height, width), format="rgb24")
+            frame.pts = start
+            start += gap
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_oversized(path: str | Path, size: tuple[int, int] = (9000, 9000), *, frames: int = 2,
+                   complete: bool = True) -> Path:
+    """A QuickTime file of black greyscale PNG frames of ``size`` (H, W, each < 65536).
+
+    The PNG data compresses 1000:1, so a 9000x9000 file is ~160 kB and takes ~0.3 s to make;
+    decoded, each frame is 81 MB grey (243 MB as RGB). ``complete=False`` keeps only the first
+    kilobyte of each frame's data: the headers claim ``size``, the pixels are missing (FFmpeg's
+    encoders refuse sizes beyond ~16000x16000, so the file's sample description is patched).
+    """
+    path = Path(path)
+    height, width = size
+    image = _black_png(height, width, keep=None if complete else 1024)
+    with av.open(str(path), "w", format="mov") as container:
+        stream = container.add_stream("png", rate=8)
+        stream.height, stream.width, stream.pix_fmt = 16, 16, "gray"  # patched below
+        container.start_encoding()
+        for index in range(frames):
+            packet = av.Packet(image)
+            packet.stream = stream
+            packet.pts = packet.dts = index
+            packet.time_base = Fraction(1, 8)
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"png ") - 4  # the visual sample entry: width, height at bytes 32..35
+    data[entry + 32 : entry + 36] = struct.pack(">HH", width, height)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _black_png(height: int, width: int, keep: int | None) -> bytes:
+    """An 8-bit greyscale PNG of zeros; ``keep`` cuts its compressed pixel data to that length."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the pixels
+    rows = height if keep is None else min(height, 1 + keep)  # enough rows to fill ``keep``
+    pixels = b"".join(compressor.compress(row) for _ in range(rows)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", pixels[:keep])
+        + chunk(b"IEND", b"")
+    )
+
+
+def make_symlink_loop(path: str | Path) -> Path:
+    """``path`` -> ``path.loop`` -> ``path``: a name no open can follow (ELOOP)."""
+    path = Path(path)
+    partner = path.with_name(path.name + ".loop")
+    os.symlink(partner.name, path)
+    os.symlink(path.name, partner)
     return path
 
 
