@@ -399,3 +399,14 @@ def test_reconstruct_refuses_frames_smaller_than_the_ssim_window(
     with pytest.raises(VqtokError, match="SSIM window"):
         reconstruct_file(clip, fsq, EncodeOptions(size=(8, 16)), tmp_path / "r.mp4")
     assert not list(tmp_path.iterdir())
+
+
+def test_plan_names_a_collision_with_a_symlink_loop(tmp_path: Path) -> None:
+    """A link loop cannot be resolved; its collision with another input is still one clear
+    VqtokError, not a RuntimeError from Path.resolve."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/loop.mp4").symlink_to(tmp_path / "in/loop.mp4.next")
+    (tmp_path / "in/loop.mp4.next").symlink_to(tmp_path / "in/loop.mp4")
+    (tmp_path / "in/loop.mkv").write_bytes(b"1")
+    with pytest.raises(VqtokError, match="both be written"):
+        plan_inputs([tmp_path / "in"], tmp_path / "out", ".npy")

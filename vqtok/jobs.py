@@ -125,12 +125,20 @@ def _walk_takes(path: Path) -> bool:
 def _refuse_collisions(pairs: list[tuple[Path, Path]]) -> None:
     seen: dict[Path, Path] = {}
     for src, dst in pairs:
-        key = dst.resolve()
-        if key in seen and seen[key].resolve() != src.resolve():
+        key = _real(dst)
+        if key in seen and _real(seen[key]) != _real(src):
             raise VqtokError(
                 f"{seen[key]} and {src} would both be written to {dst}; rename one of them", src
             )
         seen[key] = src
+
+
+def _real(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path for a symlink loop (which resolve refuses)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def _size(path: Path) -> int:
