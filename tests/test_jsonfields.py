@@ -38,7 +38,7 @@ def test_lists_become_tuples_and_ints_floats() -> None:
         ({"count": 1.5}, "'count' must be an integer"),
         ({"rate": "fast"}, "'rate' must be a number"),
         ({"flag": 1}, "'flag' must be true or false"),
-        ({"sizes": [1, 2.5]}, "'sizes' must be a list of an integer"),
+        ({"sizes": [1, 2.5]}, "'sizes' must be a list of integers"),
         ({"sizes": 3}, "'sizes' must be a list"),
         ({"options": [1]}, "'options' must be an object"),
         ({"maybe": "yes"}, "'maybe' must be true or false or null"),

@@ -82,7 +82,9 @@ def _parse(value: Any, hint: Any) -> tuple[bool, Any]:
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is tuple:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
+        item = typing.get_args(hint)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(item, str(item))}"
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if origin is dict:
