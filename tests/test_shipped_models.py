@@ -47,6 +47,10 @@ def test_shipped_model_is_causal_4x8x8_small_and_reconstructs(directory: Path) -
     assert f"{params:,}" in card, "the card states the exact parameter count"
     run = RunConfig.from_file(directory / "train.json")
     assert run.model == model.config and run.name == directory.name
+    if (directory / "finetune.json").exists():  # a second stage: --init-from the first's model
+        stage2 = RunConfig.from_file(directory / "finetune.json")
+        assert stage2.model == model.config and stage2.name == directory.name
+        assert f"vqtok train models/{directory.name}/finetune.json" in card
     assert f"vqtok train models/{directory.name}/train.json" in card
     video = smooth_clip()
     torch.manual_seed(0)
