@@ -49,6 +49,7 @@ class PoolShortcut(nn.Module):
         member = (groups[None, :] == torch.arange(latent_dim)[:, None]).float()
         weight = member / member.sum(1, keepdim=True).clamp_min(1) / tau
         self.pool = CausalConv3d(groups.numel(), latent_dim, (tau, 1, 1), (tau, 1, 1), bias=False)
+        # a fixed buffer in place of the learned weight: nothing to train, nothing in state_dict
         del self.pool.weight
         self.pool.register_buffer(
             "weight", weight[:, :, None, None, None].expand(-1, -1, tau, 1, 1).contiguous(),

@@ -69,8 +69,8 @@ def transfer_weights(model: VideoTokenizer, source: str | Path) -> list[str]:
 
     The encoder and decoder must match exactly (same keys and shapes). The quantizer's state
     (and the pre-quantizer norm's) is copied too when the quantizer config is the same;
-    otherwise it is left as initialised, so a
-    backbone trained with one quantizer can be fine-tuned with another (EMA VQ -> LFQ).
+    otherwise it is left as initialised, so a backbone trained with one quantizer can be
+    fine-tuned with another (EMA VQ -> LFQ).
 
     Returns:
         The keys left at their initial values (the quantizer's, when it changed).
