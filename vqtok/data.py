@@ -8,10 +8,12 @@ each worker process, and decode one Parquet row group (about `vqtok.pack.ROW_GRO
 indices) at a time, keeping the last few decoded; no shard is loaded whole.
 
 An item is a dict: ``indices``, an int64 tensor of the clip's index shape ((t, h, w) or
-(t, h, w, L)), plus the row's other columns (``index_file``, ``source``, ``frames``, ``fps``,
-``padding``, ... see `vqtok.pack.COLUMNS`) as Python values; the full sidecar of row i is
-``ds.token_metadata(i)``. Clips differ in length, so batching them needs a ``collate_fn`` that
-pads or crops.
+(t, h, w, L)), plus the clip's own facts as Python values (``index_file``, ``source``,
+``source_frames``, ``source_fps``, ``source_height``, ``source_width``, ``frames``, ``fps``,
+``height``, ``width``, ``resize``, ``padding``; never None, so the default collate works); the
+facts every row shares (model, vocabulary, remap; `vqtok.pack.SHARED_COLUMNS`) are in
+``ds.manifest``, and the full sidecar of row i is ``ds.token_metadata(i)``. Clips differ in
+length, so batching clips of different shapes needs a ``collate_fn`` that pads or crops.
 
 `read_manifest` and `describe_dataset` (``vqtok info DATASET_DIR``) read the manifest.
 """
@@ -32,7 +34,14 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from vqtok.errors import VqtokError
-from vqtok.pack import DATASET_FORMAT, DATASET_VERSION, MANIFEST, SHARD_NAME, require_pyarrow
+from vqtok.pack import (
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    MANIFEST,
+    SHARD_NAME,
+    SHARED_COLUMNS,
+    require_pyarrow,
+)
 from vqtok.token_meta import TokenMetadata
 
 __all__ = ["TokenDataset", "TokenIterableDataset", "describe_dataset", "read_manifest"]
@@ -177,7 +186,7 @@ def _decode(table: Any) -> _Group:
     # .values ignores a sliced list's offset; flatten() would too, so keep the absolute offsets
     values = indices.values.to_numpy()
     columns = {n: table.column(n).to_pylist() for n in table.column_names
-               if n not in ("indices", "shape")}
+               if n not in ("indices", "shape", *SHARED_COLUMNS)}
     return _Group(values, offsets, table.column("shape").to_pylist(), columns)
 
 

@@ -1,8 +1,9 @@
 """Plain descriptions of what a path holds, for ``vqtok info`` and ``vqtok models``.
 
-`describe_path` tells a model directory, an index file, a token dataset and a video apart and returns a flat,
-JSON-ready dict of what each is (nothing is decoded beyond a video's first frame, no model
-weights are loaded); `describe_models` lists the models found in the search directories.
+`describe_path` tells a model directory, an index file, a token dataset and a video apart and
+returns a flat, JSON-ready dict of what each is (nothing is decoded beyond a video's first
+frame, no model weights are loaded); `describe_models` lists the models found in the search
+directories.
 """
 
 from __future__ import annotations

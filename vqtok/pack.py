@@ -71,6 +71,9 @@ COLUMNS = {
     "height": "int32", "width": "int32", "resize": "string", "padding": "int32",
     "metadata": "string",
 }
+# the columns every row of a dataset shares (one model, one remap), also in the manifest
+SHARED_COLUMNS = ("model", "model_sha256", "family", "quantizer", "codebook_size",
+                  "num_codebooks", "vocab", "remap_sha256", "remap_size", "levels")
 
 
 def require_pyarrow() -> ModuleType:
@@ -189,20 +192,14 @@ def pack_dataset(
     clips, meta = _check_inputs(_named_files(inputs), report)
     plan = _plan(clips, int(shard_size_mb * 1e6))
     keep = _prepare_output(output, plan, overwrite)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    schema = _schema(pa, meta)
-    entries, files, rows, index_bytes = [], 0, 0, 0
-    for shard in plan:
-        path = output / shard.name
-        if shard.name not in keep:
-            for nbytes in _write_shard(pa, path, shard, schema):
-                files, rows, index_bytes = files + 1, rows + 1, index_bytes + nbytes
-                report(PackProgress("pack", files, len(clips), rows, index_bytes))
-        else:
-            files, rows = files + len(shard.clips), rows + len(shard.clips)
-            index_bytes += sum(c.index_bytes for c in shard.clips)
-            report(PackProgress("pack", files, len(clips), rows, index_bytes))
-        entries.append(_shard_entry(path, shard))
+    try:
+        entries = _write_shards(pa, output, plan, keep, _schema(pa, meta), report)
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()  # nothing was written: leave no trace; whole shards stay for a rerun
+        raise
     manifest = _manifest(meta, entries)
     _atomic_write(output / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                   .encode())
@@ -211,6 +208,26 @@ def pack_dataset(
         tokens=manifest["tokens"], index_bytes=manifest["index_bytes"], bytes=manifest["bytes"],
         model=meta.model, vocab=meta.vocab, dtype=manifest["dtype"],
     )
+
+
+def _write_shards(pa: ModuleType, output: Path, plan: list[_Shard], keep: set[str], schema: Any,
+                  report: ProgressFn) -> list[dict[str, Any]]:
+    """Write the planned shards not in ``keep``; returns every shard's manifest entry."""
+    total = sum(len(shard.clips) for shard in plan)
+    entries: list[dict[str, Any]] = []
+    files, index_bytes = 0, 0
+    for shard in plan:
+        path = output / shard.name
+        if shard.name in keep:
+            files += len(shard.clips)
+            index_bytes += sum(c.index_bytes for c in shard.clips)
+            report(PackProgress("pack", files, total, files, index_bytes))
+        else:
+            for nbytes in _write_shard(pa, path, shard, schema):
+                files, index_bytes = files + 1, index_bytes + nbytes
+                report(PackProgress("pack", files, total, files, index_bytes))
+        entries.append(_shard_entry(path, shard))
+    return entries
 
 
 def looks_like_dataset(directory: Path) -> bool:
