@@ -298,17 +298,19 @@ def _describe(meta: TokenMetadata) -> str:
 
 
 def _check_header(path: Path, meta: TokenMetadata) -> None:
-    """An ``.npy`` whose header (dtype, shape, length) contradicts nothing, without reading its
-    data; on any doubt `load_tokens` runs and raises its precise error."""
+    """An ``.npy`` whose header (dtype, shape) and length agree with its sidecar, checked
+    without reading the data; on any doubt `load_tokens` runs and raises its precise error."""
     if path.suffix != ".npy":
         return  # load_metadata has read and checked the safetensors header already
+    dtype = index_dtype(meta.vocab)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        good = (isinstance(array, np.ndarray) and array.shape == meta.shape
-                and array.dtype == index_dtype(meta.vocab))
-        if not isinstance(array, np.ndarray):
-            array.close()
-        del array
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, found = read(file)
+            good = (shape == meta.shape and found == dtype
+                    and file.tell() + math.prod(shape) * dtype.itemsize == path.stat().st_size)
     except Exception:  # numpy raises many kinds for a damaged header (ValueError, EOFError, ...)
         good = False
     if not good:
@@ -400,7 +402,7 @@ def _schema(pa: ModuleType, meta: TokenMetadata) -> Any:
     return pa.schema(fields)
 
 
-def _row(clip: _Clip, meta: TokenMetadata) -> dict[str, Any]:
+def _row(clip: _Clip, meta: TokenMetadata, text: str) -> dict[str, Any]:
     """The facts columns of one clip (`COLUMNS`)."""
     source, encoded = meta.source, meta.encoded
     return {
@@ -414,20 +416,23 @@ def _row(clip: _Clip, meta: TokenMetadata) -> dict[str, Any]:
         "source_height": source.size[0], "source_width": source.size[1],
         "frames": encoded.frames, "fps": encoded.fps, "height": encoded.size[0],
         "width": encoded.size[1], "resize": encoded.resize, "padding": encoded.padding,
-        "metadata": json.dumps(meta.to_dict(), sort_keys=True),
+        "metadata": text,
     }
 
 
-def _table(pa: ModuleType, schema: Any, rows: list[tuple[_Clip, np.ndarray, TokenMetadata]]
-           ) -> Any:
-    """One row group: (clip, indices in their storage dtype, metadata) -> an Arrow table."""
-    sizes = [indices.size for _, indices, _ in rows]
+_Loaded = tuple[_Clip, np.ndarray, TokenMetadata, str]  # the indices in their storage dtype,
+# the metadata and its JSON text
+
+
+def _table(pa: ModuleType, schema: Any, rows: list[_Loaded]) -> Any:
+    """One row group: loaded clips -> an Arrow table."""
+    sizes = [indices.size for _, indices, _, _ in rows]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    flat = np.concatenate([indices.reshape(-1) for _, indices, _ in rows])
-    facts = [_row(clip, meta) for clip, _, meta in rows]
+    flat = np.concatenate([indices.reshape(-1) for _, indices, _, _ in rows])
+    facts = [_row(clip, meta, text) for clip, _, meta, text in rows]
     columns = {
         "indices": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        "shape": pa.array([list(indices.shape) for _, indices, _ in rows],
+        "shape": pa.array([list(indices.shape) for _, indices, _, _ in rows],
                           type=pa.list_(pa.int32())),
     }
     for field in schema:
@@ -442,7 +447,7 @@ def _write_shard(pa: ModuleType, path: Path, shard: _Shard, schema: Any) -> Iter
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with pa.parquet.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            rows: list[tuple[_Clip, np.ndarray, TokenMetadata]] = []
+            rows: list[_Loaded] = []
             size = 0
             for clip in shard.clips:
                 indices, meta = load_tokens(clip.path)
@@ -450,7 +455,7 @@ def _write_shard(pa: ModuleType, path: Path, shard: _Shard, schema: Any) -> Iter
                 if hashlib.sha256(text.encode()).hexdigest() != clip.digest:
                     raise TokenFileError("changed while it was being packed; pack again",
                                          clip.path)
-                rows.append((clip, indices.astype(index_dtype(meta.vocab)), meta))
+                rows.append((clip, indices.astype(index_dtype(meta.vocab)), meta, text))
                 size += clip.index_bytes
                 yield clip.index_bytes
                 if size >= ROW_GROUP_BYTES:
