@@ -226,6 +226,9 @@ def test_cli_pack_and_info(tmp_path: Path, cli) -> None:  # type: ignore[no-unty
     assert info["shard_bytes"] == [(tmp_path / "ds" / s["file"]).stat().st_size
                                    for s in manifest["shards"]]
     assert "dataset:" in cli("info", tmp_path / "ds").stdout
+    (tmp_path / "ds" / MANIFEST).unlink()  # as a killed pack leaves it
+    line = error_line(cli("info", tmp_path / "ds", code=1), tmp_path / "ds")
+    assert "an unfinished pack" in line and "vqtok pack again" in line
     cli("pack", tmp_path / "codes", "-o", tmp_path / "x", "--shard-size", "0", code=2)
 
 
