@@ -244,6 +244,8 @@ def _named_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     seen: set[Path] = set()
     named: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
+        if item.suffix == ".json":  # a sidecar named for its index file, as load_tokens takes
+            item = item.with_suffix(".npy")
         for path in index_files([item]):
             real = path.resolve()
             if real in seen:
@@ -264,6 +266,8 @@ def _check_inputs(
     clips: list[_Clip] = []
     first: TokenMetadata | None = None
     for path, name in files:
+        if not path.is_file():
+            raise TokenFileError("no such index file; check the path", path)
         if path.suffix not in (".npy", ".safetensors"):
             raise TokenFileError("not an index file (.npy with a .json sidecar, or "
                                  ".safetensors)", path)
@@ -360,7 +364,8 @@ def _prepare_output(output: Path, plan: list[_Shard], overwrite: bool) -> set[st
         raise VqtokError(f"holds another dataset ({stale[0] if stale else MANIFEST} is not "
                          "from these inputs); pass --overwrite to replace it, or pack into a "
                          "new directory", output)
-    (output / MANIFEST).unlink(missing_ok=True)  # the dataset is incomplete until rewritten
+    if overwrite:
+        (output / MANIFEST).unlink(missing_ok=True)  # no longer describes what is there
     for name in names:
         if TEMP_NAME.match(name) or (SHARD_NAME.match(name) and name not in keys):
             (output / name).unlink()
