@@ -28,14 +28,14 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np
     each clip's indices read from its index file."""
     root = tmp_path_factory.mktemp("data")
     paths = write_clips(root / "codes", ROWS, codebooks=2)
-    import vqtok.pack
+    import vqtok.shards
 
     # small row groups, so that shards hold several and the iterable split is by group
-    saved, vqtok.pack.ROW_GROUP_BYTES = vqtok.pack.ROW_GROUP_BYTES, 400
+    saved, vqtok.shards.ROW_GROUP_BYTES = vqtok.shards.ROW_GROUP_BYTES, 400
     try:
         pack_dataset([root / "codes"], root / "ds", shard_size_mb=0.002)
     finally:
-        vqtok.pack.ROW_GROUP_BYTES = saved
+        vqtok.shards.ROW_GROUP_BYTES = saved
     return root / "ds", {f"codes/{p.name}": load_tokens(p)[0] for p in paths}
 
 

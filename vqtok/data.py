@@ -4,18 +4,18 @@
 ``DistributedSampler`` work as with any dataset. `TokenIterableDataset` streams the rows in
 shard order, splitting the row groups round-robin over ranks and ``DataLoader`` workers so
 that every row is read by exactly one of them. Both open the shards memory-mapped, lazily in
-each worker process, and decode one Parquet row group (about `vqtok.pack.ROW_GROUP_BYTES` of
+each worker process, and decode one Parquet row group (about `vqtok.shards.ROW_GROUP_BYTES` of
 indices) at a time, keeping the last few decoded; no shard is loaded whole.
 
 An item is a dict: ``indices``, an int64 tensor of the clip's index shape ((t, h, w) or
 (t, h, w, L)), plus the clip's own facts as Python values (``index_file``, ``source``,
 ``source_frames``, ``source_fps``, ``source_height``, ``source_width``, ``frames``, ``fps``,
 ``height``, ``width``, ``resize``, ``padding``; never None, so the default collate works); the
-facts every row shares (model, vocabulary, remap; `vqtok.pack.SHARED_COLUMNS`) are in
+facts every row shares (model, vocabulary, remap; `vqtok.shards.SHARED_COLUMNS`) are in
 ``ds.manifest``, and the full sidecar of row i is ``ds.token_metadata(i)``. Clips differ in
 length, so batching clips of different shapes needs a ``collate_fn`` that pads or crops.
 
-`read_manifest` and `describe_dataset` (``vqtok info DATASET_DIR``) read the manifest.
+The format (columns, manifest) is `vqtok.shards`.
 """
 
 from __future__ import annotations
@@ -34,69 +34,10 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from vqtok.errors import VqtokError
-from vqtok.pack import (
-    DATASET_FORMAT,
-    DATASET_VERSION,
-    MANIFEST,
-    SHARD_NAME,
-    SHARED_COLUMNS,
-    require_pyarrow,
-)
+from vqtok.shards import SHARED_COLUMNS, read_manifest, require_pyarrow
 from vqtok.token_meta import TokenMetadata
 
-__all__ = ["TokenDataset", "TokenIterableDataset", "describe_dataset", "read_manifest"]
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of a finished dataset, its shard files checked to exist at their size.
-
-    Raises:
-        VqtokError: not a dataset, an unfinished pack, a damaged manifest or a missing /
-            resized shard (the message says what to do).
-    """
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        if directory.is_dir() and any(SHARD_NAME.match(p.name) for p in directory.iterdir()):
-            raise VqtokError(f"an unfinished pack (no {MANIFEST}); run vqtok pack again with "
-                             "the same inputs to finish it", directory)
-        raise VqtokError(f"not a token dataset (no {MANIFEST}); make one with vqtok pack",
-                         directory)
-    try:
-        manifest = json.loads(path.read_text())
-        ok = manifest.get("format") == DATASET_FORMAT and isinstance(manifest["shards"], list)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError) as e:
-        raise VqtokError(f"unreadable manifest ({e}); pack the dataset again", path) from e
-    if not ok:
-        raise VqtokError("not a vqtok dataset manifest", path)
-    if manifest.get("format_version") != DATASET_VERSION:
-        raise VqtokError(f"dataset format version {manifest.get('format_version')!r} is not "
-                         f"supported (this vqtok reads {DATASET_VERSION})", path)
-    for shard in manifest["shards"]:
-        file = directory / shard["file"]
-        size = file.stat().st_size if file.is_file() else None
-        if size != shard["bytes"]:
-            what = "is missing" if size is None else f"has {size} bytes, not {shard['bytes']}"
-            raise VqtokError(f"{what}; the dataset is damaged: pack it again", file)
-    return manifest
-
-
-def describe_dataset(directory: str | Path) -> dict[str, Any]:
-    """A token dataset for ``vqtok info``: rows, tokens, model, vocabulary, shard sizes."""
-    manifest = read_manifest(directory)
-    remap = manifest["remap"]
-    return {
-        "kind": "dataset", "path": str(directory), "rows": manifest["rows"],
-        "tokens": manifest["tokens"], "model": manifest["model"],
-        "model_sha256": manifest["model_sha256"], "quantizer": manifest["quantizer"],
-        "codebook_size": manifest["codebook_size"],
-        "num_codebooks": manifest["num_codebooks"], "vocab": manifest["vocab"],
-        "dtype": manifest["dtype"], "remap_sha256": None if remap is None else remap["sha256"],
-        "shards": len(manifest["shards"]), "bytes": manifest["bytes"],
-        "index_bytes": manifest["index_bytes"],
-        "shard_bytes": [s["bytes"] for s in manifest["shards"]],
-        "shard_rows": [s["rows"] for s in manifest["shards"]],
-    }
-
+__all__ = ["TokenDataset", "TokenIterableDataset"]
 
 @dataclass
 class _Group:

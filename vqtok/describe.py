@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from vqtok.checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_models, read_info, weights_sha256
 from vqtok.errors import CheckpointError, VqtokError
-from vqtok.pack import looks_like_dataset
+from vqtok.shards import describe_dataset, looks_like_dataset
 from vqtok.tokens import index_dtype, load_tokens
 from vqtok.video import probe
 
@@ -34,8 +34,6 @@ def describe_path(path: str | Path) -> dict[str, Any]:
         raise VqtokError("no such file or directory; check the path", path)
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file() and looks_like_dataset(path):
-            from vqtok.data import describe_dataset
-
             return describe_dataset(path)
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"a directory without {CONFIG_FILE}, not a model", path)
