@@ -31,7 +31,8 @@ from vqtok.tokens import (
 pq = pytest.importorskip("pyarrow.parquet", reason="token datasets need pyarrow (vqtok[data])")
 
 from vqtok.data import TokenDataset  # noqa: E402 - needs pyarrow
-from vqtok.pack import MANIFEST, pack_dataset  # noqa: E402
+from vqtok.pack import PackProgress, pack_dataset  # noqa: E402
+from vqtok.shards import MANIFEST  # noqa: E402
 
 SHA = "ab" * 32
 
@@ -128,6 +129,23 @@ def test_rerun_gives_the_same_bytes(tmp_path: Path) -> None:
     again = pack_dataset([tmp_path / "codes"], tmp_path / "a", shard_size_mb=0.0005)
     assert again.written == 0 and again.shards == first.shards
     assert files(tmp_path / "a") == files(tmp_path / "b")
+
+
+def test_progress_reports_files_rows_and_bytes(tmp_path: Path) -> None:
+    write_clips(tmp_path / "codes", 7)
+    seen: list[PackProgress] = []
+    report = pack_dataset([tmp_path / "codes"], tmp_path / "ds", 0.0005, progress=seen.append)
+    checks = [p for p in seen if p.stage == "check"]
+    packs = [p for p in seen if p.stage == "pack"]
+    assert [p.files for p in checks] == list(range(1, 8)) and seen[:7] == checks
+    assert [p.files for p in packs] == [p.rows for p in packs] == list(range(1, 8))
+    assert all(p.total == 7 for p in seen)
+    assert packs[-1].index_bytes == report.index_bytes and report.index_bytes > 0
+    assert [p.index_bytes for p in packs] == sorted(p.index_bytes for p in packs)
+    seen.clear()
+    pack_dataset([tmp_path / "codes"], tmp_path / "ds", 0.0005, progress=seen.append)
+    packs = [p for p in seen if p.stage == "pack"]  # kept shards: one record each
+    assert len(packs) == report.shards and packs[-1].files == packs[-1].rows == 7
 
 
 def files(directory: Path) -> dict[str, bytes]:
