@@ -39,6 +39,7 @@ from vqtok.token_meta import TokenMetadata
 
 __all__ = ["TokenDataset", "TokenIterableDataset"]
 
+
 @dataclass
 class _Group:
     """One decoded row group: flat indices with row offsets, shapes, the other columns."""
@@ -68,7 +69,7 @@ class _Shards:
         self.groups: list[tuple[int, int]] = []  # (shard, row group) in dataset order
         self.starts = [0]  # first row of each group, then the row count
         for shard, path in enumerate(self.paths):
-            meta = self.pq.ParquetFile(path).metadata
+            meta = self.pq.read_metadata(path)
             for group in range(meta.num_row_groups):
                 self.groups.append((shard, group))
                 self.starts.append(self.starts[-1] + meta.row_group(group).num_rows)
@@ -124,7 +125,7 @@ def _decode(table: Any) -> _Group:
     """A row group's Arrow table -> flat uint indices, (rows + 1) offsets, shapes, columns."""
     indices = table.column("indices").combine_chunks()
     offsets = indices.offsets.to_numpy()
-    # .values ignores a sliced list's offset; flatten() would too, so keep the absolute offsets
+    # the offsets index .values, the whole child array (also when the list array is a slice)
     values = indices.values.to_numpy()
     columns = {n: table.column(n).to_pylist() for n in table.column_names
                if n not in ("indices", "shape", *SHARED_COLUMNS)}
