@@ -21,6 +21,7 @@ import typer
 from rich.table import Table
 
 from vqtok.cli_models import convert, train
+from vqtok.cli_pack import pack
 from vqtok.cli_support import (
     ChunkOpt,
     DebugOpt,
@@ -75,6 +76,7 @@ def main(
 app.add_typer(remap_app, name="remap")
 app.command()(train)
 app.command()(convert)
+app.command()(pack)
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
 SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]
@@ -269,11 +271,13 @@ def remap_build(
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="A model directory, an index file or a video.")],
+    path: Annotated[
+        Path, typer.Argument(help="A model directory, an index file, a token dataset or a video.")
+    ],
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Describe a model directory, an index file or a video."""
+    """Describe a model directory, an index file, a token dataset or a video."""
     from vqtok.describe import describe_path
 
     with handle_errors(debug):
