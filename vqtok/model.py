@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -309,11 +309,12 @@ class VideoTokenizer(TokenizerModel):
         with torch.autocast(z.device.type, enabled=False):
             return self.quantizer(z.float())
 
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L])."""
+    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]);
+        compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`)."""
         video = self._as_video(video)
         self._check_frames(video.shape[2])
-        return self._quantize(self._latents(video, None)).indices
+        return self.indices_of(self._latents(video, None), allowed)
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
@@ -334,19 +335,22 @@ class VideoTokenizer(TokenizerModel):
         out = self._quantize(self._latents(video, None))
         return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
 
-    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+    def encode_stream(
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+    ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
 
         Yields index chunks (B, t_i, h, w[, L]) as soon as latent frames are complete (a chunk
         that completes none yields nothing); their concatenation along dim 1 equals
-        ``encode`` of the whole video. Frames after the last complete 1 + k*tau are dropped,
-        so pad the video first (`vqtok.Tokenizer.encode_stream` does).
+        ``encode`` of the whole video (with the same ``allowed``). Frames after the last
+        complete 1 + k*tau are dropped, so pad the video first
+        (`vqtok.Tokenizer.encode_stream` does).
         """
         state = StreamState()
         for chunk in chunks:
             z = self._latents(self._as_video(chunk), state)
             if z.shape[2]:
-                yield self._quantize(z).indices
+                yield self.indices_of(z, allowed)
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.
