@@ -263,6 +263,18 @@ def load_used_sets(path: str | os.PathLike, codebook_size: int | None = None) ->
     return UsedSets.of([arrays[name] for name in expected], bound, where)
 
 
+def is_remap_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``.safetensors`` remap file (its header has ``vqtok_remap``), so
+    a directory walk for index files can pass it by. Reads only the header."""
+    if Path(path).suffix != MULTI_SUFFIX:
+        return False
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="numpy") as file:
+            return METADATA_KEY in (file.metadata() or {})
+    except (safetensors.SafetensorError, OSError, ValueError):
+        return False
+
+
 def _read_header(metadata: dict[str, str], where: str) -> dict[str, int]:
     """The checked ``vqtok_remap`` header: format_version, num_levels, codebook_size."""
     if METADATA_KEY not in metadata:
