@@ -10,8 +10,8 @@ from test_tokens import make_meta
 from vqtok.codeusage import build_remap
 from vqtok.errors import TokenFileError
 from vqtok.remap import load_used
-from vqtok.usedsets import load_used_sets
 from vqtok.tokens import save_tokens
+from vqtok.usedsets import load_used_sets
 
 
 def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Property-based fuzzing of every parser that reads files people hand to vqtok.
 
 Each parser (index-file reader `load_tokens`, sidecar parser `TokenMetadata.from_dict`, remap
-loaders `load_used` and `load_used_sets`, config loaders `TokenizerConfig.from_dict`, `RunConfig.from_dict` and the
-model directory's ``config.json`` via `read_info`) must, for ANY input, return a value or raise
-a `VqtokError` — never another exception (design.md §6). Inputs are random JSON trees, random
-bytes and byte-level mutations of valid files.
+loaders `load_used` and `load_used_sets`, config loaders `TokenizerConfig.from_dict`,
+`RunConfig.from_dict` and the model directory's ``config.json`` via `read_info`) must, for ANY
+input, return a value or raise a `VqtokError` — never another exception (design.md §6). Inputs
+are random JSON trees, random bytes and byte-level mutations of valid files.
 
 CI runs a few examples per property; run longer locally with
 ``VQTOK_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_fuzz.py -q``.
@@ -29,9 +29,9 @@ from vqtok.checkpoint import read_info
 from vqtok.errors import VqtokError
 from vqtok.model import TokenizerConfig
 from vqtok.remap import load_used
-from vqtok.usedsets import UsedSets, load_used_sets
 from vqtok.tokens import EncodedInfo, SourceInfo, TokenMetadata, load_tokens
 from vqtok.train_config import RunConfig
+from vqtok.usedsets import UsedSets, load_used_sets
 
 EXAMPLES = int(os.environ.get("VQTOK_FUZZ_EXAMPLES", "25"))
 CORPUS = Path(__file__).parent / "fuzz_corpus"
