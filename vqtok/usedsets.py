@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 MULTI_SUFFIX = ".safetensors"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare ``levels`` yourself
 class UsedSets:
     """The used codes of each codebook / level.
 
