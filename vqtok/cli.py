@@ -237,7 +237,8 @@ def remap_build(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="The remap file: .npy (one level) or .safetensors (several).")],
     min_count: Annotated[str, typer.Option(
-        help="Keep codes seen N times or more, at each level; or N0,N1,... per level.")] = "1",
+        metavar="N|N0,N1,...",
+        help="Keep codes seen N times or more, at each level; or one N per level.")] = "1",
     top: Annotated[int, typer.Option(min=0, help="How many top codes to show.")] = 10,
     level: Annotated[
         int | None,
