@@ -1,4 +1,5 @@
-"""`remap build` on index files with several codebooks / residual levels: one level at a time."""
+"""`remap build` on index files with several codebooks / residual levels: all levels (one used
+set each) or one level at a time."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from vqtok.codeusage import build_remap
 from vqtok.errors import TokenFileError
 from vqtok.remap import load_used
 from vqtok.tokens import save_tokens
+from vqtok.usedsets import load_used_sets
 
 
 def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> None:
@@ -18,8 +20,13 @@ def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> Non
     indices[..., 0] = np.arange(24).reshape(2, 3, 4) % 5  # level 0 uses codes 0..4
     indices[..., 1] = 7  # level 1 uses code 7 only
     save_tokens(tmp_path / "a", indices, meta)
-    with pytest.raises(TokenFileError, match="--level"):
-        build_remap([tmp_path], tmp_path / "used.npy")
+    report = build_remap([tmp_path], tmp_path / "used.npy")
+    assert report.output == tmp_path / "used.safetensors" and report.tokens == 24
+    assert [(lv.level, lv.used, lv.seen) for lv in report.levels] == [(0, 5, 5), (1, 1, 1)]
+    assert report.used == 6 and report.top == ()
+    sets = load_used_sets(tmp_path / "used.safetensors")
+    assert [s.tolist() for s in sets.levels] == [[0, 1, 2, 3, 4], [7]]
+    assert not (tmp_path / "used.npy").exists()
     report = build_remap([tmp_path], tmp_path / "used0.npy", level=0)
     assert report.used == 5 and report.tokens == 24
     assert load_used(tmp_path / "used0.npy").tolist() == [0, 1, 2, 3, 4]

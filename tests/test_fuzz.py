@@ -1,10 +1,10 @@
 """Property-based fuzzing of every parser that reads files people hand to vqtok.
 
 Each parser (index-file reader `load_tokens`, sidecar parser `TokenMetadata.from_dict`, remap
-loader `load_used`, config loaders `TokenizerConfig.from_dict`, `RunConfig.from_dict` and the
-model directory's ``config.json`` via `read_info`) must, for ANY input, return a value or raise
-a `VqtokError` — never another exception (design.md §6). Inputs are random JSON trees, random
-bytes and byte-level mutations of valid files.
+loaders `load_used` and `load_used_sets`, config loaders `TokenizerConfig.from_dict`,
+`RunConfig.from_dict` and the model directory's ``config.json`` via `read_info`) must, for ANY
+input, return a value or raise a `VqtokError` — never another exception (design.md §6). Inputs
+are random JSON trees, random bytes and byte-level mutations of valid files.
 
 CI runs a few examples per property; run longer locally with
 ``VQTOK_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_fuzz.py -q``.
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ from vqtok.model import TokenizerConfig
 from vqtok.remap import load_used
 from vqtok.tokens import EncodedInfo, SourceInfo, TokenMetadata, load_tokens
 from vqtok.train_config import RunConfig
+from vqtok.usedsets import UsedSets, load_used_sets
 
 EXAMPLES = int(os.environ.get("VQTOK_FUZZ_EXAMPLES", "25"))
 CORPUS = Path(__file__).parent / "fuzz_corpus"
@@ -153,6 +155,31 @@ def test_remap_loader_random_bytes(tmp_path: Path, raw: bytes) -> None:
     path = tmp_path / "used.npy"
     path.write_bytes(raw)
     _expect_value_or_vqtok_error(load_used, path, 64)
+
+
+def _remap_safetensors_seed() -> bytes:
+    sets = UsedSets.of([np.array([1, 4, 9]), np.array([0, 2])], 16)
+    tensors = {f"level{i}": level.numpy() for i, level in enumerate(sets.levels)}
+    header = json.dumps({"format_version": 1, "num_levels": 2, "codebook_size": 16})
+    return safetensors.numpy.save(tensors, metadata={"vqtok_remap": header})
+
+
+@FUZZ
+@given(edits=_edits, cut=_cut, codebook=st.none() | st.integers(1, 64))
+def test_multi_level_remap_loader_mutated(
+    tmp_path: Path, edits: list[tuple[int, int]], cut: int | None, codebook: int | None
+) -> None:
+    path = tmp_path / "used.safetensors"
+    path.write_bytes(_mutate(_remap_safetensors_seed(), edits, cut))
+    _expect_value_or_vqtok_error(load_used_sets, path, codebook)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_multi_level_remap_loader_random_bytes(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "used.safetensors"
+    path.write_bytes(raw)
+    _expect_value_or_vqtok_error(load_used_sets, path, 64)
 
 
 @FUZZ

@@ -82,7 +82,7 @@ def test_npy_layout_on_disk(tmp_path: Path) -> None:
     side = json.loads((tmp_path / "codes.json").read_text())
     assert side["format_version"] == FORMAT_VERSION
     assert side["grid"] == [2, 3, 4] and side["source"]["fps"] == "30000/1001"
-    assert side["remap"] == {"sha256": "cd" * 32, "size": 300}
+    assert side["remap"] == {"sha256": "cd" * 32, "size": 300, "sizes": None}
     assert side["windows"] is None and side["bit_order"] == "msb"
 
 

@@ -6,6 +6,9 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
     indices = tok.encode(video)                # (B, 3, T, H, W) in [-1, 1] -> (B, t, h, w[, L])
     video = tok.decode(indices, frames=T)      # -> (B, 3, T, H, W) in [-1, 1]
 
+``tok.encode(video, remap="used.safetensors")`` gives compact ids of a remap file's used codes
+(per level for residual / multi-codebook models); ``tok.unmap(ids, remap)`` turns them back.
+
 `Tokenizer` wraps any `TokenizerModel` family. It pads clips to a length the model accepts
 (repeating the last frame) and trims decoded clips back, runs under ``torch.inference_mode()``,
 and with ``dtype=bfloat16/float16`` runs the convolutions under autocast while the quantizer's
@@ -16,7 +19,8 @@ distances and indices stay float32. Long videos go through ``encode_stream`` /
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +30,14 @@ from torch import Tensor
 from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.family import TokenizerModel
+from vqtok.usedsets import UsedSets, load_used_sets
 
 __all__ = ["DEFAULT_MODEL", "EncodeStream", "Tokenizer", "load", "resolve_device", "resolve_dtype"]
 
 DEFAULT_MODEL = "vqtok-ema"
+
+RemapLike = str | os.PathLike[str] | UsedSets
+"""A remap file (``.npy``: one codebook; ``.safetensors``: one used set per level) or its sets."""
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -186,15 +194,31 @@ class Tokenizer:
 
     # ------------------------------------------------------------ one-shot
 
-    def encode(self, video: Tensor) -> Tensor:
+    def encode(self, video: Tensor, remap: RemapLike | None = None) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
         T is padded to `padded_frames` by repeating the last frame; record T to trim the decode.
         Returns (B, t, h, w[, L]) with (t, h, w) = ``latent_shape(T, H, W)``.
+
+        Args:
+            video: the clip.
+            remap: a remap file (``.npy`` / ``.safetensors`` from ``vqtok remap build``) or
+                `vqtok.usedsets.UsedSets`, one used set per codebook / level: the indices are
+                then compact ids (level l's in [0, U_l)), and quantizers with a codebook search
+                look only at the used codes, level by level.
+
+        Raises:
+            RemapError: a remap file that does not fit the model, or (LFQ, FSQ: no search to
+                restrict) a code outside its level's used set.
         """
         video = self._prepare(video)
+        allowed = self._allowed(remap)
         with self._running():
-            return self.model.encode(self._pad(video))
+            return self.model.encode(self._pad(video), allowed)
+
+    def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
+        """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
+        return self._used_sets(remap).to_full(indices)
 
     def decode(self, indices: Tensor, frames: int | None = None) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> float32 video (B, 3, T, H, W) clamped to [-1, 1].
@@ -214,15 +238,17 @@ class Tokenizer:
 
     # ------------------------------------------------------------ streaming
 
-    def encode_stream(self, chunks: Iterable[Tensor]) -> EncodeStream:
+    def encode_stream(
+        self, chunks: Iterable[Tensor], remap: RemapLike | None = None
+    ) -> EncodeStream:
         """Encode a long video given as consecutive chunks (B, 3, T_i, H, W), any T_i >= 1.
 
         Returns an iterator of index chunks (B, t_i, h, w[, L]) whose concatenation along
-        dim 1 equals ``encode`` of the whole video, exactly; the end is padded like ``encode``
-        does. After exhaustion its ``frames`` and ``padding`` say how many real frames it read
-        and how many copies of the last one it appended.
+        dim 1 equals ``encode`` of the whole video (with the same ``remap``), exactly; the end
+        is padded like ``encode`` does. After exhaustion its ``frames`` and ``padding`` say how
+        many real frames it read and how many copies of the last one it appended.
         """
-        return EncodeStream(self, chunks)
+        return EncodeStream(self, chunks, self._allowed(remap))
 
     def decode_stream(
         self, chunks: Iterable[Tensor], frames: int | None = None
@@ -246,6 +272,20 @@ class Tokenizer:
             yield video
 
     # ------------------------------------------------------------ internals
+
+    def _used_sets(self, remap: RemapLike) -> UsedSets:
+        if isinstance(remap, UsedSets):
+            used, path = remap, None
+        else:
+            used, path = load_used_sets(remap), remap
+        used.check_for(self.model.quantizer.vocab_sizes, path)
+        return used
+
+    def _allowed(self, remap: RemapLike | None) -> list[Tensor] | None:
+        """The used sets as per-level tensors on the model's device (None without a remap)."""
+        if remap is None:
+            return None
+        return [level.to(self.device) for level in self._used_sets(remap).levels]
 
     def _prepare(self, video: Tensor) -> Tensor:
         if not isinstance(video, Tensor) or not video.is_floating_point():
@@ -279,11 +319,16 @@ class EncodeStream(Iterator[Tensor]):
         padding: frames appended after the last real one (set once the input is exhausted).
     """
 
-    def __init__(self, tokenizer: Tokenizer, chunks: Iterable[Tensor]) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chunks: Iterable[Tensor],
+        allowed: Sequence[Tensor] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.frames = 0
         self.padding = 0
-        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)))
+        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed)
 
     def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
         last = None

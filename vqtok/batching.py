@@ -38,7 +38,7 @@ from vqtok.pipeline import (
 )
 from vqtok.tokens import TokenMetadata, save_tokens
 from vqtok.video import VideoReader
-from vqtok.vocab import RemapPlan, restricted_search
+from vqtok.vocab import RemapPlan
 
 Outcome = EncodeResult | Exception
 Encoded = tuple[np.ndarray, TokenMetadata, tuple[str, ...]] | VqtokError
@@ -158,9 +158,9 @@ def encode_batch(
     counts = [0] * len(readers)
     expected = sum(reader.expected_frames for reader in readers)
     try:
-        with restricted_search(model, plan):
-            steps = _lockstep(streams, counts, tokenizer.device, progress, expected)
-            pieces = [piece.cpu() for piece in tokenizer.encode_stream(steps)]
+        steps = _lockstep(streams, counts, tokenizer.device, progress, expected)
+        search = None if plan is None else plan.search
+        pieces = [piece.cpu() for piece in tokenizer.encode_stream(steps, remap=search)]
     finally:
         for stream in streams:
             stream.close()

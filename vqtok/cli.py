@@ -120,7 +120,8 @@ def encode(
     batch: Annotated[
         int, typer.Option(min=1, help="Encode up to N videos of the same size together.")
     ] = 1,
-    remap: Annotated[Path | None, typer.Option(help="Used-index .npy: store compact ids.")] = None,
+    remap: Annotated[Path | None, typer.Option(
+        help="Remap file (vqtok remap build): store compact ids, per level.")] = None,
     format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
     overwrite: Annotated[bool, Flag("--overwrite", help="Redo outputs that are complete.")] = False,
     strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
@@ -220,7 +221,11 @@ def decode(
 
 
 def _is_index_file(path: Path) -> bool:
-    return path.suffix == ".safetensors" or sidecar_path(path).is_file()
+    from vqtok.usedsets import is_remap_file
+
+    if path.suffix == ".safetensors":
+        return not is_remap_file(path)
+    return sidecar_path(path).is_file()
 
 
 def _describe_decoded(result: Any) -> str:
@@ -231,42 +236,82 @@ def _describe_decoded(result: Any) -> str:
 @remap_app.command("build")
 def remap_build(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The used-index .npy.")],
-    min_count: Annotated[int, typer.Option(min=1, help="Keep codes seen N times or more.")] = 1,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="The remap file: .npy (one level) or .safetensors (several).")],
+    min_count: Annotated[str, typer.Option(
+        metavar="N|N0,N1,...",
+        help="Keep codes seen N times or more, at each level; or one N per level.")] = "1",
     top: Annotated[int, typer.Option(min=0, help="How many top codes to show.")] = 10,
     level: Annotated[
         int | None,
-        typer.Option(min=0, help="Files with several codebooks / levels: count this one."),
+        typer.Option(min=0, help="Files with several codebooks / levels: count only this one."),
     ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Count code usage over index files and write the sorted used-index file."""
+    """Count code usage over index files and write the used-index (remap) file, one used set
+    per codebook / level."""
     from vqtok.codeusage import build_remap
 
+    thresholds = as_usage_error(lambda: _parse_counts(min_count), "--min-count")
     with handle_errors(debug):
-        report = build_remap(codes, output, min_count, top, level)
+        report = build_remap(codes, output, thresholds, top, level)
     if as_json:
         emit_json(report.to_dict())
         return
     table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value")
-    share = report.used / report.codebook_size
-    rows = [
-        ("model", report.model),
-        ("files", str(report.files)),
-        ("indices", str(report.tokens)),
-        ("codes used", f"{report.used} of {report.codebook_size} ({share:.1%})"
-                       f"{f', min count {report.min_count}' if report.min_count > 1 else ''}"),
-        ("perplexity", f"{report.perplexity:.2f}"),
-        ("bits per index", f"{report.bits_per_index:.3f}"),
-        ("top codes", ", ".join(f"{c} ({n})" for c, n in report.top)),
-        ("written", str(report.output)),
-    ]
+    rows = [("model", report.model), ("files", str(report.files))]
+    if len(report.levels) == 1:
+        rows += [("indices", str(report.tokens)), *_level_rows(report.levels[0])]
+    else:
+        rows.append(("indices", f"{report.tokens} per level, {len(report.levels)} levels"))
+    rows.append(("written", str(report.output)))
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
+    if len(report.levels) > 1:
+        out.print(_levels_table(report.levels))
+
+
+def _parse_counts(text: str) -> int | list[int]:
+    """``"2"`` -> 2; ``"4,2,1,1"`` -> [4, 2, 1, 1] (one threshold per level)."""
+    from vqtok.errors import ConfigError
+
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError as e:
+        raise ConfigError(f"expected N or N0,N1,... (integers >= 1), got {text!r}") from e
+    if min(values) < 1:
+        raise ConfigError(f"thresholds must be >= 1, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _used_text(level: Any) -> str:
+    share = level.used / level.codebook_size
+    threshold = f", min count {level.min_count}" if level.min_count > 1 else ""
+    return f"{level.used} of {level.codebook_size} ({share:.1%}){threshold}"
+
+
+def _level_rows(level: Any) -> list[tuple[str, str]]:
+    return [
+        ("codes used", _used_text(level)),
+        ("perplexity", f"{level.perplexity:.2f}"),
+        ("bits per index", f"{level.bits_per_index:.3f}"),
+        ("top codes", ", ".join(f"{c} ({n})" for c, n in level.top)),
+    ]
+
+
+def _levels_table(levels: Any) -> Table:
+    table = Table()
+    for column in ("level", "codes used", "perplexity", "bits per index", "top codes"):
+        table.add_column(column)
+    for level in levels:
+        top = ", ".join(f"{c} ({n})" for c, n in level.top[:3])
+        table.add_row(str(level.level), _used_text(level), f"{level.perplexity:.2f}",
+                      f"{level.bits_per_index:.3f}", top)
+    return table
 
 
 @app.command()

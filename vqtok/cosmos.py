@@ -19,7 +19,7 @@ are.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -284,9 +284,10 @@ class CosmosTokenizer(TokenizerModel):
         with torch.autocast(latents.device.type, enabled=False):
             return self.quantizer(latents.float())  # type: ignore[no-any-return]
 
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f)."""
-        return self.quantize(self.latents(self._check_video(video))).indices
+    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f);
+        compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`)."""
+        return self.indices_of(self.latents(self._check_video(video)), allowed)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """int64 (B, t, h, w) -> FSQ codes (B, len(levels), t, h, w) in the decoder's dtype."""
@@ -308,8 +309,11 @@ class CosmosTokenizer(TokenizerModel):
         out = self.quantize(self.latents(self._check_video(video)))
         return self.decode_codes(out.codes.to(video.dtype)), out
 
-    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
-        """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
+    def encode_stream(
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+    ) -> Iterator[Tensor]:
+        """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1 (compact
+        ids of the ``allowed`` codes when given).
 
         Frames are buffered so the network sees 1 + k*tau frames first and multiples of tau
         afterwards; each yields (B, t_i, h, w) indices, and their concatenation along dim 1
@@ -326,7 +330,7 @@ class CosmosTokenizer(TokenizerModel):
             usable = (1 + (frames - 1) // tau * tau) if not started else frames // tau * tau
             if usable <= 0:
                 continue
-            yield self.quantize(self.latents(pending[:, :, :usable], state)).indices
+            yield self.indices_of(self.latents(pending[:, :, :usable], state), allowed)
             pending, started = pending[:, :, usable:], True
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:

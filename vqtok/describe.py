@@ -1,6 +1,7 @@
 """Plain descriptions of what a path holds, for ``vqtok info`` and ``vqtok models``.
 
-`describe_path` tells a model directory, an index file, a token dataset and a video apart and
+`describe_path` tells a model directory, an index file, a remap file, a token dataset and a
+video apart and
 returns a flat, JSON-ready dict of what each is (nothing is decoded beyond a video's first
 frame, no model weights are loaded); `describe_models` lists the models found in the search
 directories.
@@ -12,19 +13,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import safe_open
 
 from vqtok.checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_models, read_info, weights_sha256
 from vqtok.errors import CheckpointError, VqtokError
 from vqtok.shards import describe_dataset, looks_like_dataset
-from vqtok.tokens import index_dtype, load_tokens
+from vqtok.tokens import index_dtype, load_tokens, sidecar_path
+from vqtok.usedsets import is_remap_file, load_used_sets
 from vqtok.video import probe
+from vqtok.vocab import file_sha256
 
 INDEX_SUFFIXES = (".npy", ".safetensors", ".json")
 
 
 def describe_path(path: str | Path) -> dict[str, Any]:
-    """What ``path`` is: ``{"kind": "model" | "index" | "dataset" | "video", ...}``.
+    """What ``path`` is: ``{"kind": "model" | "index" | "remap" | "dataset" | "video", ...}``.
 
     Raises:
         VqtokError: the path does not exist or is none of the three (the message says why).
@@ -38,9 +42,34 @@ def describe_path(path: str | Path) -> dict[str, Any]:
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"a directory without {CONFIG_FILE}, not a model", path)
         return describe_model(path)
+    if is_remap_file(path) or (path.suffix == ".npy" and not sidecar_path(path).exists()
+                               and _loads_as_remap(path)):
+        return describe_remap(path)
     if path.suffix in INDEX_SUFFIXES:
         return describe_index(path)
     return describe_video(path)
+
+
+def _loads_as_remap(path: Path) -> bool:
+    try:
+        load_used_sets(path)
+    except VqtokError:
+        return False
+    return True
+
+
+def describe_remap(path: str | Path) -> dict[str, Any]:
+    """A remap file: its levels, the used codes per level and its SHA-256 (what index files
+    encoded with it record)."""
+    used = load_used_sets(path)
+    return {
+        "kind": "remap",
+        "path": str(path),
+        "num_levels": used.num_levels,
+        "used_per_level": list(used.sizes),
+        "id_range_per_level": [[int(u[0]), int(u[-1])] for u in used.levels],
+        "sha256": file_sha256(path),
+    }
 
 
 def describe_model(directory: str | Path) -> dict[str, Any]:
@@ -85,6 +114,10 @@ def describe_index(path: str | Path) -> dict[str, Any]:
         "dtype": str(index_dtype(meta.vocab)),
         "distinct_codes": int(len(set(indices.reshape(-1).tolist()))),
     }
+    if meta.num_codebooks > 1:
+        out["distinct_codes_per_level"] = [
+            int(np.unique(indices[..., level]).size) for level in range(meta.num_codebooks)
+        ]
     out.update(_flatten(meta.to_dict()))
     return out
 

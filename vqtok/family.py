@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError
@@ -68,9 +69,28 @@ class TokenizerModel(nn.Module):
         t = 1 + (frames - 1) // self.temporal_factor
         return t, height // self.spatial_factor, width // self.spatial_factor
 
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) float in [-1, 1], T = 1 + k*tau -> int64 indices (B, t, h, w[, L])."""
+    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+        """(B, 3, T, H, W) float in [-1, 1], T = 1 + k*tau -> int64 indices (B, t, h, w[, L]).
+
+        With ``allowed`` (one tensor of codes per codebook / level), compact ids: see
+        `indices_of`.
+        """
         raise NotImplementedError
+
+    def indices_of(self, latents: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+        """The quantizer's indices of pre-quantizer latents, in float32 with autocast off (an
+        index must not depend on the compute dtype).
+
+        Args:
+            latents: (B, D, t, h, w).
+            allowed: None for full ids; else per level the codes level l may use, and the
+                result holds compact ids (positions in ``allowed[l]``), see
+                `vqtok.quantizers.base.Quantizer.restricted_indices`.
+        """
+        with torch.autocast(latents.device.type, enabled=False):
+            if allowed is None:
+                return self.quantizer(latents.float()).indices
+            return self.quantizer.restricted_indices(latents.float(), allowed)
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, H, W), unclamped."""
@@ -80,9 +100,12 @@ class TokenizerModel(nn.Module):
         """Training pass: (reconstruction, quantizer output)."""
         raise NotImplementedError
 
-    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+    def encode_stream(
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+    ) -> Iterator[Tensor]:
         """Encode a long video given as consecutive (B, 3, T_i, H, W) chunks; yields index
-        chunks (B, t_i, h, w[, L]) whose concatenation along time equals a one-shot encode."""
+        chunks (B, t_i, h, w[, L]) whose concatenation along time equals a one-shot encode
+        (compact ids with ``allowed``, as `encode`)."""
         raise NotImplementedError
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:

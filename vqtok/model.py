@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -334,15 +334,25 @@ class VideoTokenizer(TokenizerModel):
             raise VqtokError(f"levels must be in 1..{self.max_levels}, got {levels}")
         return levels
 
-    def encode(self, video: Tensor, levels: int | None = None) -> Tensor:
-        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]).
+    def encode(
+        self,
+        video: Tensor,
+        allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
+    ) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]);
+        compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`).
 
-        ``levels``: keep only the first k residual levels (indices (..., k)); `decode` takes
-        them as they are.
+        ``levels``: keep only the first k residual levels, (..., k). A residual code's first k
+        levels do not depend on the later ones, so they equal a k-level search; `decode`
+        takes them as they are.
         """
         video = self._as_video(video)
         self._check_frames(video.shape[2])
-        return self._quantize(self._latents(video, None), levels).indices
+        return self._prefix(self.indices_of(self._latents(video, None), allowed), levels)
+
+    def _prefix(self, indices: Tensor, levels: int | None) -> Tensor:
+        return indices if levels is None else indices[..., : self.check_levels(levels)]
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
@@ -369,20 +379,24 @@ class VideoTokenizer(TokenizerModel):
         return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], levels: int | None = None
+        self,
+        chunks: Iterable[Tensor],
+        allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
 
         Yields index chunks (B, t_i, h, w[, L]) as soon as latent frames are complete (a chunk
         that completes none yields nothing); their concatenation along dim 1 equals
-        ``encode`` of the whole video. Frames after the last complete 1 + k*tau are dropped,
-        so pad the video first (`vqtok.Tokenizer.encode_stream` does).
+        ``encode`` of the whole video (with the same ``allowed``). Frames after the last
+        complete 1 + k*tau are dropped, so pad the video first
+        (`vqtok.Tokenizer.encode_stream` does).
         """
         state = StreamState()
         for chunk in chunks:
             z = self._latents(self._as_video(chunk), state)
             if z.shape[2]:
-                yield self._quantize(z, levels).indices
+                yield self._prefix(self.indices_of(z, allowed), levels)
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from vqtok.api import Tokenizer
 from vqtok.errors import TokenFileError, VideoError
-from vqtok.remap import IndexRemap
 from vqtok.tokens import (
     EncodedInfo,
     SourceInfo,
@@ -48,7 +47,6 @@ from vqtok.vocab import (
     check_model_matches,
     describe_quantizer,
     load_remap_for,
-    restricted_search,
 )
 
 T = TypeVar("T")
@@ -69,7 +67,8 @@ class EncodeOptions:
         max_frames: encode at most this many frames.
         chunk: frames per streaming step; bounds memory.
         format: ``"npy"`` (+ ``.json`` sidecar) or ``"safetensors"``.
-        remap: a used-index ``.npy`` (``vqtok remap build``); indices are stored as compact ids.
+        remap: a remap file (``vqtok remap build``: ``.npy`` for one codebook, ``.safetensors``
+            with one used set per codebook / level); indices are stored as compact ids.
         strict: a damaged input (truncated, corrupt packets) is an error, not a warning.
     """
 
@@ -216,10 +215,9 @@ def encode_indices(
     plan = RemapPlan.open(options.remap, model) if options.remap is not None else None
     windows = prefetch(reader)
     try:
-        with restricted_search(model, plan):
-            chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
-            stream = tokenizer.encode_stream(chunks)
-            pieces = [piece.cpu() for piece in stream]
+        chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
+        stream = tokenizer.encode_stream(chunks, remap=None if plan is None else plan.search)
+        pieces = [piece.cpu() for piece in stream]
     finally:
         windows.close()
     if not pieces:
@@ -386,7 +384,7 @@ def decode_file(
     used = load_remap_for(meta, remap, source)
     full = torch.from_numpy(indices)
     if used is not None:
-        full = IndexRemap(used).unmap_to_all(full)
+        full = used.to_full(full)
     rate = as_fps(fps if fps is not None else meta.encoded.fps)
     height, width = meta.encoded.size
     Path(target).parent.mkdir(parents=True, exist_ok=True)

@@ -79,12 +79,15 @@ class RemapInfo:
     """The used-index file the indices were remapped with.
 
     Attributes:
-        sha256: hex SHA-256 of the remap ``.npy`` file.
-        size: number of used codes in it; the stored indices are in [0, size).
+        sha256: hex SHA-256 of the remap file (``.npy`` or ``.safetensors``).
+        size: number of used codes in it (the largest level's); stored indices are below it.
+        sizes: used codes per codebook / level (L entries): level l's indices are below
+            ``sizes[l]``; None in files written before per-level remap files.
     """
 
     sha256: str
     size: int
+    sizes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,10 @@ class TokenMetadata:
                 (f"encoded.resize in {RESIZE_MODES}", self.encoded.resize in RESIZE_MODES),
                 ("remap.sha256 of 64 hex digits", remap is None or _is_sha256(remap.sha256)),
                 ("remap.size >= 1", remap is None or remap.size >= 1),
+                (
+                    "remap.sizes: one size >= 1 per codebook, the largest equal to remap.size",
+                    remap is None or _remap_sizes_ok(self),
+                ),
                 ("vocabulary <= 2**32", self.vocab <= 2**32),
             ]
             if not ok
@@ -204,6 +211,14 @@ class TokenMetadata:
 
 def _is_sha256(text: str | None) -> bool:
     return text is None or (len(text) == 64 and all(c in "0123456789abcdef" for c in text))
+
+
+def _remap_sizes_ok(meta: TokenMetadata) -> bool:
+    assert meta.remap is not None
+    sizes = meta.remap.sizes
+    if sizes is None:
+        return True
+    return len(sizes) == meta.num_codebooks and min(sizes) >= 1 and max(sizes) == meta.remap.size
 
 
 def _fsq_ok(meta: TokenMetadata) -> bool:

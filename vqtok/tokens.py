@@ -160,6 +160,7 @@ def _to_storage(indices: np.ndarray, meta: TokenMetadata, path: Path) -> np.ndar
         raise TokenFileError(
             f"indices must be in [0, {meta.vocab}), got [{indices.min()}, {indices.max()}]", path
         )
+    _check_levels(indices, meta, path)
     return np.ascontiguousarray(indices, dtype=index_dtype(meta.vocab))
 
 
@@ -321,6 +322,21 @@ def _check_array(array: np.ndarray, meta: TokenMetadata, path: Path) -> None:
         raise TokenFileError(
             f"index {int(array.max())} is out of range for a vocabulary of {meta.vocab}", path
         )
+    _check_levels(array, meta, path)
+
+
+def _check_levels(array: np.ndarray, meta: TokenMetadata, path: Path) -> None:
+    """Per-level bound of remapped multi-level indices: level l's values < remap.sizes[l]."""
+    sizes = None if meta.remap is None else meta.remap.sizes
+    if not array.size or sizes is None or meta.num_codebooks == 1:
+        return
+    for level, size in enumerate(sizes):
+        top = int(array[..., level].max())
+        if top >= size:
+            raise TokenFileError(
+                f"level {level}: remapped index {top} is out of range for its {size} used codes",
+                path,
+            )
 
 
 def is_complete(path: str | Path) -> bool:

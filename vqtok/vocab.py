@@ -3,22 +3,20 @@
 - `describe_quantizer`: the quantizer facts an index file stores (kind, codebook size, number of
   codebooks, LFQ bit order, FSQ levels).
 - `check_model_matches`: refuse to decode an index file with a model it was not made by.
-- `RemapPlan` / `restricted_search`: encode with a used-index file (``vqtok encode --remap``).
-  For quantizers with a nearest-code search over a codebook (``vq``, ``ema_vq``, ``gumbel``) the
-  search is restricted to the used codes, as taming-transformers' ``VectorQuantizer2`` can
-  (Esser et al., arXiv 2012.09841), so every index is a used one. Other kinds (FSQ, LFQ,
-  residual VQ) have no codebook search to restrict: their indices are mapped to compact ids and
-  a code outside the used set is an error, never a silent substitute.
-- `load_remap_for`: the used-index array to decode a remapped index file, checked against the
-  SHA-256 and size its metadata recorded.
+- `RemapPlan`: encode with a remap file (``vqtok encode --remap``), one used set per codebook /
+  level (`vqtok.usedsets`). Quantizers with a nearest-code search (``vq``, ``ema_vq``,
+  ``gumbel``, ``rvq``, ``ema_rvq``) search only the used codes, level by level, as
+  taming-transformers' ``VectorQuantizer2`` can (Esser et al., arXiv 2012.09841), so every
+  index is a used one and residual levels stay consistent. Others (FSQ, LFQ) have no codebook
+  search to restrict: their indices are mapped to compact ids and a code outside its level's
+  used set is an error naming the level, never a silent substitute.
+- `load_remap_for`: the used sets to decode a remapped index file, checked against the SHA-256
+  and per-level sizes its metadata recorded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,9 @@ from typing import Any
 from torch import Tensor
 
 from vqtok.errors import RemapError, TokenFileError
-from vqtok.quantizers import KINDS, build_quantizer, quantizer_class
-from vqtok.remap import IndexRemap, load_used
+from vqtok.quantizers import KINDS
 from vqtok.tokens import RemapInfo, TokenMetadata
-
-# kinds whose search, given a remap, looks only at the used codes
-_RESTRICTED_KINDS = ("vq", "ema_vq", "gumbel")
+from vqtok.usedsets import UsedSets, load_used_sets
 
 
 @dataclass(frozen=True)
@@ -115,17 +110,19 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class RemapPlan:
-    """A used-index file applied while encoding.
+    """A remap file applied while encoding.
 
     Attributes:
-        path: the remap ``.npy``.
-        used: (U,) int64 strictly increasing full codebook ids.
-        info: what the index file records (SHA-256 of the file, U).
-        restricted: the model's search can be restricted to ``used`` (see the module docstring).
+        path: the remap file (``.npy``: one level; ``.safetensors``: one used set per level).
+        used: its used sets, checked against the model.
+        info: what the index file records (SHA-256 of the file, used codes per level).
+        restricted: the model's quantizer restricts its search to the used codes (see
+            `vqtok.quantizers.base.Quantizer.restricted_indices`); otherwise its indices are
+            checked and mapped afterwards, per video (`to_compact`).
     """
 
     path: Path
-    used: Tensor
+    used: UsedSets
     info: RemapInfo
     restricted: bool
 
@@ -134,78 +131,42 @@ class RemapPlan:
         """Load and check a remap file for ``model``.
 
         Raises:
-            RemapError: missing, pickled, unsorted, or ids beyond the model's codebook; or a
-                model with several codebooks (a remap is one vocabulary).
+            RemapError: missing, pickled, truncated, unsorted, ids beyond a level's codebook,
+                or another number of levels than the model has.
         """
-        facts = describe_quantizer(model)
-        if facts.num_codebooks > 1:
-            raise RemapError(
-                f"the model has {facts.num_codebooks} codebooks / levels; a remap file describes "
-                "one vocabulary, so it cannot be applied",
-                path,
-            )
-        used = load_used(path, facts.codebook_size)
-        info = RemapInfo(sha256=file_sha256(path), size=int(used.numel()))
-        restricted = model.family == "vqtok" and facts.kind in _RESTRICTED_KINDS
-        return cls(Path(path), used, info, restricted)
+        used = load_used_sets(path)
+        used.check_for(model.quantizer.vocab_sizes, path)
+        info = RemapInfo(sha256=file_sha256(path), size=max(used.sizes), sizes=used.sizes)
+        return cls(Path(path), used, info, bool(model.quantizer.restricts_search))
+
+    @property
+    def search(self) -> UsedSets | None:
+        """What the encoder's search is restricted to: the used sets, or None when the
+        quantizer cannot restrict its search."""
+        return self.used if self.restricted else None
 
     def to_compact(self, indices: Tensor, source: str | Path) -> Tensor:
         """Full ids -> compact ids for an unrestricted search; a restricted one already gave them.
 
         Raises:
-            RemapError: an index whose code is not in the used set.
+            RemapError: an index whose code is not in its level's used set (naming the level).
         """
         if self.restricted:
             return indices
-        compact = IndexRemap(self.used, unknown_index="extra").remap_to_used(indices)
-        unknown = compact == self.info.size
-        if bool(unknown.any()):
-            codes = sorted({int(c) for c in indices[unknown].reshape(-1)[:1000].tolist()})
+        try:
+            return self.used.to_compact(indices, self.path.name)
+        except RemapError as e:
             raise RemapError(
-                f"{int(unknown.sum())} indices use codes that are not in the remap file "
-                f"{self.path.name} (e.g. {codes[:5]}); this quantizer cannot restrict its search, "
-                "so rebuild the remap file including this video (vqtok remap build)",
+                f"{e.message}; this quantizer cannot restrict its search, so rebuild the remap "
+                "file including this video (vqtok remap build)",
                 source,
-            )
-        return compact
-
-
-@contextlib.contextmanager
-def restricted_search(model: Any, plan: RemapPlan | None) -> Iterator[None]:
-    """Within the block, ``model``'s quantizer searches only ``plan.used`` (when it can).
-
-    The model's quantizer is swapped for one built with the same options plus the remap, holding
-    the same weights; the original is put back on exit, so the model is unchanged afterwards.
-    """
-    if plan is None or not plan.restricted:
-        yield
-        return
-    original, kind = model.quantizer, model.config.quantizer
-    options = dict(model.config.quantizer_options, remap=plan.used)
-    if "restrict_to_used" in inspect.signature(quantizer_class(kind).__init__).parameters:
-        options["restrict_to_used"] = True  # an older flag; the current classes always restrict
-    restricted = build_quantizer(kind, model.config.latent_dim, **options)
-    missing, unexpected = restricted.load_state_dict(original.state_dict(), strict=False)
-    remaps = [name for name, module in restricted.named_modules() if isinstance(module, IndexRemap)]
-    remap_keys = {f"{name}.used" for name in remaps}
-    if unexpected or set(missing) - remap_keys:
-        raise RemapError(
-            f"cannot restrict the {kind} search: tensors "
-            f"{sorted(set(missing) - remap_keys) + sorted(unexpected)} do not carry over",
-            plan.path,
-        )
-    device = next(iter(original.state_dict().values())).device
-    model.quantizer = restricted.to(device).train(original.training)
-    try:
-        yield
-    finally:
-        model.quantizer = original
+            ) from e
 
 
 def load_remap_for(
     meta: TokenMetadata, remap: str | Path | None, path: str | Path
-) -> Tensor | None:
-    """The used-index array a remapped index file needs, or None if it is not remapped.
+) -> UsedSets | None:
+    """The used sets a remapped index file needs, or None if it is not remapped.
 
     Args:
         meta: the index file's metadata.
@@ -214,7 +175,8 @@ def load_remap_for(
 
     Raises:
         TokenFileError: a remapped file without ``remap``, a plain file with one, or a remap
-            file whose SHA-256 / size differ from the recorded ones.
+            file whose levels, SHA-256 or sizes differ from the recorded ones.
+        RemapError: a remap file that is not valid.
     """
     if meta.remap is None:
         if remap is not None:
@@ -222,17 +184,25 @@ def load_remap_for(
         return None
     if remap is None:
         raise TokenFileError(
-            f"the indices are remapped ({meta.remap.size} used codes, remap file sha256 "
-            f"{meta.remap.sha256[:12]}...); pass that file with --remap used.npy",
+            f"the indices are remapped ({_sizes(meta.remap.sizes or (meta.remap.size,))} used "
+            f"codes, remap file sha256 {meta.remap.sha256[:12]}...); pass that file with "
+            "--remap",
             path,
         )
-    used = load_used(remap, meta.codebook_size)
+    used = load_used_sets(remap, meta.codebook_size)
+    expected = meta.remap.sizes or (meta.remap.size,)
     digest = file_sha256(remap)
-    if digest != meta.remap.sha256 or used.numel() != meta.remap.size:
+    if digest != meta.remap.sha256 or used.sizes != tuple(expected):
         raise TokenFileError(
-            f"{Path(remap).name} ({used.numel()} codes, sha256 {digest[:12]}...) is not the "
-            f"remap file these indices were made with ({meta.remap.size} codes, sha256 "
+            f"{Path(remap).name} ({_sizes(used.sizes)} codes, sha256 {digest[:12]}...) is not "
+            f"the remap file these indices were made with ({_sizes(expected)} codes, sha256 "
             f"{meta.remap.sha256[:12]}...)",
             path,
         )
     return used
+
+
+def _sizes(sizes: tuple[int, ...] | list[int]) -> str:
+    """``(3,)`` -> ``"3"``; ``(297, 300)`` -> ``"297/300 (per level)"``."""
+    text = "/".join(str(n) for n in sizes)
+    return text if len(sizes) == 1 else f"{text} (per level)"

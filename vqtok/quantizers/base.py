@@ -18,8 +18,9 @@ L when the quantizer has L > 1 codebooks or residual levels (``num_codebooks``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -156,11 +157,73 @@ class Quantizer(nn.Module):
     dim: int
     codebook_size: int
     num_codebooks: int = 1
+    restricts_search: ClassVar[bool] = False
+    """Whether `restricted_indices` searches only the allowed codes (else it checks them)."""
 
     @property
     def vocab_size(self) -> int:
         """Number of distinct values one index position can take (= codebook_size)."""
         return self.codebook_size
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        """The values an index of each codebook / level can take (L entries)."""
+        return (self.vocab_size,) * self.num_codebooks
+
+    def restricted_indices(
+        self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
+    ) -> Tensor:
+        """Indices of ``z`` when codebook / level l may only use the codes ``allowed[l]``.
+
+        Inference only: no loss, no codebook update. Quantizers with a search over a codebook
+        (``restricts_search``) look only at the allowed codes, level by level, so every index
+        is an allowed one and residual levels quantize what the allowed codes left. The others
+        (LFQ, FSQ: no search to restrict) quantize as usual and refuse a code that is not
+        allowed, never substituting one silently.
+
+        Args:
+            z: latents in any layout ``forward`` takes.
+            allowed: L int64 tensors (U_l,) of distinct ids in [0, vocab_sizes[l]), usually
+                sorted (a remap file's used sets, `vqtok.usedsets.UsedSets`).
+            channel_last: see `Layout.of`.
+
+        Returns:
+            int64 compact ids of ``forward``'s index shape: j at level l means
+            ``allowed[l][j]``, so level l's values lie in [0, U_l).
+
+        Raises:
+            QuantizerError: ``allowed`` does not fit the quantizer.
+            RemapError: (quantizers that do not restrict their search) a code outside its
+                level's allowed set; the message names the level.
+        """
+        from vqtok.usedsets import UsedSets  # the quantizers do not need it otherwise
+
+        levels = self.check_allowed(allowed, z.device)
+        indices = self(z, channel_last).indices
+        return UsedSets(tuple(levels)).to_compact(indices)
+
+    def check_allowed(self, allowed: Sequence[Tensor], device: torch.device) -> list[Tensor]:
+        """``allowed`` as L int64 tensors on ``device``, checked against `vocab_sizes`.
+
+        Raises:
+            QuantizerError: another number of levels, or a level that is not a non-empty 1-D
+                integer tensor of ids in range.
+        """
+        sizes = self.vocab_sizes
+        if len(allowed) != len(sizes):
+            raise QuantizerError(
+                f"expected {len(sizes)} allowed code sets (one per codebook / level), "
+                f"got {len(allowed)}"
+            )
+        levels = []
+        for level, (ids, size) in enumerate(zip(allowed, sizes, strict=True)):
+            ids = torch.as_tensor(ids)
+            if ids.ndim != 1 or ids.numel() == 0 or ids.dtype.is_floating_point:
+                raise QuantizerError(f"allowed codes of level {level} must be a non-empty 1-D "
+                                     f"integer tensor, got {ids.dtype} {tuple(ids.shape)}")
+            ids = check_indices(ids, size)
+            levels.append(ids.to(device))
+        return levels
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         raise NotImplementedError

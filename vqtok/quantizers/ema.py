@@ -24,7 +24,7 @@ Deliberate choices (quantizers.md Part 1, C.5):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +264,21 @@ class EMAQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, codebook_size={self.codebook_size}, beta={self.beta}"
+
+    restricts_search = True
+
+    def restricted_indices(
+        self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
+    ) -> Tensor:
+        """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} channels, got {layout.dim}")
+        (ids,) = self.check_allowed(allowed, z.device)
+        ids = ids.to(self.codebook.weight.device)
+        full = ids if self.remapper is None else self.remapper.used.to(ids.device)[ids]
+        rows = self.codebook.weight[full]
+        return layout.restore_indices(nearest_codes(layout.to_tokens(z), rows))
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.

@@ -19,6 +19,7 @@ gradients).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -223,6 +224,22 @@ class GumbelQuantizer(Quantizer):
         metrics["kl"] = kl.detach()
         metrics["temperature"] = self.temperature.detach().float().clone()
         return QuantizerOutput(layout.from_tokens(codes), indices, self.kl_weight * kl, metrics)
+
+    restricts_search = True
+
+    def restricted_indices(
+        self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
+    ) -> Tensor:
+        """The hard choice among ``allowed[0]``'s logits only (argmax, or a sample with
+        ``sample_in_eval``); see `Quantizer.restricted_indices`."""
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} input channels, got {layout.dim}")
+        (ids,) = self.check_allowed(allowed, z.device)
+        logits = self.logits(layout.to_tokens(z))[:, ids.to(self.proj.weight.device)]
+        sample = self.training or self.sample_in_eval
+        _, indices = assign_codes(logits, self.temperature, sample, True, None)
+        return layout.restore_indices(indices)
 
     def indices_to_codes(self, indices: Tensor, channel_last: bool | None = None) -> Tensor:
         """Codes of (compact, under a remap) indices, the exact inverse of the hard path.

@@ -19,6 +19,8 @@ aggregates ``rvq_perplexity_mean``, ``rvq_usage_mean``, ``rvq_bits_per_index_sum
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,9 +71,41 @@ class _ResidualQuantizer(Quantizer):
         self.num_codebooks = num_levels
         self.beta = beta
 
+    restricts_search = True
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        """K_l of each level."""
+        return tuple(self.codebook_sizes)
+
     def level_weight(self, level: int) -> Tensor:
         """(K_l, D) codes of level ``level`` (0-based)."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def restricted_indices(
+        self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
+    ) -> Tensor:
+        """Residual search where level l looks only at the codes ``allowed[l]``.
+
+        Level l quantizes what the allowed codes of the levels before it left, so the
+        residuals are those of the codes really stored. When each level's nearest code is
+        allowed anyway (used sets built from the same videos), the result is exactly the
+        unrestricted one, in compact ids. See `Quantizer.restricted_indices`.
+
+        Returns:
+            int64 (*grid, L) compact ids (just the grid when L = 1), level l's in [0, U_l).
+        """
+        layout = self._layout(z, channel_last)
+        r = layout.to_tokens(z).float()  # (N, D)
+        out = []
+        for level, ids in enumerate(self.check_allowed(allowed, z.device)):
+            weight = self.level_weight(level)
+            rows = weight[ids.to(weight.device)]  # (U_l, D) the allowed codes, in order
+            idx = nearest_codes(r, rows)
+            r = r - F.embedding(idx, rows).float()  # the same values as the full lookup's
+            out.append(idx)
+        return self._grid_indices(layout, torch.stack(out, dim=1))
 
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Quantize residual ``r`` (N, D) float32 -> (q (N, D), idx (N,), loss scalar)."""

@@ -16,6 +16,8 @@ k-means initialised from encoder outputs (`vqtok.quantizers.usage`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,6 +135,20 @@ class VectorQuantizer(Quantizer):
         ids = nearest_codes(flat, self.searchable_codes().detach(), self.block_elements)
         zq = F.embedding(self.to_full_ids(ids), self.embedding.weight)
         return ids, zq
+
+    restricts_search = True
+
+    def restricted_indices(
+        self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
+    ) -> Tensor:
+        """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} channels, got shape {tuple(z.shape)}")
+        (ids,) = self.check_allowed(allowed, z.device)
+        rows = self.searchable_codes().detach()[ids.to(self.embedding.weight.device)]
+        flat = layout.to_tokens(z)  # (N, D)
+        return layout.restore_indices(nearest_codes(flat, rows, self.block_elements))
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.
