@@ -102,8 +102,13 @@ def test_plan_refuses_colliding_names_and_empty_directories(tmp_path: Path) -> N
     (tmp_path / "b").mkdir()
     (tmp_path / "a/c.mp4").write_bytes(b"1")
     (tmp_path / "b/c.mp4").write_bytes(b"1")
-    with pytest.raises(VqtokError, match="both be written"):
-        plan_inputs([tmp_path / "a/c.mp4", tmp_path / "b/c.mp4"], tmp_path / "o", ".npy")
+    (tmp_path / "d.mp4").write_bytes(b"1")
+    clash = plan_inputs([tmp_path / "a/c.mp4", tmp_path / "b/c.mp4", tmp_path / "d.mp4"],
+                        tmp_path / "o", ".npy")
+    # the two that collide fail (done, with the reason), the third is planned as usual
+    assert [(j.done, j.error is not None) for j in clash] == [(True, True), (True, True),
+                                                               (False, False)]
+    assert "both be written" in str(clash[0].error)
     # two directories keep their own names, so they do not collide
     jobs = plan_inputs([tmp_path / "a", tmp_path / "b"], tmp_path / "o", ".npy")
     assert [j.target.relative_to(tmp_path) for j in jobs] == [Path("o/a/c.npy"), Path("o/b/c.npy")]

@@ -18,7 +18,7 @@ from vqtok.errors import (
 )
 
 if TYPE_CHECKING:
-    from vqtok.api import Tokenizer, load
+    from vqtok.api import Tokenizer, load, read_video, write_video
     from vqtok.checkpoint import load_pretrained, save_pretrained
 
 __version__ = "0.1.0"
@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "vqtok.api",
     "Tokenizer": "vqtok.api",
+    "read_video": "vqtok.api",
+    "write_video": "vqtok.api",
     "load_pretrained": "vqtok.checkpoint",
     "save_pretrained": "vqtok.checkpoint",
 }
@@ -50,5 +52,7 @@ __all__ = [
     "Tokenizer",
     "load",
     "load_pretrained",
+    "read_video",
     "save_pretrained",
+    "write_video",
 ]

@@ -16,6 +16,8 @@ distances and indices stay float32. Long videos go through ``encode_stream`` /
 from __future__ import annotations
 
 import contextlib
+import platform
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,18 @@ from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.family import TokenizerModel
 
-__all__ = ["DEFAULT_MODEL", "EncodeStream", "Tokenizer", "load", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "EncodeStream",
+    "SlowDtypeWarning",
+    "Tokenizer",
+    "cpu_has_native_bf16",
+    "load",
+    "read_video",
+    "resolve_device",
+    "resolve_dtype",
+    "write_video",
+]
 
 DEFAULT_MODEL = "vqtok-ema"
 
@@ -51,8 +64,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+class SlowDtypeWarning(RuntimeWarning):
+    """A compute dtype was replaced by float32 because it would be very slow on this device."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; Arm on Linux:
+    the BF16 extension). Elsewhere bfloat16 is emulated, which made the model ~50x slower than
+    float32 in our measurements; unknown CPUs count as not native (float32 is always right)."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "x86", "i386", "i686"):
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    if machine in ("aarch64", "arm64"):
+        with contextlib.suppress(OSError):
+            return any(line.startswith("Features") and " bf16" in line
+                       for line in Path("/proc/cpuinfo").read_text().splitlines())
+    return False
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA."""
+    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA.
+
+    bfloat16 on a CPU without native bfloat16 (`cpu_has_native_bf16`) falls back to float32
+    with a `SlowDtypeWarning`: emulated, it is ~50x slower.
+    """
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -62,7 +98,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     if dtype == torch.float16 and device.type != "cuda":
-        raise ConfigError("float16 runs on CUDA only; use fp32 or bf16 on CPU")
+        raise ConfigError("float16 runs on CUDA only; use fp32 on a CPU")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 runs ~50x slower "
+            "than fp32; using fp32",
+            SlowDtypeWarning,
+            stacklevel=3,
+        )
+        return torch.float32
     return dtype
 
 
@@ -96,6 +140,63 @@ def load(
     return Tokenizer(model, name=read_info(directory).name, path=directory, dtype=compute)
 
 
+def read_video(
+    path: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    short_side: int | None = None,
+    fps: float | str | None = None,
+    max_frames: int | None = None,
+) -> Tensor:
+    """Read a video file into the tensor `Tokenizer.encode` takes.
+
+    Args:
+        path: the video (any format FFmpeg reads; display rotation applied).
+        size: resize every frame to (H, W); or ``short_side``: resize keeping the aspect.
+        fps: resample to this frame rate (drop / repeat frames); None keeps every frame.
+        max_frames: read at most this many frames.
+
+    Returns:
+        float32 (1, 3, T, H, W) in [-1, 1] on the CPU.
+
+    Raises:
+        VideoError: the file cannot be read. ConfigError: impossible arguments.
+    """
+    import numpy as np
+
+    from vqtok.pipeline import frames_to_video
+    from vqtok.video import read_frames
+
+    windows = read_frames(path, size=size, short_side=short_side, fps=fps, max_frames=max_frames)
+    return frames_to_video(np.concatenate(list(windows)), torch.device("cpu"))
+
+
+def write_video(video: Tensor, path: str | Path, fps: float | str = 25) -> Path:
+    """Write a (1, 3, T, H, W) or (3, T, H, W) float video in [-1, 1] (what `Tokenizer.decode`
+    returns) to an H.264 ``.mp4`` / ``.mov`` / ``.mkv``, atomically; creates the folder.
+
+    Returns:
+        the path written.
+
+    Raises:
+        VqtokError: another shape or a batch of several videos; VideoError: the write failed.
+    """
+    from vqtok.pipeline import video_to_frames
+    from vqtok.video import VideoWriter
+
+    if isinstance(video, Tensor) and video.ndim == 4:
+        video = video.unsqueeze(0)  # (3, T, H, W) -> (1, 3, T, H, W)
+    if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[:2] != (1, 3):
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise VqtokError(f"expected one video (1, 3, T, H, W) or (3, T, H, W), got {shape}")
+    frames = video_to_frames(video.detach())  # (T, H, W, 3) uint8
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(target, fps, frames.shape[2], frames.shape[1]) as writer:
+        writer.write(frames)
+    return target
+
+
 class Tokenizer:
     """A loaded tokenizer model: video tensors <-> index tensors, for inference.
 
@@ -106,8 +207,8 @@ class Tokenizer:
         dtype: compute dtype (float32, or bfloat16 / float16 autocast).
 
     Videos are float (B, 3, T, H, W) in [-1, 1] (images (B, 3, H, W) are one-frame videos),
-    H and W multiples of ``spatial_factor``, any T >= 1. Indices are int64 (B, t, h, w) or
-    (B, t, h, w, L), on the model's device.
+    any T, H, W >= 1 (padded to what the model takes, see `encode`). Indices are int64
+    (B, t, h, w) or (B, t, h, w, L), on the model's device.
     """
 
     def __init__(
@@ -177,32 +278,43 @@ class Tokenizer:
         full, rest = divmod(frames, window)
         return full * window + (1 + -(-(rest - 1) // tau) * tau if rest else 0)
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) a frame is padded to: each rounded up to a multiple of ``spatial_factor``."""
+        f = self.spatial_factor
+        return -(-height // f) * f, -(-width // f) * f
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(t, h, w) of the indices of a clip of ``frames`` frames (after padding)."""
-        f = self.spatial_factor
-        if height % f or width % f:
-            raise VqtokError(f"height and width must be multiples of {f}, got {height}x{width}")
-        return self.model.latent_shape(self.padded_frames(frames), height, width)
+        return self.model.latent_shape(self.padded_frames(frames), *self.padded_size(height, width))
 
     # ------------------------------------------------------------ one-shot
 
     def encode(self, video: Tensor) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
-        T is padded to `padded_frames` by repeating the last frame; record T to trim the decode.
+        T is padded to `padded_frames` by repeating the last frame, H and W to `padded_size`
+        by repeating the bottom row and right column; pass T and (H, W) to `decode` to trim.
         Returns (B, t, h, w[, L]) with (t, h, w) = ``latent_shape(T, H, W)``.
+
+        Raises:
+            VqtokError: not a float tensor of that shape, or values clearly outside [-1, 1]
+                (such as 0-255 pixels; `vqtok.read_video` gives the right range).
         """
         video = self._prepare(video)
         with self._running():
             return self.model.encode(self._pad(video))
 
-    def decode(self, indices: Tensor, frames: int | None = None) -> Tensor:
+    def decode(
+        self, indices: Tensor, frames: int | None = None, size: tuple[int, int] | None = None
+    ) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> float32 video (B, 3, T, H, W) clamped to [-1, 1].
 
         Args:
             indices: as `encode` returns them (any integer dtype).
             frames: the real frame count to trim to (what was passed to `encode`); None keeps
                 every decoded frame.
+            size: the (H, W) passed to `encode`, to crop its spatial padding off; None keeps
+                the padded size.
         """
         with self._running():
             video = self.model.decode(indices.to(self.device).long()).float().clamp_(-1.0, 1.0)
@@ -210,7 +322,7 @@ class Tokenizer:
             if not 1 <= frames <= video.shape[2]:
                 raise VqtokError(f"cannot trim {video.shape[2]} decoded frames to {frames}")
             video = video[:, :, :frames]
-        return video
+        return _crop(video, size)
 
     # ------------------------------------------------------------ streaming
 
@@ -225,12 +337,15 @@ class Tokenizer:
         return EncodeStream(self, chunks)
 
     def decode_stream(
-        self, chunks: Iterable[Tensor], frames: int | None = None
+        self,
+        chunks: Iterable[Tensor],
+        frames: int | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Iterator[Tensor]:
         """Decode consecutive index chunks; yields float32 video chunks clamped to [-1, 1].
 
         Their concatenation matches ``decode`` of all indices (within float tolerance),
-        trimmed to ``frames`` in total when given.
+        trimmed to ``frames`` in total and cropped to ``size`` (H, W) when given.
         """
         inner = self.model.decode_stream(c.to(self.device).long() for c in chunks)
         emitted = 0
@@ -243,16 +358,24 @@ class Tokenizer:
             if frames is not None:
                 video = video[:, :, : frames - emitted]
             emitted += video.shape[2]
-            yield video
+            yield _crop(video, size)
 
     # ------------------------------------------------------------ internals
 
     def _prepare(self, video: Tensor) -> Tensor:
-        if not isinstance(video, Tensor) or not video.is_floating_point():
-            raise VqtokError("expected a float tensor video (B, 3, T, H, W) in [-1, 1]")
+        """Check a video as given, then (B, 3, T, H, W) float32 on the device, H and W padded
+        to `padded_size` by repeating the edge."""
+        check_video(video)
         if video.ndim == 4:
             video = video.unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
-        return video.to(self.device, torch.float32)
+        video = video.to(self.device, torch.float32)
+        height, width = video.shape[3:]
+        pad_h, pad_w = (p - s for p, s in zip(self.padded_size(height, width), (height, width),
+                                                strict=True))
+        if pad_h or pad_w:
+            # replicate pads the last dims of a (N, C, D, H, W) tensor: right, then bottom
+            video = torch.nn.functional.pad(video, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
+        return video
 
     def _pad(self, video: Tensor) -> Tensor:
         frames = video.shape[2]
@@ -269,6 +392,50 @@ class Tokenizer:
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
             yield
+
+
+def check_video(video: Any) -> None:
+    """Refuse what `Tokenizer.encode` cannot take, naming what was given.
+
+    Raises:
+        VqtokError: not a float tensor, not (B, 3, T, H, W) / (B, 3, H, W), or values clearly
+            outside [-1, 1] (beyond +-1.5, e.g. 0-255 pixels).
+    """
+    wanted = "a float video tensor (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1]"
+    if not isinstance(video, Tensor):
+        raise VqtokError(f"expected {wanted}, got a {type(video).__name__}")
+    given = tuple(video.shape)
+    if not video.is_floating_point():
+        raise VqtokError(
+            f"expected {wanted}, got a {video.dtype} tensor of shape {given}; convert 0-255 "
+            "pixels with video.float() / 127.5 - 1 (vqtok.read_video does this)"
+        )
+    if video.ndim not in (4, 5) or video.shape[1] != 3:
+        hint = ""
+        if video.ndim == 4 and video.shape[0] == 3:
+            hint = "; one video (3, T, H, W) needs a batch axis: video.unsqueeze(0)"
+        elif video.ndim >= 3 and video.shape[-1] == 3:
+            hint = "; channels come second, not last: move them with permute"
+        raise VqtokError(f"expected {wanted}, got shape {given}{hint}")
+    if video.numel():
+        low, high = (float(v) for v in torch.aminmax(video.detach()))
+        if not (-1.5 <= low and high <= 1.5):  # also catches NaN
+            raise VqtokError(
+                f"expected pixel values in [-1, 1], got values in [{low:.4g}, {high:.4g}]; "
+                "for 0-255 pixels use video / 127.5 - 1 (vqtok.read_video does this)"
+            )
+
+
+def _crop(video: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """(B, 3, T, H', W') -> (B, 3, T, H, W): drop the spatial padding `encode` added."""
+    if size is None:
+        return video
+    height, width = size
+    if not (1 <= height <= video.shape[3] and 1 <= width <= video.shape[4]):
+        raise VqtokError(
+            f"cannot crop decoded {video.shape[3]}x{video.shape[4]} frames to {height}x{width}"
+        )
+    return video[..., :height, :width]
 
 
 class EncodeStream(Iterator[Tensor]):
