@@ -276,7 +276,7 @@ def test_unreadable_training_files_are_skipped(tmp_path: Path) -> None:
         load_footage([tmp_path], short_side=16)
 
 
-def test_train_with_no_readable_file_leaves_no_run_folder(tmp_path: Path) -> None:
+def test_train_skips_unreadable_files_and_needs_one_readable(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     make_text(data / "notes.mp4")
@@ -287,9 +287,19 @@ def test_train_with_no_readable_file_leaves_no_run_folder(tmp_path: Path) -> Non
                   "temporal_factor": 2, "latent_dim": 4, "norm_groups": 4,
                   "quantizer": "fsq", "quantizer_options": {"levels": [5, 5, 5, 5]}},
         "train": {"clip_frames": 5, "crop_size": 16, "short_side": 32, "steps": 1,
-                  "batch_size": 1},
+                  "batch_size": 1, "holdout_frames": 0, "eval_every": 1, "save_every": 1},
     }))
-    result = CliRunner().invoke(app, ["train", str(config), str(data), "-o",
-                                      str(tmp_path / "run"), "--device", "cpu"])
-    assert result.exit_code == 1 and "none of the 1 file" in result.stderr
-    assert not (tmp_path / "run").exists()
+
+    def train(run_dir: Path):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(app, ["train", str(config), str(data), "-o", str(run_dir),
+                                        "--device", "cpu", "--threads", "1"])
+
+    nothing = train(tmp_path / "run0")
+    assert nothing.exit_code == 1 and "none of the 1 file" in nothing.stderr
+    assert not (tmp_path / "run0").exists()  # no empty run folder
+    make_clip(data / "a.mp4", frames=8, size=(32, 32), fps=8)
+    result = train(tmp_path / "run1")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "notes.mp4" in warnings[0] and "skipped" in warnings[0]
+    assert (tmp_path / "run1" / "model" / "config.json").exists()
