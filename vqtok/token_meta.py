@@ -61,9 +61,8 @@ class EncodedInfo:
     Attributes:
         frames: number of real frames encoded (after fps resampling and max_frames); decode
             trims its output to this.
-        size: (H, W) of the encoded frames.
-        resize: how frames were resized: ``"none"``, ``"size"`` or ``"short_side"`` (then
-            centre-cropped to the model's spatial factor).
+        size: (H, W) of the encoded frames before spatial padding: what decode returns.
+        resize: how frames were resized: ``"none"``, ``"size"`` or ``"short_side"``.
         padding: frames appended by repeating the last one to fit 1 + k * tau.
         fps: frame rate of the encoded frames, ``"num/den"``.
         spatial_padding: (rows, columns) appended at the bottom and right by repeating the
