@@ -6,11 +6,13 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
     indices = tok.encode(video)                # (B, 3, T, H, W) in [-1, 1] -> (B, t, h, w[, L])
     video = tok.decode(indices, frames=T)      # -> (B, 3, T, H, W) in [-1, 1]
 
-`Tokenizer` wraps any `TokenizerModel` family. It pads clips to a length the model accepts
-(repeating the last frame) and trims decoded clips back, runs under ``torch.inference_mode()``,
-and with ``dtype=bfloat16/float16`` runs the convolutions under autocast while the quantizer's
-distances and indices stay float32. Long videos go through ``encode_stream`` /
-``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin skin over this module.
+`Tokenizer` wraps any `TokenizerModel` family. It checks its input (shape, float, values in
+[-1, 1]), pads clips to a length and a frame size the model accepts (repeating the last frame,
+the bottom row and the right column) and trims decoded clips back, runs under
+``torch.inference_mode()``, and with ``dtype=bfloat16/float16`` runs the convolutions under
+autocast while the quantizer's distances and indices stay float32. Long videos go through
+``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin
+skin over this module; `vqtok.videotensor` reads a video file into the tensor `encode` takes.
 """
 
 from __future__ import annotations
@@ -36,10 +38,8 @@ __all__ = [
     "Tokenizer",
     "cpu_has_native_bf16",
     "load",
-    "read_video",
     "resolve_device",
     "resolve_dtype",
-    "write_video",
 ]
 
 DEFAULT_MODEL = "vqtok-ema"
@@ -138,63 +138,6 @@ def load(
     compute = resolve_dtype(dtype, resolved)
     model = load_pretrained(directory, device=resolved)
     return Tokenizer(model, name=read_info(directory).name, path=directory, dtype=compute)
-
-
-def read_video(
-    path: str | Path,
-    *,
-    size: tuple[int, int] | None = None,
-    short_side: int | None = None,
-    fps: float | str | None = None,
-    max_frames: int | None = None,
-) -> Tensor:
-    """Read a video file into the tensor `Tokenizer.encode` takes.
-
-    Args:
-        path: the video (any format FFmpeg reads; display rotation applied).
-        size: resize every frame to (H, W); or ``short_side``: resize keeping the aspect.
-        fps: resample to this frame rate (drop / repeat frames); None keeps every frame.
-        max_frames: read at most this many frames.
-
-    Returns:
-        float32 (1, 3, T, H, W) in [-1, 1] on the CPU.
-
-    Raises:
-        VideoError: the file cannot be read. ConfigError: impossible arguments.
-    """
-    import numpy as np
-
-    from vqtok.pipeline import frames_to_video
-    from vqtok.video import read_frames
-
-    windows = read_frames(path, size=size, short_side=short_side, fps=fps, max_frames=max_frames)
-    return frames_to_video(np.concatenate(list(windows)), torch.device("cpu"))
-
-
-def write_video(video: Tensor, path: str | Path, fps: float | str = 25) -> Path:
-    """Write a (1, 3, T, H, W) or (3, T, H, W) float video in [-1, 1] (what `Tokenizer.decode`
-    returns) to an H.264 ``.mp4`` / ``.mov`` / ``.mkv``, atomically; creates the folder.
-
-    Returns:
-        the path written.
-
-    Raises:
-        VqtokError: another shape or a batch of several videos; VideoError: the write failed.
-    """
-    from vqtok.pipeline import video_to_frames
-    from vqtok.video import VideoWriter
-
-    if isinstance(video, Tensor) and video.ndim == 4:
-        video = video.unsqueeze(0)  # (3, T, H, W) -> (1, 3, T, H, W)
-    if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[:2] != (1, 3):
-        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise VqtokError(f"expected one video (1, 3, T, H, W) or (3, T, H, W), got {shape}")
-    frames = video_to_frames(video.detach())  # (T, H, W, 3) uint8
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(target, fps, frames.shape[2], frames.shape[1]) as writer:
-        writer.write(frames)
-    return target
 
 
 class Tokenizer:
