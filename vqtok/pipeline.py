@@ -86,7 +86,7 @@ class EncodeOptions:
     def settings(self) -> EncodeSettings:
         """What an index file records of these options (a resumed run compares them)."""
         return EncodeSettings(
-            size=self.size,
+            size=None if self.size is None else (int(self.size[0]), int(self.size[1])),
             short_side=self.short_side,
             fps=None if self.fps is None else _fraction(as_fps(self.fps)),
             max_frames=self.max_frames,
