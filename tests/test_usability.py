@@ -226,7 +226,8 @@ def test_device_and_dtype_usage_errors_exit_2(tmp_path: Path, clip: Path, run) -
     for command in (["encode", clip, "-o", tmp_path / "c.npy"],
                     ["reconstruct", clip], ["decode", tmp_path / "c.npy", "-o", tmp_path / "x"]):
         result = run(*command, "--device", "gpu", code=2)
-        assert "unknown device 'gpu'" in result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "error: --device: unknown device 'gpu'; use auto, cpu, cuda or cuda:N"]
     if not torch.cuda.is_available():
         assert "CUDA is not available" in run("encode", clip, "-o", tmp_path / "c.npy",
                                               "--device", "cuda", code=2).stderr
