@@ -92,11 +92,18 @@ def test_images(tok: Tokenizer) -> None:
     assert tok.decode(indices).shape == (2, 3, 1, 16, 16)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(1, 3, 5, 12, 16), torch.zeros(1, 3, 5, 16, 16,
+@pytest.mark.parametrize("bad", [torch.zeros(1, 4, 5, 16, 16), torch.zeros(1, 3, 5, 16, 16,
                                                                             dtype=torch.uint8)])
 def test_bad_videos_are_errors(tok: Tokenizer, bad: torch.Tensor) -> None:
     with pytest.raises(VqtokError):
         tok.encode(bad)
+
+
+def test_sizes_off_the_factor_are_padded_and_cropped_back(tok: Tokenizer) -> None:
+    video = clip(t=5)[..., :12, :]  # 12 rows: padded to 16 by repeating the last row
+    padded = torch.cat([video, video[..., -1:, :].expand(-1, -1, -1, 4, -1)], dim=3)
+    assert torch.equal(tok.encode(video), tok.encode(padded))
+    assert tok.decode(tok.encode(video), frames=5, size=(12, 16)).shape == (2, 3, 5, 12, 16)
 
 
 def test_results_come_from_inference_mode(tok: Tokenizer) -> None:

@@ -91,9 +91,9 @@ def _make_bad(root: Path) -> dict[str, str]:
     for cut in MOOV_LAST_CUTS:
         make_cut_mp4(root / f"moov_last_{cut}.mp4", cut)
         bad[f"moov_last_{cut}.mp4"] = ""
-    # 1x1 decodes but is smaller than the model's crop multiple: one clear error, not a crash.
+    # 1x1 decodes but is smaller than the model's spatial factor: one clear error, not a crash.
     make_clip(root / "tiny_1x1.avi", frames=5, size=(1, 1), codec="mjpeg", pix_fmt="yuvj444p")
-    bad["tiny_1x1.avi"] = "smaller than the crop multiple"
+    bad["tiny_1x1.avi"] = "smaller than the model.s spatial factor"
     # 9000x9000 decodes (81 MB a frame); as RGB and in the model it would take gigabytes
     make_oversized(root / "huge_9000x9000.mov")
     bad["huge_9000x9000.mov"] = r"9000x9000 \(81 megapixels\).*scale it down"

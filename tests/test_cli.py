@@ -72,7 +72,9 @@ def test_encode_decode_round_trip(tmp_path: Path, videos: Path, run) -> None:  #
     sidecar = json.loads((tmp_path / "a.json").read_text())
     assert sidecar["model"] == "tiny-fsq" and len(sidecar["model_sha256"]) == 64
     assert sidecar["encoded"] == {"fps": "8/1", "frames": 11, "padding": 2, "resize": "none",
-                                  "size": [32, 48]}
+                                  "size": [32, 48], "spatial_padding": [0, 0]}
+    assert sidecar["settings"] == {"size": None, "short_side": None, "fps": None,
+                                   "max_frames": None}
     assert sidecar["source"] == {"file": "a.mp4", "fps": "8/1", "frames": 11, "size": [32, 48]}
     assert (sidecar["quantizer"], sidecar["codebook_size"], sidecar["levels"]) == (
         "fsq", 240, [5, 4, 4, 3])
@@ -283,7 +285,8 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
     monkeypatch.setattr(support, "err", Console(file=screen, force_terminal=True, width=120))
     result = run("encode", videos / "a.mp4", "-o", tmp_path / "codes", "-m", "tiny-fsq")
     assert (tmp_path / "codes.npy").is_file()  # the format suffix is added to a bare name
-    assert "skipped" in run("encode", videos / "a.mp4", "-o", tmp_path / "codes").stdout
+    assert "skipped" in run("encode", videos / "a.mp4", "-o", tmp_path / "codes",
+                            "-m", "tiny-fsq").stdout
     drawn = screen.getvalue()
     assert "1/1" in drawn and "files" in drawn and "11 frames" in drawn and "frames/s" in drawn
     assert "frames/s" not in result.stdout  # the bar is not on stdout

@@ -20,6 +20,7 @@ from vqtok.errors import (
 if TYPE_CHECKING:
     from vqtok.api import Tokenizer, load
     from vqtok.checkpoint import load_pretrained, save_pretrained
+    from vqtok.videotensor import read_video, write_video
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "vqtok.api",
     "Tokenizer": "vqtok.api",
+    "read_video": "vqtok.videotensor",
+    "write_video": "vqtok.videotensor",
     "load_pretrained": "vqtok.checkpoint",
     "save_pretrained": "vqtok.checkpoint",
 }
@@ -50,5 +53,7 @@ __all__ = [
     "Tokenizer",
     "load",
     "load_pretrained",
+    "read_video",
     "save_pretrained",
+    "write_video",
 ]

@@ -9,17 +9,21 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
 ``tok.encode(video, remap="used.safetensors")`` gives compact ids of a remap file's used codes
 (per level for residual / multi-codebook models); ``tok.unmap(ids, remap)`` turns them back.
 
-`Tokenizer` wraps any `TokenizerModel` family. It pads clips to a length the model accepts
-(repeating the last frame) and trims decoded clips back, runs under ``torch.inference_mode()``,
-and with ``dtype=bfloat16/float16`` runs the convolutions under autocast while the quantizer's
-distances and indices stay float32. Long videos go through ``encode_stream`` /
-``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin skin over this module.
+`Tokenizer` wraps any `TokenizerModel` family. It checks its input (shape, float, values in
+[-1, 1]), pads clips to a length and a frame size the model accepts (repeating the last frame,
+the bottom row and the right column) and trims decoded clips back, runs under
+``torch.inference_mode()``, and with ``dtype=bfloat16/float16`` runs the convolutions under
+autocast while the quantizer's distances and indices stay float32. Long videos go through
+``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin
+skin over this module; `vqtok.videotensor` reads a video file into the tensor `encode` takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,16 @@ from vqtok.errors import ConfigError, VqtokError
 from vqtok.family import TokenizerModel
 from vqtok.usedsets import UsedSets, load_used_sets
 
-__all__ = ["DEFAULT_MODEL", "EncodeStream", "Tokenizer", "load", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "EncodeStream",
+    "SlowDtypeWarning",
+    "Tokenizer",
+    "cpu_has_native_bf16",
+    "load",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 DEFAULT_MODEL = "vqtok-ema"
 
@@ -59,8 +72,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+class SlowDtypeWarning(RuntimeWarning):
+    """A compute dtype was replaced by float32 because it would be very slow on this device."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; Arm on Linux:
+    the BF16 extension). Elsewhere bfloat16 is emulated, which made the model ~50x slower than
+    float32 in our measurements; unknown CPUs count as not native (float32 is always right)."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "x86", "i386", "i686"):
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    if machine in ("aarch64", "arm64"):
+        with contextlib.suppress(OSError):
+            return any(line.startswith("Features") and " bf16" in line
+                       for line in Path("/proc/cpuinfo").read_text().splitlines())
+    return False
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA."""
+    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA.
+
+    bfloat16 on a CPU without native bfloat16 (`cpu_has_native_bf16`) falls back to float32
+    with a `SlowDtypeWarning`: emulated, it is ~50x slower.
+    """
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -70,7 +106,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     if dtype == torch.float16 and device.type != "cuda":
-        raise ConfigError("float16 runs on CUDA only; use fp32 or bf16 on CPU")
+        raise ConfigError("float16 runs on CUDA only; use fp32 on a CPU")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 runs ~50x slower "
+            "than fp32; using fp32",
+            SlowDtypeWarning,
+            stacklevel=3,
+        )
+        return torch.float32
     return dtype
 
 
@@ -114,8 +158,8 @@ class Tokenizer:
         dtype: compute dtype (float32, or bfloat16 / float16 autocast).
 
     Videos are float (B, 3, T, H, W) in [-1, 1] (images (B, 3, H, W) are one-frame videos),
-    H and W multiples of ``spatial_factor``, any T >= 1. Indices are int64 (B, t, h, w) or
-    (B, t, h, w, L), on the model's device.
+    any T, H, W >= 1 (padded to what the model takes, see `encode`). Indices are int64
+    (B, t, h, w) or (B, t, h, w, L), on the model's device.
     """
 
     def __init__(
@@ -185,19 +229,22 @@ class Tokenizer:
         full, rest = divmod(frames, window)
         return full * window + (1 + -(-(rest - 1) // tau) * tau if rest else 0)
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) a frame is padded to: each rounded up to a multiple of ``spatial_factor``."""
+        f = self.spatial_factor
+        return -(-height // f) * f, -(-width // f) * f
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(t, h, w) of the indices of a clip of ``frames`` frames (after padding)."""
-        f = self.spatial_factor
-        if height % f or width % f:
-            raise VqtokError(f"height and width must be multiples of {f}, got {height}x{width}")
-        return self.model.latent_shape(self.padded_frames(frames), height, width)
+        return self.model.latent_shape(self.padded_frames(frames), *self.padded_size(height, width))
 
     # ------------------------------------------------------------ one-shot
 
     def encode(self, video: Tensor, remap: RemapLike | None = None) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
-        T is padded to `padded_frames` by repeating the last frame; record T to trim the decode.
+        T is padded to `padded_frames` by repeating the last frame, H and W to `padded_size`
+        by repeating the bottom row and right column; pass T and (H, W) to `decode` to trim.
         Returns (B, t, h, w[, L]) with (t, h, w) = ``latent_shape(T, H, W)``.
 
         Args:
@@ -208,6 +255,8 @@ class Tokenizer:
                 look only at the used codes, level by level.
 
         Raises:
+            VqtokError: not a float tensor of that shape, or values clearly outside [-1, 1]
+                (such as 0-255 pixels; `vqtok.read_video` gives the right range).
             RemapError: a remap file that does not fit the model, or (LFQ, FSQ: no search to
                 restrict) a code outside its level's used set.
         """
@@ -220,13 +269,17 @@ class Tokenizer:
         """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
         return self._used_sets(remap).to_full(indices)
 
-    def decode(self, indices: Tensor, frames: int | None = None) -> Tensor:
+    def decode(
+        self, indices: Tensor, frames: int | None = None, size: tuple[int, int] | None = None
+    ) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> float32 video (B, 3, T, H, W) clamped to [-1, 1].
 
         Args:
             indices: as `encode` returns them (any integer dtype).
             frames: the real frame count to trim to (what was passed to `encode`); None keeps
                 every decoded frame.
+            size: the (H, W) passed to `encode`, to crop its spatial padding off; None keeps
+                the padded size.
         """
         with self._running():
             video = self.model.decode(indices.to(self.device).long()).float().clamp_(-1.0, 1.0)
@@ -234,7 +287,7 @@ class Tokenizer:
             if not 1 <= frames <= video.shape[2]:
                 raise VqtokError(f"cannot trim {video.shape[2]} decoded frames to {frames}")
             video = video[:, :, :frames]
-        return video
+        return _crop(video, size)
 
     # ------------------------------------------------------------ streaming
 
@@ -251,12 +304,15 @@ class Tokenizer:
         return EncodeStream(self, chunks, self._allowed(remap))
 
     def decode_stream(
-        self, chunks: Iterable[Tensor], frames: int | None = None
+        self,
+        chunks: Iterable[Tensor],
+        frames: int | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Iterator[Tensor]:
         """Decode consecutive index chunks; yields float32 video chunks clamped to [-1, 1].
 
         Their concatenation matches ``decode`` of all indices (within float tolerance),
-        trimmed to ``frames`` in total when given.
+        trimmed to ``frames`` in total and cropped to ``size`` (H, W) when given.
         """
         inner = self.model.decode_stream(c.to(self.device).long() for c in chunks)
         emitted = 0
@@ -269,7 +325,7 @@ class Tokenizer:
             if frames is not None:
                 video = video[:, :, : frames - emitted]
             emitted += video.shape[2]
-            yield video
+            yield _crop(video, size)
 
     # ------------------------------------------------------------ internals
 
@@ -288,11 +344,19 @@ class Tokenizer:
         return [level.to(self.device) for level in self._used_sets(remap).levels]
 
     def _prepare(self, video: Tensor) -> Tensor:
-        if not isinstance(video, Tensor) or not video.is_floating_point():
-            raise VqtokError("expected a float tensor video (B, 3, T, H, W) in [-1, 1]")
+        """Check a video as given, then (B, 3, T, H, W) float32 on the device, H and W padded
+        to `padded_size` by repeating the edge."""
+        check_video(video)
         if video.ndim == 4:
             video = video.unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
-        return video.to(self.device, torch.float32)
+        video = video.to(self.device, torch.float32)
+        height, width = video.shape[3:]
+        pad_h, pad_w = (p - s for p, s in zip(self.padded_size(height, width), (height, width),
+                                                strict=True))
+        if pad_h or pad_w:
+            # replicate pads the last dims of a (N, C, D, H, W) tensor: right, then bottom
+            video = torch.nn.functional.pad(video, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
+        return video
 
     def _pad(self, video: Tensor) -> Tensor:
         frames = video.shape[2]
@@ -309,6 +373,50 @@ class Tokenizer:
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
             yield
+
+
+def check_video(video: Any) -> None:
+    """Refuse what `Tokenizer.encode` cannot take, naming what was given.
+
+    Raises:
+        VqtokError: not a float tensor, not (B, 3, T, H, W) / (B, 3, H, W), or values clearly
+            outside [-1, 1] (beyond +-1.5, e.g. 0-255 pixels).
+    """
+    wanted = "a float video tensor (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1]"
+    if not isinstance(video, Tensor):
+        raise VqtokError(f"expected {wanted}, got a {type(video).__name__}")
+    given = tuple(video.shape)
+    if not video.is_floating_point():
+        raise VqtokError(
+            f"expected {wanted}, got a {video.dtype} tensor of shape {given}; convert 0-255 "
+            "pixels with video.float() / 127.5 - 1 (vqtok.read_video does this)"
+        )
+    if video.ndim not in (4, 5) or video.shape[1] != 3:
+        hint = ""
+        if video.ndim == 4 and video.shape[0] == 3:
+            hint = "; one video (3, T, H, W) needs a batch axis: video.unsqueeze(0)"
+        elif video.ndim >= 3 and video.shape[-1] == 3:
+            hint = "; channels come second, not last: move them with permute"
+        raise VqtokError(f"expected {wanted}, got shape {given}{hint}")
+    if video.numel():
+        low, high = (float(v) for v in torch.aminmax(video.detach()))
+        if not (-1.5 <= low and high <= 1.5):  # also catches NaN
+            raise VqtokError(
+                f"expected pixel values in [-1, 1], got values in [{low:.4g}, {high:.4g}]; "
+                "for 0-255 pixels use video / 127.5 - 1 (vqtok.read_video does this)"
+            )
+
+
+def _crop(video: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """(B, 3, T, H', W') -> (B, 3, T, H, W): drop the spatial padding `encode` added."""
+    if size is None:
+        return video
+    height, width = size
+    if not (1 <= height <= video.shape[3] and 1 <= width <= video.shape[4]):
+        raise VqtokError(
+            f"cannot crop decoded {video.shape[3]}x{video.shape[4]} frames to {height}x{width}"
+        )
+    return video[..., :height, :width]
 
 
 class EncodeStream(Iterator[Tensor]):

@@ -33,6 +33,7 @@ from vqtok.cli_support import (
     ModelOpt,
     QuietOpt,
     as_usage_error,
+    check_runtime,
     emit_json,
     err,
     exit_for,
@@ -44,9 +45,10 @@ from vqtok.cli_support import (
     parse_size,
     print_summary,
     run_jobs,
+    usage_error,
 )
 from vqtok.jobs import INDEX_EXTENSIONS, Job, plan_inputs
-from vqtok.tokens import is_complete, sidecar_path
+from vqtok.tokens import sidecar_path
 
 app = typer.Typer(
     name="vqtok",
@@ -99,7 +101,7 @@ def _encode_options(
 
     parsed = as_usage_error(lambda: parse_size(size), "--size")
     if parsed is not None and short_side is not None:
-        raise typer.BadParameter("give --size or --short-side, not both", param_hint="--size")
+        raise usage_error("--size", "give --size or --short-side, not both")
     rate: Fraction | None = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
     return EncodeOptions(parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict)
 
@@ -135,12 +137,14 @@ def encode(
 
     options = _encode_options(size, short_side, fps, max_frames, chunk, format, remap, strict)
     with handle_errors(debug):
-        jobs = plan_inputs(inputs, output, f".{format.value}", is_complete=is_complete,
-                           overwrite=overwrite)
-        jobs = [_with_index_suffix(job, format.value, overwrite) for job in my_share(jobs, shard)]
+        compute = check_runtime(device, dtype, quiet or as_json)
+        jobs = plan_inputs(inputs, output, f".{format.value}", overwrite=True)
+        jobs = [_with_index_suffix(job, format.value) for job in my_share(jobs, shard)]
+        if not overwrite:
+            jobs = _resume(jobs, model, model_dir, options)
         # no model is loaded when every job is already done (a finished resume)
         pending = any(not job.done for job in jobs)
-        tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
+        tokenizer: Any = load_tokenizer(model, model_dir, device, compute) if pending else None
         if pending and remap is not None:
             from vqtok.vocab import RemapPlan
 
@@ -156,7 +160,7 @@ def encode(
     exit_for(outcomes)
 
 
-def _with_index_suffix(job: Job, fmt: str, overwrite: bool) -> Job:
+def _with_index_suffix(job: Job, fmt: str) -> Job:
     """``-o codes`` names ``codes.npy`` (the file `save_tokens` writes), so resume finds it."""
     target = job.target
     if target.suffix == f".{fmt}":
@@ -165,7 +169,27 @@ def _with_index_suffix(job: Job, fmt: str, overwrite: bool) -> Job:
         target = target.with_suffix(f".{fmt}")
     else:
         target = target.with_name(f"{target.name}.{fmt}")
-    return replace(job, target=target, done=not overwrite and is_complete(target))
+    return replace(job, target=target)
+
+
+def _resume(jobs: list[Job], model: str | None, model_dir: list[Path] | None,
+            options: Any) -> list[Job]:
+    """Mark the jobs whose output exists, is complete and was made by this model with these
+    settings as done; an output made differently is replaced, with a note saying why."""
+    if not any(job.error is None and job.target.exists() for job in jobs):
+        return jobs
+    from vqtok.api import DEFAULT_MODEL
+    from vqtok.resume import Resume
+
+    resume = Resume.for_run(model or DEFAULT_MODEL, model_dir or [], options.remap,
+                            options.settings())
+    planned = []
+    for job in jobs:
+        if job.error is None:
+            keep, note = resume.check(job.target)
+            job = replace(job, done=keep, note=note)
+        planned.append(job)
+    return planned
 
 
 def _describe_encoded(result: Any) -> str:
@@ -200,11 +224,12 @@ def decode(
 
     rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
     loaded: dict[str, Any] = {}
+    compute: str | None = None
 
     def tokenizer_for(path: Path) -> Any:
         name = model or load_metadata(path).model
         if name not in loaded:
-            loaded[name] = load_tokenizer(name, model_dir, device, dtype)
+            loaded[name] = load_tokenizer(name, model_dir, device, compute)
         return loaded[name]
 
     def work(job: Any, progress: Any) -> Any:
@@ -212,6 +237,7 @@ def decode(
                            remap=remap, force=force, chunk=chunk, progress=progress)
 
     with handle_errors(debug):
+        compute = check_runtime(device, dtype, quiet or as_json)
         jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
                            select=_is_index_file, overwrite=overwrite)
         jobs = my_share(jobs, shard)
@@ -247,6 +273,7 @@ def remap_build(
         typer.Option(min=0, help="Files with several codebooks / levels: count only this one."),
     ] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Count code usage over index files and write the used-index (remap) file, one used set
@@ -320,6 +347,7 @@ def info(
         Path, typer.Argument(help="A model directory, an index file, a token dataset or a video.")
     ],
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Describe a model directory, an index file, a token dataset or a video."""
@@ -343,6 +371,7 @@ def info(
 def models(
     model_dir: ModelDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """List the models found (shipped models/, --model-dir, $VQTOK_MODELS)."""
@@ -354,7 +383,8 @@ def models(
         emit_json(rows)
         return
     if not rows:
-        err.print("no models found; add a directory with --model-dir or $VQTOK_MODELS")
+        if not quiet:
+            err.print("no models found; add a directory with --model-dir or $VQTOK_MODELS")
         return
     table = Table()
     for column in rows[0]:
@@ -390,7 +420,8 @@ def reconstruct(
 
     options = _encode_options(size, short_side, fps, max_frames, chunk)
     with handle_errors(debug):
-        tokenizer = load_tokenizer(model, model_dir, device, dtype)
+        tokenizer = load_tokenizer(model, model_dir, device,
+                                   check_runtime(device, dtype, quiet or as_json))
         jobs = [Job(video, output or video)]
         work = one_by_one(jobs, lambda job, progress: reconstruct_file(
             video, tokenizer, options, output, side_by_side, progress))

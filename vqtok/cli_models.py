@@ -15,7 +15,18 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vqtok.cli_support import DebugOpt, DeviceOpt, QuietOpt, err, handle_errors, out
+from vqtok.cli_support import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    check_runtime,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    usage_error,
+)
 
 
 class Source(str, Enum):
@@ -66,6 +77,7 @@ def train(
         int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")
     ] = None,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train or fine-tune a tokenizer on a folder of videos (and photos, panned into clips).
@@ -81,13 +93,17 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     with handle_errors(debug):
+        check_runtime(device, None, quiet)
         cfg = RunConfig.from_file(config)
-        bar = _train_bar(quiet or not err.is_terminal)
+        bar = _train_bar(quiet or as_json or not err.is_terminal)
         with bar:
             task = bar.add_task("train", total=cfg.train.steps, stats="")
 
             def report(record: dict[str, Any]) -> None:
-                if "loss" in record:
+                if "warning" in record:  # e.g. an unreadable file that was skipped
+                    if not quiet:
+                        err.print(f"warning: {record['warning']}", markup=False)
+                elif "loss" in record:
                     bar.update(task, completed=record["step"], stats=_stats(record))
                 elif "eval_psnr" in record:
                     err.print(
@@ -113,6 +129,9 @@ def train(
             markup=False,
         )
         raise typer.Exit(130)
+    if as_json:
+        emit_json({"model_dir": str(result.model_dir), "steps": result.step})
+        return
     out.print(f"{result.model_dir}: trained {result.step} steps", markup=False)
 
 
@@ -126,6 +145,8 @@ def convert(
     legacy_mode: Annotated[bool, typer.Option("--legacy-mode", help="Cosmos legacy_mode.")] = False,
     dtype: Annotated[Precision, typer.Option(help="Stored weight dtype.")] = Precision.fp32,
     name: Annotated[str | None, typer.Option(help="Model name (default: directory).")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Convert a public checkpoint (Open-MAGVIT2 .ckpt, Cosmos .jit) into a model directory.
@@ -147,11 +168,16 @@ def convert(
     with handle_errors(debug):
         if source_kind is Source.open_magvit2:
             if len(source) != 1:
-                raise typer.BadParameter("give exactly one .ckpt file", param_hint="SOURCE")
+                raise usage_error("SOURCE", "give exactly one .ckpt file")
             if variant is not None or legacy_mode:
-                raise typer.BadParameter("--variant / --legacy-mode are for cosmos only")
+                raise usage_error("--variant", "--variant / --legacy-mode are for cosmos only")
             result = convert_open_magvit2(source[0], output, weight_dtype, name, command)
         else:
             src: Path | list[Path] = source[0] if len(source) == 1 else list(source)
             result = convert_cosmos(src, output, variant, legacy_mode, weight_dtype, name, command)
+    if as_json:
+        emit_json({"output": str(result.out_dir), "family": result.family,
+                   "sources": [{"file": f, "sha256": h} for f, h in result.sources],
+                   "tensors_used": result.used, "ignored": result.ignored_by_reason()})
+        return
     out.print(result.summary(), markup=False)

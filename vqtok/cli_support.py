@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,7 +60,19 @@ ModelDirOpt = Annotated[
     list[Path] | None,
     typer.Option("--model-dir", help="Extra directory to look for model names in (repeatable)."),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")]
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise usage_error("--device", f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+    return value
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(callback=_check_device, help="auto (CUDA if available), cpu, cuda or cuda:N."),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")]
@@ -103,12 +117,19 @@ def handle_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def usage_error(param: str, message: str) -> typer.Exit:
+    """Print the one line ``error: <option>: <what is wrong>`` and return the exit (status 2)
+    to raise."""
+    err.print(f"error: {param}: " + " ".join(message.split()), markup=False)
+    return typer.Exit(2)
+
+
 def as_usage_error(fn: Callable[[], Any], param: str) -> Any:
     """Run an option parser; its ConfigError is a usage error (exit 2) naming the option."""
     try:
         return fn()
     except ConfigError as e:
-        raise typer.BadParameter(e.message, param_hint=param) from None
+        raise usage_error(param, e.message) from None
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -133,13 +154,36 @@ def device_for_rank(device: str) -> str:
     return device
 
 
+def check_runtime(device: str, dtype: DType | None, quiet: bool) -> Any:
+    """The device and compute dtype a command will use; a device or dtype this machine cannot
+    run is a usage error (exit 2), a slow one a warning (unless ``quiet``).
+
+    Returns:
+        the dtype name to load with (``"fp32"`` where bf16 falls back), or None.
+    """
+    import torch
+
+    from vqtok.api import SlowDtypeWarning, resolve_device, resolve_dtype
+
+    resolved = as_usage_error(lambda: resolve_device(device_for_rank(device)), "--device")
+    if dtype is None:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SlowDtypeWarning)
+        chosen = as_usage_error(lambda: resolve_dtype(dtype.value, resolved), "--dtype")
+    for warning in caught:
+        if not quiet and issubclass(warning.category, SlowDtypeWarning):
+            err.print(f"warning: --dtype {dtype.value}: {warning.message}", markup=False)
+    return "fp32" if chosen == torch.float32 else dtype.value
+
+
 def load_tokenizer(
-    model: str | None, model_dir: list[Path] | None, device: str, dtype: DType | None
+    model: str | None, model_dir: list[Path] | None, device: str, dtype: str | None
 ) -> Any:
+    """Load a model; ``dtype`` as `check_runtime` returns it."""
     from vqtok.api import load
 
-    return load(model, device=device_for_rank(device), dtype=dtype.value if dtype else None,
-                extra_dirs=model_dir or [])
+    return load(model, device=device_for_rank(device), dtype=dtype, extra_dirs=model_dir or [])
 
 
 # ------------------------------------------------------------------------------- batch runs
@@ -183,7 +227,15 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
     Returns:
         one `Outcome` per job, in job order.
     """
-    done: dict[Job, Outcome] = {job: Outcome(job, "skipped") for job in jobs if job.done}
+    done: dict[Job, Outcome] = {}
+    for job in jobs:
+        if job.error is not None:  # failed while planning (e.g. an output name collision)
+            err.print(f"error: {job.source}: {job.error}", markup=False)
+            done[job] = Outcome(job, "failed", error=job.error)
+        elif job.done:
+            done[job] = Outcome(job, "skipped")
+        elif job.note is not None and not quiet:
+            err.print(f"note: {job.target}: {job.note}; replacing it", markup=False)
     # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
     with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal) as bar:
         bar.skip(len(done))
@@ -214,7 +266,8 @@ def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_js
     if len(outcomes) == 1:
         o = outcomes[0]
         if o.status == "ok":
-            out.print(f"{o.job.source} -> {o.result.target}: {describe(o.result)}", markup=False)
+            out.print(f"{o.job.source} -> {o.result.target}: {_details(o, describe)}",
+                      markup=False)
         elif o.status == "skipped":
             out.print(f"{o.job.source} -> {o.job.target}: skipped (already done)", markup=False)
         return
@@ -222,11 +275,17 @@ def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_js
     for column in ("input", "output", "status", "details"):
         table.add_column(column, overflow="fold")
     for o in outcomes:
-        details = describe(o.result) if o.status == "ok" else (o.error or "already done")
+        details = _details(o, describe) if o.status == "ok" else (o.error or "already done")
         table.add_row(str(o.job.source), str(o.job.target), o.status, details)
     out.print(table)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+
+
+def _details(o: Outcome, describe: Callable[[Any], str]) -> str:
+    """What a finished job did, and what it replaced."""
+    text = describe(o.result)
+    return text if o.job.note is None else f"{text}; replaced a file {o.job.note}"
 
 
 def _outcome_dict(o: Outcome) -> dict[str, Any]:
@@ -238,6 +297,8 @@ def _outcome_dict(o: Outcome) -> dict[str, Any]:
         row.update(_result_dict(o.result))
     if o.warnings:
         row["warnings"] = list(o.warnings)
+    if o.job.note is not None and o.status == "ok":
+        row["replaced"] = o.job.note
     return row
 
 

@@ -44,6 +44,7 @@ from vqtok.errors import CheckpointError, ConfigError
 from vqtok.layers import CausalConv3d
 from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
+from vqtok.sniff import file_kind
 
 __all__ = ["Conversion", "convert_cosmos", "convert_open_magvit2", "magvit2_release_names"]
 
@@ -72,15 +73,21 @@ def _load_ckpt(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with each failure turned into one clear error."""
     if not path.is_file():
         raise CheckpointError("no such checkpoint file", path)
+    kind = file_kind(path)
+    if kind is not None and not kind.startswith(("a zip archive", "a Python pickle")):
+        raise CheckpointError(
+            f"this is {kind}, not a PyTorch checkpoint; expected Open-MAGVIT2's Lightning "
+            ".ckpt (e.g. video_128_262144.ckpt)",
+            path,
+        )
     try:
         obj = torch.load(
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             "refusing to load: the file needs arbitrary code to unpickle, which vqtok never "
-            f"runs (torch.load weights_only=True said: {first})",
+            f"runs{_unpickler_reason(e)}; a release checkpoint holds only tensors",
             path,
         ) from e
     except Exception as e:  # truncated / not a torch file: zip, EOF and runtime errors
@@ -91,6 +98,16 @@ def _load_ckpt(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict checkpoint, found {type(obj).__name__}", path)
     return obj
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's message that names what was refused; its advice to turn
+    weights_only off is left out, since that would run the file's code."""
+    for line in str(error).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            return f" ({line.rstrip('.')})"
+    return ""
 
 
 def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Magvit2Config:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqtok.errors import ConfigError, VideoError
+from vqtok.errors import ConfigError, VideoError, VqtokError
 from vqtok.video import read_frames
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ts"}
@@ -80,16 +80,44 @@ def find_sources(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_footage(
-    paths: Sequence[str | Path], short_side: int, max_frames: int | None = None, workers: int = 2
+    paths: Sequence[str | Path],
+    short_side: int,
+    max_frames: int | None = None,
+    workers: int = 2,
+    on_skip: Callable[[str], None] | None = None,
 ) -> list[Footage]:
-    """Decode every source (threads in parallel) at ``short_side`` pixels on the short side."""
+    """Decode every source (threads in parallel) at ``short_side`` pixels on the short side.
 
-    def decode(path: Path) -> Footage:
-        windows = list(read_frames(path, short_side=short_side, max_frames=max_frames, window=64))
+    A source that cannot be decoded (damaged, not a video, unreadable) is skipped, like
+    ``vqtok encode`` does: ``on_skip`` gets a line ``"<path>: <reason>; skipped"``.
+
+    Raises:
+        VideoError: no source could be decoded (naming the first one's reason).
+    """
+
+    def decode(path: Path) -> Footage | VqtokError:
+        try:
+            windows = list(
+                read_frames(path, short_side=short_side, max_frames=max_frames, window=64)
+            )
+        except VqtokError as e:
+            return e if e.path is not None else VqtokError(e.message, path)
         return Footage(path.name, np.concatenate(windows, axis=0))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(decode, find_sources(paths)))
+        decoded = list(pool.map(decode, find_sources(paths)))
+    footage = [item for item in decoded if isinstance(item, Footage)]
+    failed = [item for item in decoded if not isinstance(item, Footage)]
+    if not footage:
+        first = failed[0]
+        raise VideoError(
+            f"none of the {len(failed)} file(s) could be read (first: {first.message})",
+            first.path,
+        )
+    for error in failed:
+        if on_skip is not None:
+            on_skip(f"{error}; skipped")
+    return footage
 
 
 def split_holdout(

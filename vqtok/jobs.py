@@ -41,13 +41,18 @@ class Job:
         source: the input file.
         target: the output file.
         size: the input's size in bytes (0 if it cannot be read); what sharding balances.
-        done: the target already exists and is complete, so a resumed run skips it.
+        done: nothing to run: the target already exists and is complete (a resumed run skips
+            it), or the job failed while planning (``error``).
+        error: why the job failed while planning (another input maps to the same output).
+        note: why an existing target is replaced (it was made with other settings).
     """
 
     source: Path
     target: Path
     size: int = 0
     done: bool = False
+    error: str | None = None
+    note: str | None = None
 
 
 def plan_inputs(
@@ -79,11 +84,12 @@ def plan_inputs(
         overwrite: mark nothing as done.
 
     Returns:
-        jobs in input order; ``done`` set on complete targets unless ``overwrite``.
+        jobs in input order; ``done`` set on complete targets unless ``overwrite``. Inputs
+        that map to the same output name (``a.mkv`` and ``a.mp4``) get an ``error`` (and
+        ``done``), so the rest of the run goes on.
 
     Raises:
-        VqtokError: no inputs, a directory with no matching file, or two inputs that map to
-            the same output name.
+        VqtokError: no inputs, or a directory with no matching file.
     """
     if not inputs:
         raise ConfigError("no inputs given")
@@ -108,11 +114,12 @@ def plan_inputs(
             pairs += [(p, base / p.relative_to(item).with_suffix(suffix)) for p in found]
         else:
             pairs.append((item, out / (item.stem + suffix)))
-    _refuse_collisions(pairs)
+    clashes = collisions(pairs)
     check = is_complete or (lambda p: p.exists())
     return [
+        Job(src, dst, _size(src), done=True, error=clashes[i]) if i in clashes else
         Job(src, dst, _size(src), done=not overwrite and dst.exists() and check(dst))
-        for src, dst in pairs
+        for i, (src, dst) in enumerate(pairs)
     ]
 
 
@@ -122,15 +129,21 @@ def _walk_takes(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def _refuse_collisions(pairs: list[tuple[Path, Path]]) -> None:
-    seen: dict[Path, Path] = {}
-    for src, dst in pairs:
-        key = _real(dst)
-        if key in seen and _real(seen[key]) != _real(src):
-            raise VqtokError(
-                f"{seen[key]} and {src} would both be written to {dst}; rename one of them", src
-            )
-        seen[key] = src
+def collisions(pairs: Sequence[tuple[Path, Path]]) -> dict[int, str]:
+    """Index of each (source, target) pair whose target another source maps to -> why it
+    fails. The same file given twice is no collision."""
+    groups: dict[Path, list[int]] = {}
+    for i, (_, dst) in enumerate(pairs):
+        groups.setdefault(_real(dst), []).append(i)
+    out: dict[int, str] = {}
+    for members in groups.values():
+        sources = {_real(pairs[i][0]) for i in members}
+        if len(sources) > 1:
+            names = " and ".join(str(pairs[i][0]) for i in members)
+            both = "both" if len(members) == 2 else "all"
+            for i in members:
+                out[i] = f"{names} would {both} be written to {pairs[i][1]}; rename one of them"
+    return out
 
 
 def _real(path: Path) -> Path:

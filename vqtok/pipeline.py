@@ -32,9 +32,10 @@ import torch
 from torch import Tensor
 
 from vqtok.api import Tokenizer
-from vqtok.errors import TokenFileError, VideoError
+from vqtok.errors import ConfigError, TokenFileError, VideoError
 from vqtok.tokens import (
     EncodedInfo,
+    EncodeSettings,
     SourceInfo,
     TokenFormat,
     TokenMetadata,
@@ -61,7 +62,7 @@ class EncodeOptions:
     """How frames are read and indices stored.
 
     Attributes:
-        size: (H, W) to resize every frame to (then centre-cropped to the spatial factor).
+        size: (H, W) to resize every frame to (the tokenizer pads it to the spatial factor).
         short_side: resize so the shorter side is this many pixels, keeping the aspect ratio.
         fps: resample to this frame rate; None keeps every frame.
         max_frames: encode at most this many frames.
@@ -80,6 +81,15 @@ class EncodeOptions:
     format: TokenFormat = "npy"
     remap: Path | None = None
     strict: bool = False
+
+    def settings(self) -> EncodeSettings:
+        """What an index file records of these options (a resumed run compares them)."""
+        return EncodeSettings(
+            size=None if self.size is None else (int(self.size[0]), int(self.size[1])),
+            short_side=self.short_side,
+            fps=None if self.fps is None else _fraction(as_fps(self.fps)),
+            max_frames=self.max_frames,
+        )
 
 
 @dataclass(frozen=True)
@@ -181,16 +191,28 @@ def _video_chunks(
 
 
 def open_reader(source: str | Path, model: Any, options: EncodeOptions) -> VideoReader:
-    """The `VideoReader` for ``source`` with the options' geometry and the model's crop."""
-    return VideoReader(
+    """The `VideoReader` for ``source`` with the options' geometry; nothing is cropped (the
+    tokenizer pads H and W to the model's spatial factor, and decode crops the padding off).
+
+    Raises:
+        ConfigError: frames smaller than one latent cell (the model's spatial factor).
+    """
+    reader = VideoReader(
         source,
         size=options.size,
         short_side=options.short_side,
-        crop_multiple=model.spatial_factor,
         fps=options.fps,
         max_frames=options.max_frames,
         window=options.chunk,
     )
+    factor = model.spatial_factor
+    if min(reader.size) < factor:
+        raise ConfigError(
+            f"frames of {reader.size[1]}x{reader.size[0]} are smaller than the model's spatial "
+            f"factor {factor}; use a larger --size",
+            source,
+        )
+    return reader
 
 
 def encode_indices(
@@ -264,6 +286,7 @@ def build_metadata(
     if model.window is not None:
         windows = tuple((a, min(model.window, total - a)) for a in range(0, total, model.window))
     resize = "size" if options.size else "short_side" if options.short_side else "none"
+    padded = tokenizer.padded_size(*reader.size)
     return TokenMetadata(
         model=tokenizer.name,
         model_sha256=tokenizer.weights_sha256,
@@ -275,11 +298,15 @@ def build_metadata(
         source=SourceInfo(
             Path(info.path).name, info.frames, _fraction(info.fps), (info.height, info.width)
         ),
-        encoded=EncodedInfo(frames, reader.size, resize, total - frames, _fraction(reader.fps)),
+        encoded=EncodedInfo(
+            frames, reader.size, resize, total - frames, _fraction(reader.fps),
+            (padded[0] - reader.size[0], padded[1] - reader.size[1]),
+        ),
         bit_order=quantizer.bit_order,
         levels=quantizer.levels,
         windows=windows,
         remap=None if plan is None else plan.info,
+        settings=options.settings(),
     )
 
 
@@ -330,14 +357,22 @@ def decode_frames(
     chunk: int = DEFAULT_CHUNK,
 ) -> Iterator[np.ndarray]:
     """Stream decoded uint8 frames (T_i, H, W, 3) of full-codebook indices, trimmed to
-    ``meta.encoded.frames`` (the padding added at encode time is dropped).
+    ``meta.encoded.frames`` and cropped to ``meta.encoded.size`` (the temporal and spatial
+    padding added at encode time is dropped).
 
     Raises:
         TokenFileError: the model decodes to a size other than the recorded one.
     """
+    (height, width), (pad_h, pad_w) = meta.encoded.size, meta.encoded.spatial_padding
+    factor = tokenizer.spatial_factor
+    if (meta.grid[1] * factor, meta.grid[2] * factor) != (height + pad_h, width + pad_w):
+        raise TokenFileError(
+            f"the model decodes {meta.grid[1] * factor}x{meta.grid[2] * factor} frames but the "
+            f"file records {height + pad_h}x{width + pad_w} (with padding); wrong model?"
+        )
     latent_chunk = max(1, chunk // tokenizer.model.temporal_factor)
     chunks = _index_chunks(torch.as_tensor(indices), latent_chunk, tokenizer.device)
-    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames):
+    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames, size=(height, width)):
         frames = video_to_frames(video)
         if frames.shape[1:3] != tuple(meta.encoded.size):
             raise TokenFileError(

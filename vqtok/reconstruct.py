@@ -1,7 +1,7 @@
 """Round trip quality: encode a video, decode it, and measure PSNR / SSIM (``vqtok reconstruct``).
 
 The metrics are those of `vqtok.metrics` (PSNR; SSIM of Wang et al. 2004) against the frames
-that were encoded (after any resize, fps resampling and crop), never against the padding. The
+that were encoded (after any resize and fps resampling), never against the padding. The
 source is read twice, once to encode and once to compare while decoding, so memory stays bounded
 by the chunk length like `vqtok.pipeline`.
 """
@@ -80,6 +80,8 @@ def reconstruct_file(
         `ReconstructResult`; SSIM needs frames of at least 11 x 11 pixels.
     """
     start = time.perf_counter()
+    if target is not None:  # like encode and decode; and fail before the work, not after
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
     plain = replace(options, remap=None)
     reader = open_reader(source, tokenizer.model, plain)
     if min(reader.size) < SSIM_WINDOW:

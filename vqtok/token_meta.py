@@ -24,6 +24,7 @@ from vqtok.errors import TokenFileError
 __all__ = [
     "FORMAT_VERSION",
     "RESIZE_MODES",
+    "EncodeSettings",
     "EncodedInfo",
     "RemapInfo",
     "SourceInfo",
@@ -60,11 +61,13 @@ class EncodedInfo:
     Attributes:
         frames: number of real frames encoded (after fps resampling and max_frames); decode
             trims its output to this.
-        size: (H, W) of the encoded frames.
-        resize: how frames were resized: ``"none"``, ``"size"`` or ``"short_side"`` (then
-            centre-cropped to the model's spatial factor).
+        size: (H, W) of the encoded frames before spatial padding: what decode returns.
+        resize: how frames were resized: ``"none"``, ``"size"`` or ``"short_side"``.
         padding: frames appended by repeating the last one to fit 1 + k * tau.
         fps: frame rate of the encoded frames, ``"num/den"``.
+        spatial_padding: (rows, columns) appended at the bottom and right by repeating the
+            edge, so that H and W are multiples of the model's spatial factor; decode crops
+            them off. (0, 0) in files written before it was recorded (those were cropped).
     """
 
     frames: int
@@ -72,6 +75,27 @@ class EncodedInfo:
     resize: str
     padding: int
     fps: str
+    spatial_padding: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """The choices of the encode run that made the file, as given (None: not given).
+
+    A resumed run keeps an existing file only when these, the model's weights and the remap
+    file all match its own (`vqtok.resume`); a new setting is one more field here.
+
+    Attributes:
+        size: ``--size`` (H, W).
+        short_side: ``--short-side``.
+        fps: ``--fps`` as ``"num/den"``.
+        max_frames: ``--max-frames``.
+    """
+
+    size: tuple[int, int] | None = None
+    short_side: int | None = None
+    fps: str | None = None
+    max_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,7 @@ class TokenMetadata:
         windows: for non-causal families, the (first frame, frame count) of each
             independently encoded window; None for causal families.
         remap: the remap file, when the indices are compact used-code ids.
+        settings: the encode run's settings; None in files written before they were recorded.
         format_version: version of this format.
         vqtok_version: the vqtok that wrote the file.
     """
@@ -126,6 +151,7 @@ class TokenMetadata:
     levels: tuple[int, ...] | None = None
     windows: tuple[tuple[int, int], ...] | None = None
     remap: RemapInfo | None = None
+    settings: EncodeSettings | None = None
     format_version: int = FORMAT_VERSION
     vqtok_version: str = __version__
 
@@ -194,6 +220,7 @@ class TokenMetadata:
                 ("encoded.fps 'num/den' > 0", _valid_fps(self.encoded.fps)),
                 ("encoded.frames >= 1", self.encoded.frames >= 1),
                 ("encoded.padding >= 0", self.encoded.padding >= 0),
+                ("encoded.spatial_padding >= 0", min(self.encoded.spatial_padding) >= 0),
                 (f"encoded.resize in {RESIZE_MODES}", self.encoded.resize in RESIZE_MODES),
                 ("remap.sha256 of 64 hex digits", remap is None or _is_sha256(remap.sha256)),
                 ("remap.size >= 1", remap is None or remap.size >= 1),
@@ -261,6 +288,7 @@ _NESTED: dict[str, type] = {
     "SourceInfo": SourceInfo,
     "EncodedInfo": EncodedInfo,
     "RemapInfo": RemapInfo,
+    "EncodeSettings": EncodeSettings,
 }
 _CHECKERS: dict[str, Callable[[Any], Any]] = {
     "str": lambda v: v if isinstance(v, str) else None,

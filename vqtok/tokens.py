@@ -38,12 +38,14 @@ import safetensors
 import safetensors.numpy
 
 from vqtok.errors import TokenFileError
+from vqtok.sniff import file_kind
 from vqtok.token_meta import _CHECKERS as _CHECKERS  # re-export
 from vqtok.token_meta import _NESTED as _NESTED  # re-export
 from vqtok.token_meta import (
     FORMAT_VERSION,
     RESIZE_MODES,
     EncodedInfo,
+    EncodeSettings,
     RemapInfo,
     SourceInfo,
     TokenMetadata,
@@ -56,6 +58,7 @@ __all__ = [
     "RESIZE_MODES",
     "SAFETENSORS_KEY",
     "TENSOR_NAME",
+    "EncodeSettings",
     "EncodedInfo",
     "RemapInfo",
     "SourceInfo",
@@ -224,6 +227,13 @@ def load_metadata(path: str | Path) -> TokenMetadata:
         return _read_safetensors(path)[1]
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
+        kind = file_kind(path)
+        if kind is not None and not kind.startswith("a NumPy .npy array"):
+            raise TokenFileError(
+                f"this is {kind}, not an index file; expected the .npy (with its .json "
+                "sidecar) or .safetensors that `vqtok encode` writes",
+                path,
+            )
         raise TokenFileError(
             f"the metadata sidecar {sidecar.name} is missing, so the file is incomplete or was "
             "copied without it; encode the video again or copy the .json too",

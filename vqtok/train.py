@@ -272,7 +272,8 @@ def train(
         device: "auto" (CUDA when available), "cpu" or "cuda".
         resume: continue from ``run_dir/checkpoint`` (exactly).
         init_from: fine-tune: start from this model directory's weights (`transfer_weights`).
-        on_progress: called with a dict of scalars after every logged step / evaluation.
+        on_progress: called with a dict of scalars after every logged step / evaluation,
+            and with ``{"warning": "<path>: <reason>; skipped"}`` for an unreadable file.
 
     Returns:
         A `TrainResult`. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
@@ -283,8 +284,16 @@ def train(
             "already holds a checkpoint; pass resume=True (--resume) or choose a new run directory",
             run,
         )
+
+    def skipped(line: str) -> None:
+        if on_progress is not None:
+            on_progress({"warning": line})
+
     spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip)
-    footage, held = split_holdout(load_footage(data, cfg.short_side), cfg.holdout_frames)
+    footage, held = split_holdout(
+        load_footage(data, cfg.short_side, on_skip=skipped), cfg.holdout_frames
+    )
+    run.mkdir(parents=True, exist_ok=True)  # only once there is footage to train on
     sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed)
     eval_clips = heldout_clips(held, cfg.clip_frames, cfg.eval_size)
     torch.manual_seed(cfg.seed)
