@@ -240,7 +240,9 @@ class Tokenizer:
 
     # ------------------------------------------------------------ one-shot
 
-    def encode(self, video: Tensor, remap: RemapLike | None = None) -> Tensor:
+    def encode(
+        self, video: Tensor, remap: RemapLike | None = None, levels: int | None = None
+    ) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
         T is padded to `padded_frames` by repeating the last frame, H and W to `padded_size`
@@ -253,6 +255,8 @@ class Tokenizer:
                 `vqtok.usedsets.UsedSets`, one used set per codebook / level: the indices are
                 then compact ids (level l's in [0, U_l)), and quantizers with a codebook search
                 look only at the used codes, level by level.
+            levels: residual models: keep the first k levels, (..., k); a coarser code of
+                k * log2(K) bits per position that `decode` takes as it is.
 
         Raises:
             VqtokError: not a float tensor of that shape, or values clearly outside [-1, 1]
@@ -263,7 +267,28 @@ class Tokenizer:
         video = self._prepare(video)
         allowed = self._allowed(remap)
         with self._running():
-            return self.model.encode(self._pad(video), allowed)
+            return self.keep_levels(self.model.encode(self._pad(video), allowed), levels)
+
+    def keep_levels(self, indices: Tensor, levels: int | None) -> Tensor:
+        """The first ``levels`` residual levels of (..., L) indices (all when None).
+
+        A residual code's first k levels do not depend on the later ones, so this is exactly
+        a k-level encode.
+
+        Raises:
+            VqtokError: the model has no residual quantizer, or k is not in 1..L.
+        """
+        return indices if levels is None else indices[..., : self.check_levels(levels)]
+
+    def check_levels(self, levels: int) -> int:
+        """``levels`` if the model can keep that many residual levels, else a `ConfigError`."""
+        check = getattr(self.model, "check_levels", None)
+        if check is None:
+            raise ConfigError(f"levels needs a residual-quantizer model; {self.name} is not one")
+        try:
+            return int(check(levels))
+        except VqtokError as e:
+            raise ConfigError(e.message) from None
 
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
         """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
@@ -292,7 +317,7 @@ class Tokenizer:
     # ------------------------------------------------------------ streaming
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], remap: RemapLike | None = None
+        self, chunks: Iterable[Tensor], remap: RemapLike | None = None, levels: int | None = None
     ) -> EncodeStream:
         """Encode a long video given as consecutive chunks (B, 3, T_i, H, W), any T_i >= 1.
 
@@ -301,7 +326,7 @@ class Tokenizer:
         is padded like ``encode`` does. After exhaustion its ``frames`` and ``padding`` say how
         many real frames it read and how many copies of the last one it appended.
         """
-        return EncodeStream(self, chunks, self._allowed(remap))
+        return EncodeStream(self, chunks, self._allowed(remap), levels)
 
     def decode_stream(
         self,
@@ -432,8 +457,9 @@ class EncodeStream(Iterator[Tensor]):
         tokenizer: Tokenizer,
         chunks: Iterable[Tensor],
         allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> None:
-        self.tokenizer = tokenizer
+        self.tokenizer, self.levels = tokenizer, levels
         self.frames = 0
         self.padding = 0
         self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed)
@@ -457,4 +483,4 @@ class EncodeStream(Iterator[Tensor]):
         # enter inference/autocast per step: a generator holding the context across ``yield``
         # would leak it into the caller's code between chunks
         with self.tokenizer._running():
-            return next(self._inner)
+            return self.tokenizer.keep_levels(next(self._inner), self.levels)

@@ -95,6 +95,7 @@ MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N 
 def _encode_options(
     size: str | None, short_side: int | None, fps: str | None, max_frames: int | None,
     chunk: int, fmt: Format = Format.npy, remap: Path | None = None, strict: bool = False,
+    levels: int | None = None,
 ) -> Any:
     from vqtok.pipeline import EncodeOptions
     from vqtok.video import as_fps
@@ -103,7 +104,11 @@ def _encode_options(
     if parsed is not None and short_side is not None:
         raise usage_error("--size", "give --size or --short-side, not both")
     rate: Fraction | None = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
-    return EncodeOptions(parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict)
+    if levels is not None and remap is not None:
+        raise usage_error("--levels", "cannot be combined with --remap yet; encode all levels")
+    return EncodeOptions(
+        parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict, levels
+    )
 
 
 @app.command()
@@ -125,6 +130,9 @@ def encode(
     remap: Annotated[Path | None, typer.Option(
         help="Remap file (vqtok remap build): store compact ids, per level.")] = None,
     format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
+    levels: Annotated[int | None, typer.Option(
+        min=1, metavar="K", help="Residual models: keep the first K levels, a shorter, coarser "
+        "code (default: all).")] = None,
     overwrite: Annotated[bool, Flag("--overwrite", help="Redo outputs that are complete.")] = False,
     strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
     as_json: JsonOpt = False,
@@ -135,7 +143,9 @@ def encode(
     """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
     from vqtok.batching import encode_files
 
-    options = _encode_options(size, short_side, fps, max_frames, chunk, format, remap, strict)
+    options = _encode_options(
+        size, short_side, fps, max_frames, chunk, format, remap, strict, levels
+    )
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
         jobs = plan_inputs(inputs, output, f".{format.value}", overwrite=True)
@@ -145,6 +155,8 @@ def encode(
         # no model is loaded when every job is already done (a finished resume)
         pending = any(not job.done for job in jobs)
         tokenizer: Any = load_tokenizer(model, model_dir, device, compute) if pending else None
+        if pending and levels is not None:
+            as_usage_error(lambda: tokenizer.check_levels(levels), "--levels")  # fail once
         if pending and remap is not None:
             from vqtok.vocab import RemapPlan
 

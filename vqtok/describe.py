@@ -116,7 +116,7 @@ def describe_index(path: str | Path) -> dict[str, Any]:
     }
     if meta.num_codebooks > 1:
         out["distinct_codes_per_level"] = [
-            int(np.unique(indices[..., level]).size) for level in range(meta.num_codebooks)
+            int(np.unique(indices[..., level]).size) for level in range(meta.kept_levels)
         ]
     out.update(_flatten(meta.to_dict()))
     return out

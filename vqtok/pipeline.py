@@ -71,6 +71,7 @@ class EncodeOptions:
         remap: a remap file (``vqtok remap build``: ``.npy`` for one codebook, ``.safetensors``
             with one used set per codebook / level); indices are stored as compact ids.
         strict: a damaged input (truncated, corrupt packets) is an error, not a warning.
+        levels: residual models: keep the first k levels (``--levels``); None keeps all.
     """
 
     size: tuple[int, int] | None = None
@@ -81,6 +82,7 @@ class EncodeOptions:
     format: TokenFormat = "npy"
     remap: Path | None = None
     strict: bool = False
+    levels: int | None = None
 
     def settings(self) -> EncodeSettings:
         """What an index file records of these options (a resumed run compares them)."""
@@ -89,6 +91,7 @@ class EncodeOptions:
             short_side=self.short_side,
             fps=None if self.fps is None else _fraction(as_fps(self.fps)),
             max_frames=self.max_frames,
+            levels=self.levels,
         )
 
 
@@ -238,7 +241,9 @@ def encode_indices(
     windows = prefetch(reader)
     try:
         chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
-        stream = tokenizer.encode_stream(chunks, remap=None if plan is None else plan.search)
+        stream = tokenizer.encode_stream(
+            chunks, remap=None if plan is None else plan.search, levels=options.levels
+        )
         pieces = [piece.cpu() for piece in stream]
     finally:
         windows.close()

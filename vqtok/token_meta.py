@@ -90,12 +90,15 @@ class EncodeSettings:
         short_side: ``--short-side``.
         fps: ``--fps`` as ``"num/den"``.
         max_frames: ``--max-frames``.
+        levels: ``--levels`` k: the file keeps the first k residual levels (its trailing axis
+            has k entries); None: all of the model's levels.
     """
 
     size: tuple[int, int] | None = None
     short_side: int | None = None
     fps: str | None = None
     max_frames: int | None = None
+    levels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,17 @@ class TokenMetadata:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The array shape this metadata promises: grid, plus (L,) when L > 1."""
-        return self.grid if self.num_codebooks == 1 else (*self.grid, self.num_codebooks)
+        """The array shape this metadata promises: grid, plus (L,) when L > 1 ((k,) for a
+        file that keeps the first k residual levels)."""
+        if self.num_codebooks == 1:
+            return self.grid
+        return (*self.grid, self.kept_levels)
+
+    @property
+    def kept_levels(self) -> int:
+        """Codebooks / levels stored per position: ``settings.levels`` or all of them."""
+        kept = self.settings.levels if self.settings is not None else None
+        return self.num_codebooks if kept is None else kept
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -203,6 +215,7 @@ class TokenMetadata:
             for name, ok in [
                 ("codebook_size >= 1", self.codebook_size >= 1),
                 ("num_codebooks >= 1", self.num_codebooks >= 1),
+                ("settings.levels in 1..num_codebooks", 0 < self.kept_levels <= self.num_codebooks),
                 ("grid entries >= 1", min(self.grid) >= 1),
                 ("model_sha256 of 64 hex digits", _is_sha256(self.model_sha256)),
                 ("bit_order 'msb', 'lsb' or null", self.bit_order in (None, "msb", "lsb")),
