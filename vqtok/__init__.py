@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from vqtok.errors import (
     CheckpointError,
     ConfigError,
+    HubError,
     QuantizerError,
     RemapError,
     TokenFileError,
@@ -41,6 +42,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "HubError",
     "QuantizerError",
     "RemapError",
     "TokenFileError",
