@@ -443,8 +443,8 @@ def test_fetch_files_maps_every_error_to_a_hub_error(hub: Any) -> None:
 @pytest.mark.skipif(os.environ.get("VQTOK_HUB_TESTS") != "1",
                     reason="downloads from huggingface.co; set VQTOK_HUB_TESTS=1")
 def test_real_download_of_cosmos_dv4x8x8(tmp_path: Path) -> None:
-    """The released DV4x8x8 (about 200 MB into the user's Hugging Face cache) converts, and the
-    model encodes and decodes a clip."""
+    """The released DV4x8x8 (a few hundred MB into the user's Hugging Face cache) converts, and
+    the model encodes and decodes a clip."""
     out = tmp_path / "cosmos-dv4x8x8"
     conversion = convert_cosmos(COSMOS_REPO, out)
     assert conversion.config["variant"] == "DV4x8x8" and conversion.used == 322

@@ -109,7 +109,9 @@ def fetch_files(
             raise HubError(_explain(e, ref, filename, files, what), str(ref)) from e
         paths.append(Path(local))
         # the cache path is snapshots/<commit>/<filename>: pin that commit for the other files
-        revision = Path(local).parents[len(Path(filename).parts) - 1].name
+        snapshot = Path(local).parents[len(Path(filename).parts) - 1]
+        if snapshot.parent.name == "snapshots":
+            revision = snapshot.name
     return paths
 
 
