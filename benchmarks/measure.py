@@ -44,6 +44,8 @@ class Settings:
     budget_s: float  # ... and stop once they add up to this; a slower call is timed once
     mem_cap_gib: float  # RLIMIT_AS of the child (lowered to the memory available)
     timeout_s: float  # wall-clock limit of the child
+    # CUDA reserves far more address space than it uses: a capped child cannot even start it
+    cap_address_space: bool = True
 
 
 @dataclass
@@ -104,8 +106,9 @@ def child(build: Callable[[], Step], label: tuple[str, str], settings: Settings,
           no_grad: bool, conn: Any) -> None:
     """Build and measure one workload in this (child) process; sends a `Result` to ``conn``."""
     result = Result(*label, cap_gib=settings.mem_cap_gib)
-    cap = int(settings.mem_cap_gib * GIB)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    if settings.cap_address_space:
+        cap = int(settings.mem_cap_gib * GIB)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     # if memory runs out anyway, the kernel kills this child first, not someone else's work
     Path("/proc/self/oom_score_adj").write_text("1000")
     torch.set_num_threads(settings.threads)

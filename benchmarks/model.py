@@ -6,16 +6,19 @@ For each model (the shipped ones by default) and each size (128², 256², 512²)
 model's FLOPs per frame counted with `torch.utils.flop_counter` (convolutions and matmuls). The
 achieved rate is compared with the machine's float32 matmul rate measured in the same run
 (a 2048 x 2048 x 2048 `torch.mm`). On a machine with CUDA the same runs repeat on the GPU in
-float32 and bf16 (CUDA memory: `torch.cuda.max_memory_allocated`).
+the ``--dtypes`` (float32 and bf16 by default; fp16 too on request) under autocast (CUDA
+memory: `torch.cuda.max_memory_allocated`).
 
     .venv/bin/python benchmarks/model.py                    # shipped models, writes RESULTS.md
     .venv/bin/python benchmarks/model.py --sizes 128 --quick   # smoke run, no RESULTS.md
     .venv/bin/python benchmarks/model.py --models DIR ...   # any model directories
+    .venv/bin/python benchmarks/model.py --devices cuda --dtypes fp32 bf16 fp16   # GPU only
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import os
@@ -35,12 +38,14 @@ from vqtok.checkpoint import list_models, load_pretrained  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FRAMES = 17
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _inputs(model_dir: str, size: int, device: str, dtype: str) -> tuple[Any, Any, Any, Any]:
     model = load_pretrained(model_dir, device=device)
     video = torch.rand(1, 3, FRAMES, size, size, device=device) * 2 - 1
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST.get(dtype, torch.bfloat16),
+                              enabled=dtype in AUTOCAST)
     with torch.inference_mode(), autocast:
         indices = model.encode(video)
     return model, video, indices, autocast
@@ -133,6 +138,8 @@ def cuda_peak_mib(build: Any) -> float:
 def measure(model_dir: str, size: int, device: str, dtype: str, settings: Settings,
             mm_rate: float) -> list[str]:
     name = Path(model_dir).name
+    if device.startswith("cuda"):
+        settings = dataclasses.replace(settings, cap_address_space=False)
     enc_flops, dec_flops = count_flops(model_dir, size)
     cells = []
     for what, builder, flops in (("encode", build_encode, enc_flops),
@@ -156,24 +163,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one repeat, no RESULTS.md")
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--devices", nargs="*", choices=["cpu", "cuda"], default=None,
+                        help="default: cpu, and cuda when available")
+    parser.add_argument("--dtypes", nargs="*", choices=["fp32", "bf16", "fp16"],
+                        default=["fp32", "bf16"], help="CUDA compute dtypes (CPU: fp32)")
     args = parser.parse_args()
     models = args.models or [str(info.path) for info in list_models()]
     settings = Settings(threads=args.threads, warmup=0 if args.quick else 1,
                         repeats=1 if args.quick else 3, budget_s=60.0, mem_cap_gib=16.0,
                         timeout_s=1800.0)
-    targets = [("cpu", "fp32")]
-    if torch.cuda.is_available():
-        targets += [("cuda", "fp32"), ("cuda", "bf16")]
+    devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: CUDA is not available on this machine")
+    targets = [("cpu", "fp32")] if "cpu" in devices else []
+    targets += [("cuda", dtype) for dtype in args.dtypes if "cuda" in devices]
     started = time.time()
     header = ["| model | device | size | encode frames/s | encode peak MiB | encode GFLOP/frame "
               "| encode % of matmul | decode frames/s | decode peak MiB | decode GFLOP/frame "
               "| decode % of matmul |", "|" + "---|" * 11]
     rows, rates = [], {}
     for device, dtype in targets:
-        mm = run_in_child(functools.partial(build_matmul, device), ("matmul", device), settings,
-                          no_grad=True)
-        rates[device] = 2 * 2048**3 / mm.median_s
-        print(f"{device} float32 matmul: {rates[device] / 1e9:.1f} GFLOP/s", flush=True)
+        if device not in rates:
+            mm = run_in_child(functools.partial(build_matmul, device), ("matmul", device),
+                              dataclasses.replace(settings, cap_address_space=device == "cpu"),
+                              no_grad=True)
+            rates[device] = 2 * 2048**3 / mm.median_s
+            print(f"{device} float32 matmul: {rates[device] / 1e9:.1f} GFLOP/s", flush=True)
         for model_dir in models:
             for size in args.sizes:
                 rows += measure(model_dir, size, device, dtype, settings, rates[device])

@@ -1,7 +1,8 @@
 """Throughput and memory of the file pipeline (``vqtok encode``), run by hand (not in CI).
 
     .venv/bin/python benchmarks/pipeline.py [--model NAME|DIR] [--device cpu|cuda]
-        [--clip FILE] [--short-side 128] [--frames 64] [--chunk 16] [--rss] [--results FILE]
+        [--dtype fp32|bf16|fp16] [--clip FILE] [--short-side 128] [--frames 64] [--chunk 16]
+        [--rss] [--results FILE]
 
 Measures on one real clip (``../shared/data/city.mpg`` when present, else a generated one):
 
@@ -15,7 +16,8 @@ what overlapping the reader thread with the model buys. With ``--rss`` it also e
 resident memory (target: within 1.2x, i.e. memory bounded by the chunk, not the length).
 
 Without ``--model`` a randomly initialised model of the default `TokenizerConfig` is used
-(speed does not depend on weight values).
+(speed does not depend on weight values). On CUDA the table also gives the peak CUDA memory
+allocated (``torch.cuda.max_memory_allocated``) over the timed runs.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def end_to_end(tok: api.Tokenizer, clip: Path, options: EncodeOptions, out: Path
 def peak_rss(clip: Path, model: str, args: argparse.Namespace, out: Path) -> float:
     """Peak RSS (MiB) of a fresh ``vqtok encode`` process on ``clip``."""
     command = [sys.executable, "-m", "vqtok", "encode", str(clip), "-o", str(out / "rss.npy"),
-               "--model", model, "--device", args.device, "--chunk", str(args.chunk),
+               "--model", model, "--device", args.device, "--dtype", args.dtype,
+               "--chunk", str(args.chunk),
                "--short-side", str(args.short_side), "--overwrite", "--quiet"]
     proc = subprocess.Popen(command)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -109,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model name or directory (default: random default model)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="compute dtype (autocast; fp16 on CUDA only)")
     parser.add_argument("--clip", type=Path, default=CITY if CITY.exists() else None)
     parser.add_argument("--short-side", type=int, default=128)
     parser.add_argument("--frames", type=int, default=64, help="frames of the clip to use")
@@ -125,11 +130,14 @@ def main() -> None:
     if model is None:
         torch.manual_seed(0)
         model = str(save_pretrained(VideoTokenizer(TokenizerConfig()), work / "random-default"))
-    tok = api.load(model, device=args.device)
+    tok = api.load(model, device=args.device, dtype=args.dtype)
     clip = args.clip or synthetic_clip(work / "clip.mp4", args.frames, (144, 256))
     options = EncodeOptions(short_side=args.short_side, max_frames=args.frames, chunk=args.chunk)
 
     end_to_end(tok, clip, replace(options, max_frames=min(args.frames, 9)), work)  # warm-up
+    cuda = tok.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     # best of --repeat, interleaved so that load from other processes hits all three alike
     runs = [
         (decode_only(clip, options, tok.spatial_factor), model_only(tok, clip, options),
@@ -140,12 +148,15 @@ def main() -> None:
     slower = min(decode_fps, model_fps)
     rows = [
         ("clip", f"{clip.name}, first {args.frames} frames, short side {args.short_side}"),
-        ("model / device", f"{tok.name} / {tok.device}, chunk {args.chunk}, "
+        ("model / device", f"{tok.name} / {tok.device} {args.dtype}, chunk {args.chunk}, "
                            f"{torch.get_num_threads()} threads, best of {args.repeat}"),
         ("decode-only", f"{decode_fps:.1f} frames/s"),
         ("model-only", f"{model_fps:.1f} frames/s"),
         ("end-to-end encode", f"{e2e_fps:.1f} frames/s ({e2e_fps / slower:.0%} of the slower)"),
     ]
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        rows.append(("peak CUDA memory allocated", f"{peak:.0f} MiB"))
     if args.rss:
         size = (args.short_side, args.short_side * 16 // 9 // 8 * 8)
         short = synthetic_clip(work / "10s.mp4", 10 * args.rss_fps, size, args.rss_fps)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from vqtok.errors import (
     CheckpointError,
     ConfigError,
+    HubError,
     QuantizerError,
     RemapError,
     TokenFileError,
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "HubError",
     "QuantizerError",
     "RemapError",
     "TokenFileError",

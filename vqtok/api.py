@@ -34,6 +34,7 @@ from torch import Tensor
 from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.family import TokenizerModel
+from vqtok.hub import DownloadFn, parse_hub_ref
 from vqtok.usedsets import UsedSets, load_used_sets
 
 __all__ = [
@@ -123,29 +124,38 @@ def load(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
     extra_dirs: Iterable[str | Path] = (),
+    on_download: DownloadFn | None = None,
 ) -> Tokenizer:
-    """Load a tokenizer from a model directory or by name.
+    """Load a tokenizer from a model directory, a Hugging Face Hub repository or by name.
 
     Args:
-        name_or_path: a model directory, or a name looked up in the repository's ``models/``,
-            then ``extra_dirs``, then ``$VQTOK_MODELS``; None means ``"vqtok-ema"``.
+        name_or_path: a model directory; a Hub repository ``"owner/name"`` or
+            ``"owner/name@revision"`` holding ``config.json`` + ``model.safetensors`` (fetched
+            into the Hugging Face cache; ``HF_HUB_OFFLINE=1`` uses only cached files); or a
+            name looked up in the repository's ``models/``, then ``extra_dirs``, then
+            ``$VQTOK_MODELS``; None means ``"vqtok-ema"``.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: None / ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (CUDA only) autocast.
         extra_dirs: more directories to search for names (the CLI's ``--model-dir``).
+        on_download: progress of a Hub download: (file name, bytes done, bytes in the file).
 
     Returns:
-        A `Tokenizer` with float32 weights on ``device``, in eval mode.
+        A `Tokenizer` with float32 weights on ``device``, in eval mode. A Hub model's name is
+        its repository reference, so index files name where to fetch it again.
 
     Raises:
-        CheckpointError: the model cannot be found or loaded exactly.
+        CheckpointError: the model cannot be found or loaded exactly (`HubError`: the Hub
+            repository cannot be fetched).
         ConfigError: a bad device or dtype.
     """
-    dirs = list(extra_dirs)
-    directory = resolve_model(DEFAULT_MODEL if name_or_path is None else name_or_path, dirs)
+    target = DEFAULT_MODEL if name_or_path is None else name_or_path
+    ref = parse_hub_ref(target)
+    directory = resolve_model(target, list(extra_dirs), on_download)
     resolved = resolve_device(device)
     compute = resolve_dtype(dtype, resolved)
     model = load_pretrained(directory, device=resolved)
-    return Tokenizer(model, name=read_info(directory).name, path=directory, dtype=compute)
+    name = read_info(directory).name if ref is None else str(ref)
+    return Tokenizer(model, name=name, path=directory, dtype=compute)
 
 
 class Tokenizer:

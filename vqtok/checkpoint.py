@@ -18,7 +18,9 @@ Loading is strict: an unknown key, a wrong format version, a missing / unexpecte
 tensor, a corrupt file or a non-finite weight is a `CheckpointError` that names it. Weights are
 read with safetensors only; nothing here unpickles.
 
-Names resolve (`resolve_model`) as: an existing directory path; else ``<repo>/models/<name>``;
+Names resolve (`resolve_model`) as: an existing directory path; else a Hugging Face Hub
+repository ``owner/name[@revision]`` (`vqtok.hub`: ``config.json`` + ``model.safetensors`` are
+fetched into the standard cache, and loaded like any directory); else ``<repo>/models/<name>``;
 else any extra directories given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
 """
 
@@ -43,6 +45,7 @@ from torch import Tensor
 from vqtok import __version__
 from vqtok.errors import CheckpointError, ConfigError
 from vqtok.family import FAMILIES, TokenizerModel, family_class
+from vqtok.hub import DownloadFn, fetch_files, parse_hub_ref
 
 __all__ = [
     "CONFIG_FILE",
@@ -171,15 +174,29 @@ def search_dirs(extra_dirs: Sequence[str | Path] = ()) -> list[Path]:
     return [REPO_MODELS, *(Path(d) for d in extra_dirs), *env]
 
 
-def resolve_model(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = ()) -> Path:
-    """The model directory for a path or a name (see the module docstring for the order).
+def resolve_model(
+    name_or_path: str | Path,
+    extra_dirs: Sequence[str | Path] = (),
+    on_download: DownloadFn | None = None,
+) -> Path:
+    """The model directory for a path, a Hub repository or a name (order: module docstring).
+
+    Args:
+        name_or_path: a directory, ``owner/name[@revision]`` (a string) or a model name.
+        extra_dirs: more directories to search for names.
+        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
 
     Raises:
         CheckpointError: nothing found, or a name that is not a plain directory name.
+        HubError: a Hub repository that cannot be fetched or lacks the model files.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    ref = parse_hub_ref(name_or_path)
+    if ref is not None:
+        files = [CONFIG_FILE, WEIGHTS_FILE]
+        return fetch_files(ref, files, on_download, "a vqtok model directory")[0].parent
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or os.sep in text or "/" in text
     if looks_like_path:

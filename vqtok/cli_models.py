@@ -21,6 +21,7 @@ from vqtok.cli_support import (
     JsonOpt,
     QuietOpt,
     check_runtime,
+    download_bar,
     emit_json,
     err,
     handle_errors,
@@ -137,7 +138,13 @@ def train(
 
 def convert(
     source_kind: Annotated[Source, typer.Argument(help="Which public tokenizer.")],
-    source: Annotated[list[Path], typer.Argument(help="Checkpoint file(s) or directory.")],
+    source: Annotated[
+        list[str],
+        typer.Argument(
+            help="Checkpoint file(s) or directory, or a Hugging Face repository owner/name"
+            "[@revision] (fetched into the Hugging Face cache)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
     variant: Annotated[
         str | None, typer.Option(help="Cosmos: DV4x8x8, DV8x8x8 or DV8x16x16.")
@@ -152,7 +159,9 @@ def convert(
     """Convert a public checkpoint (Open-MAGVIT2 .ckpt, Cosmos .jit) into a model directory.
 
     The only command that reads pickle (torch.load weights_only=True) or TorchScript; the result
-    is an ordinary safetensors model directory usable with --model.
+    is an ordinary safetensors model directory usable with --model. SOURCE may be a Hugging Face
+    repository (nvidia/Cosmos-0.1-Tokenizer-DV4x8x8, TencentARC/Open-MAGVIT2-Tokenizer-262144-
+    Video): only the files needed are downloaded; HF_HUB_OFFLINE=1 uses only cached files.
     """
     import torch
 
@@ -165,16 +174,19 @@ def convert(
     words += ["--dtype", dtype.value] if dtype is not Precision.fp32 else []
     words += ["--name", name] if name else []
     command = shlex.join(words)
-    with handle_errors(debug):
+    with handle_errors(debug), download_bar(quiet or not err.is_terminal) as fetched:
         if source_kind is Source.open_magvit2:
             if len(source) != 1:
                 raise usage_error("SOURCE", "give exactly one .ckpt file")
             if variant is not None or legacy_mode:
                 raise usage_error("--variant", "--variant / --legacy-mode are for cosmos only")
-            result = convert_open_magvit2(source[0], output, weight_dtype, name, command)
+            result = convert_open_magvit2(source[0], output, weight_dtype, name, command, fetched)
         else:
-            src: Path | list[Path] = source[0] if len(source) == 1 else list(source)
-            result = convert_cosmos(src, output, variant, legacy_mode, weight_dtype, name, command)
+            # one string may name a Hub repository; several are always local files
+            src: str | list[Path] = source[0] if len(source) == 1 else [Path(s) for s in source]
+            result = convert_cosmos(
+                src, output, variant, legacy_mode, weight_dtype, name, command, fetched
+            )
     if as_json:
         emit_json({"output": str(result.out_dir), "family": result.family,
                    "sources": [{"file": f, "sha256": h} for f, h in result.sources],

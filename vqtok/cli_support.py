@@ -24,12 +24,14 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
     TextColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -183,7 +185,36 @@ def load_tokenizer(
     """Load a model; ``dtype`` as `check_runtime` returns it."""
     from vqtok.api import load
 
-    return load(model, device=device_for_rank(device), dtype=dtype, extra_dirs=model_dir or [])
+    with download_bar(not err.is_terminal) as on_download:
+        return load(model, device=device_for_rank(device), dtype=dtype,
+                    extra_dirs=model_dir or [], on_download=on_download)
+
+
+@contextmanager
+def download_bar(disable: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A bytes bar per file fetched from the Hugging Face Hub, on stderr.
+
+    Yields the library's download callback (`vqtok.hub.DownloadFn`). Nothing is drawn when the
+    files are already cached (no bytes arrive) or when ``disable``.
+    """
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=err, disable=disable,
+    )
+    tasks: dict[str, Any] = {}
+
+    def report(name: str, done: int, total: int | None) -> None:
+        if not tasks:
+            bar.start()  # only once bytes arrive: a cached model draws nothing
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"downloading {name}", total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if tasks:
+            bar.stop()
 
 
 # ------------------------------------------------------------------------------- batch runs

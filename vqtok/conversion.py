@@ -128,8 +128,12 @@ def write_model(
     return result
 
 
-def model_card(title: str, family: str, license: str, command: str, weights: str) -> str:
-    """The README.md of a converted model; ``{SOURCES}`` is filled in by `write_model`."""
+def model_card(
+    title: str, family: str, license: str, command: str, weights: str, origin: str | None = None
+) -> str:
+    """The README.md of a converted model; ``{SOURCES}`` is filled in by `write_model`.
+    ``origin`` says where the source files were downloaded from (a Hub repository, commit)."""
+    fetched = f"| downloaded from | {origin} |\n" if origin else ""
     return f"""# {title}, converted for vqtok
 
 An ordinary vqtok model directory (family `{family}`), converted from the official release by
@@ -139,7 +143,7 @@ dtype of `model.safetensors`; nothing was trained or changed.
 | | |
 |---|---|
 {{SOURCES}}
-| weights | {weights} |
+{fetched}| weights | {weights} |
 | license | {license} (the original weights' license applies to this copy) |
 | command | `{command}` |
 

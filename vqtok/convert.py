@@ -17,6 +17,10 @@ is used or listed as ignored with a reason, every model parameter is filled, any
 `CheckpointError` naming the keys. The output is an ordinary model directory written atomically
 by `vqtok.checkpoint.save_pretrained`, with a model card naming the source files (SHA-256),
 the original license and the command. A failed conversion leaves no directory behind.
+
+A source given as a string ``owner/name[@revision]`` that is not an existing path is a Hugging
+Face Hub repository: only the files needed are fetched (`vqtok.hub`, the standard cache) and
+converted exactly as the same files in a local directory would be.
 """
 
 from __future__ import annotations
@@ -41,12 +45,16 @@ from vqtok.conversion import (
 )
 from vqtok.cosmos import VARIANTS, CosmosConfig, CosmosTokenizer
 from vqtok.errors import CheckpointError, ConfigError
+from vqtok.hub import DownloadFn, HubRef, fetch_files, hub_origin, parse_hub_ref
 from vqtok.layers import CausalConv3d
 from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 from vqtok.sniff import file_kind
 
 __all__ = ["Conversion", "convert_cosmos", "convert_open_magvit2", "magvit2_release_names"]
+
+MAGVIT2_FILE = "video_128_262144.ckpt"  # the file in TencentARC's Hub repository
+COSMOS_FILES = ("encoder.jit", "decoder.jit")
 
 MAGVIT2_LICENSE = "Apache-2.0 (TencentARC/SEED-Voken; Hugging Face model card: apache-2.0)"
 COSMOS_LICENSE = (
@@ -164,23 +172,33 @@ def convert_open_magvit2(
     dtype: torch.dtype = torch.float32,
     name: str | None = None,
     command: str | None = None,
+    on_download: DownloadFn | None = None,
 ) -> Conversion:
     """Convert ``video_128_262144.ckpt`` (or any checkpoint of that architecture).
 
     Args:
-        ckpt: the Lightning checkpoint (a dict with ``state_dict``, or a bare state dict).
+        ckpt: the Lightning checkpoint (a dict with ``state_dict``, or a bare state dict), or
+            a Hub repository ``"owner/name[@revision]"`` holding ``video_128_262144.ckpt``.
         out_dir: model directory to write (replaced only if it holds just model files).
         dtype: weight dtype to store (float32 default; bfloat16 halves the size).
         name: model name in config.json (default: the directory name).
         command: the command line to record in the model card.
+        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
 
     Returns:
         `Conversion`.
 
     Raises:
-        CheckpointError: unreadable / unsafe file, missing, unexpected or mis-shaped tensors.
+        CheckpointError: unreadable / unsafe file, missing, unexpected or mis-shaped tensors
+            (`HubError`: the Hub repository cannot be fetched or lacks the file).
     """
-    path = Path(ckpt)
+    ref = parse_hub_ref(ckpt)
+    origin = None
+    if ref is None:
+        path = Path(ckpt)
+    else:
+        path = fetch_files(ref, [MAGVIT2_FILE], on_download, "Open-MAGVIT2 video")[0]
+        origin = hub_origin(ref, path)
     tensors, ignored = _magvit2_state(_load_ckpt(path), path)
     # EMA shadows are "model_ema." + the parameter name with its dots removed
     ema = any(k.startswith("model_ema.") and _magvit2_ignored(k, False, set()) is None
@@ -207,8 +225,9 @@ def convert_open_magvit2(
         "Open-MAGVIT2 video tokenizer (TencentARC, LFQ 2^18)",
         "open-magvit2-video",
         MAGVIT2_LICENSE,
-        command or f"vqtok convert open-magvit2 {path} -o {out_dir}",
+        command or f"vqtok convert open-magvit2 {ref or path} -o {out_dir}",
         "EMA weights (model_ema.*)" if ema else "raw weights (no model_ema.* in the file)",
+        origin,
     )
     return write_model(model, weights, dtype, out_dir, name, card, [path], ignored, len(used))
 
@@ -216,14 +235,18 @@ def convert_open_magvit2(
 # --- Cosmos
 
 
-def cosmos_variant(directory: Path, variant: str | None) -> str:
-    """The variant from ``--variant``, else from the name of the source's directory.
+def cosmos_variant(directory: Path | HubRef, variant: str | None) -> str:
+    """The variant from ``--variant``, else from the name of the source's directory or Hub
+    repository.
 
-    Hugging Face names the downloads ``Cosmos-0.1-Tokenizer-DV4x8x8`` etc.; a name that holds
-    no variant or several is an error, and so is ``--variant`` contradicting the name.
+    Hugging Face names the repositories ``Cosmos-0.1-Tokenizer-DV4x8x8`` etc.; a name that
+    holds no variant or several is an error, and so is ``--variant`` contradicting the name.
     """
+    hub = isinstance(directory, HubRef)
+    named = directory.name if isinstance(directory, HubRef) else directory.resolve().name
+    where = "repository name" if hub else "path"
     # no variant name is a substring of another, so a plain substring test is unambiguous
-    found = {v for v in VARIANTS if v.lower() in directory.resolve().name.lower()}
+    found = {v for v in VARIANTS if v.lower() in named.lower()}
     if variant is not None:
         if variant not in VARIANTS:
             raise CheckpointError(
@@ -231,23 +254,29 @@ def cosmos_variant(directory: Path, variant: str | None) -> str:
             )
         if found and found != {variant}:
             raise CheckpointError(
-                f"--variant {variant} contradicts the path, which names {names(list(found))}; "
-                "rename the directory or fix --variant",
-                directory,
+                f"--variant {variant} contradicts the {where}, which names "
+                f"{names(list(found))}; fix --variant{'' if hub else ' or rename the directory'}",
+                str(directory),
             )
         return variant
     if len(found) == 1:
         return found.pop()
     why = "names several variants" if found else "names no variant"
     raise CheckpointError(
-        f"the variant cannot be read from the weights and the path {why}; pass --variant "
+        f"the variant cannot be read from the weights and the {where} {why}; pass --variant "
         f"{'|'.join(VARIANTS)}",
-        directory,
+        str(directory),
     )
 
 
-def _cosmos_files(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[Path]]:
-    """(directory used for the variant, TorchScript files) of a directory or list of files."""
+def _cosmos_files(
+    source: str | Path | Sequence[str | Path], on_download: DownloadFn | None
+) -> tuple[Path | HubRef, list[Path]]:
+    """(directory or repository named for the variant, TorchScript files) of a directory, a
+    list of files or a Hub repository."""
+    ref = parse_hub_ref(source) if isinstance(source, str) else None
+    if ref is not None:
+        return ref, fetch_files(ref, COSMOS_FILES, on_download, "a Cosmos DV release")
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         root = Path(source)
         pair = [root / "encoder.jit", root / "decoder.jit"]
@@ -365,28 +394,34 @@ def convert_cosmos(
     dtype: torch.dtype = torch.float32,
     name: str | None = None,
     command: str | None = None,
+    on_download: DownloadFn | None = None,
 ) -> Conversion:
     """Convert a Cosmos-0.1-Tokenizer-DV* release (``encoder.jit`` + ``decoder.jit``).
 
     Args:
         source: the downloaded directory (with ``encoder.jit`` and ``decoder.jit``, or
-            ``autoencoder.jit``), or the TorchScript file(s) themselves.
+            ``autoencoder.jit``), the TorchScript file(s) themselves, or a Hub repository
+            ``"owner/name[@revision]"`` (e.g. ``"nvidia/Cosmos-0.1-Tokenizer-DV4x8x8"``).
         out_dir: model directory to write (replaced only if it holds just model files).
         variant: ``DV4x8x8``, ``DV8x8x8`` or ``DV8x16x16``; None: from the source's path
-            (e.g. ``Cosmos-0.1-Tokenizer-DV4x8x8/``). The weights cannot tell them apart.
+            or repository name (``Cosmos-0.1-Tokenizer-DV4x8x8``). The weights cannot tell them
+            apart.
         legacy_mode: the older decoder upsampling order (8x variants only).
         dtype: weight dtype to store (float32 default; bfloat16 halves the size).
         name: model name in config.json (default: the directory name).
         command: the command line to record in the model card.
+        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
 
     Returns:
         `Conversion`.
 
     Raises:
         CheckpointError: unreadable archive, unknown or ambiguous variant, wrong derived
-            buffers, missing, unexpected or mis-shaped tensors.
+            buffers, missing, unexpected or mis-shaped tensors (`HubError`: the Hub
+            repository cannot be fetched or lacks the files).
     """
-    root, files = _cosmos_files(source)
+    root, files = _cosmos_files(source, on_download)
+    shown = root if isinstance(root, HubRef) else " ".join(map(str, files))
     chosen = cosmos_variant(root, variant)
     tensors: dict[str, Tensor] = {}
     for f in files:
@@ -408,9 +443,9 @@ def convert_cosmos(
         f"NVIDIA Cosmos-0.1-Tokenizer-{chosen} (FSQ 64K, causal)",
         "cosmos-dv",
         COSMOS_LICENSE,
-        command or f"vqtok convert cosmos {' '.join(map(str, files))} --variant {chosen} "
-        f"-o {out_dir}",
+        command or f"vqtok convert cosmos {shown} --variant {chosen} -o {out_dir}",
         f"variant {chosen}" + (" (legacy_mode)" if legacy_mode else ""),
+        hub_origin(root, files[0]) if isinstance(root, HubRef) else None,
     )
     return write_model(model, weights, dtype, out_dir, name, card, files, ignored, len(weights))
 

@@ -37,6 +37,11 @@ class CheckpointError(VqtokError):
     """A model directory that cannot be loaded exactly as it claims to be."""
 
 
+class HubError(CheckpointError):
+    """A Hugging Face Hub repository that cannot be used: absent, gated, not cached while
+    offline, unreachable, or without the files needed."""
+
+
 class VideoError(VqtokError):
     """A video that cannot be probed, decoded or written."""
 
