@@ -18,8 +18,9 @@ Loading is strict: an unknown key, a wrong format version, a missing / unexpecte
 tensor, a corrupt file or a non-finite weight is a `CheckpointError` that names it. Weights are
 read with safetensors only; nothing here unpickles.
 
-Names resolve (`resolve_model`) as: an existing directory path; else ``<repo>/models/<name>``;
-else any extra directories given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
+Names resolve (`resolve_model`) as: an existing directory path; else ``<repo>/models/<name>``
+(the shipped models; ``vqtok/_models`` in an installed wheel); else any extra directories
+given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
 """
 
 from __future__ import annotations
@@ -62,7 +63,18 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _shipped_models() -> Path:
+    """The shipped models: ``vqtok/_models`` in an installed wheel (pyproject.toml maps the
+    repository's ``models/`` there), else the repository's ``models/`` (a checkout or an
+    editable install)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_models"
+    return packaged if packaged.is_dir() else package.parent / "models"
+
+
+REPO_MODELS = _shipped_models()
 
 _REQUIRED_KEYS = {"format_version", "family", "config"}
 _OPTIONAL_KEYS = {"name", "input", "vqtok_version"}
