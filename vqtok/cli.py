@@ -119,7 +119,10 @@ def encode(
         int, typer.Option(min=1, help="Encode up to N videos of the same size together.")
     ] = 1,
     remap: Annotated[Path | None, typer.Option(help="Used-index .npy: store compact ids.")] = None,
-    format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
+    format: Annotated[
+        Format | None,
+        typer.Option("--format", help="Index file format (default: -o's suffix, else npy)."),
+    ] = None,
     overwrite: Annotated[bool, Flag("--overwrite", help="Redo outputs that are complete.")] = False,
     strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
     as_json: JsonOpt = False,
@@ -130,11 +133,12 @@ def encode(
     """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
     from vqtok.batching import encode_files
 
-    options = _encode_options(size, short_side, fps, max_frames, chunk, format, remap, strict)
+    fmt = _index_format(output, format)
+    options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict)
     with handle_errors(debug):
-        jobs = plan_inputs(inputs, output, f".{format.value}", is_complete=is_complete,
+        jobs = plan_inputs(inputs, output, f".{fmt.value}", is_complete=is_complete,
                            overwrite=overwrite)
-        jobs = [_with_index_suffix(job, format.value, overwrite) for job in my_share(jobs, shard)]
+        jobs = [_with_index_suffix(job, fmt.value, overwrite) for job in my_share(jobs, shard)]
         # no model is loaded when every job is already done (a finished resume)
         pending = any(not job.done for job in jobs)
         tokenizer: Any = load_tokenizer(model, model_dir, device, dtype) if pending else None
@@ -151,6 +155,24 @@ def encode(
         )
     print_summary(outcomes, _describe_encoded, as_json)
     exit_for(outcomes)
+
+
+def _index_format(output: str, given: Format | None) -> Format:
+    """``--format``, else the format ``-o``'s suffix names (``x.safetensors``), else npy.
+
+    An ``-o`` suffix that contradicts ``--format`` (``-o x.npy --format safetensors``) is a
+    usage error: writing another file than the one named would surprise.
+    """
+    named = {".npy": Format.npy, ".safetensors": Format.safetensors}.get(Path(output).suffix)
+    if output.endswith(("/", "\\")):  # a directory, whatever its name
+        named = None
+    if given is not None and named is not None and given is not named:
+        raise typer.BadParameter(
+            f"-o {output} names a .{named.value} file but --format is {given.value}; "
+            f"drop --format or name the output .{given.value}",
+            param_hint="--format",
+        )
+    return given or named or Format.npy
 
 
 def _with_index_suffix(job: Job, fmt: str, overwrite: bool) -> Job:

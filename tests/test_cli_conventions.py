@@ -1,0 +1,55 @@
+"""What the commands promise a shell user, through the real Typer app: output formats, sizes
+written H x W, nested ``--json``, help text, tables in logs and CLI wording in errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from clips import make_clip
+from tiny import save_tiny_model
+from typer.testing import CliRunner
+
+from vqtok.cli import app
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_model(root / "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # portrait, so that H x W and W x H differ
+    return make_clip(tmp_path_factory.mktemp("videos") / "a.mp4", frames=5, size=(48, 32))
+
+
+@pytest.fixture()
+def run(models: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner(env={"VQTOK_MODELS": str(models), "COLUMNS": "80"})
+
+    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    return invoke
+
+
+def test_output_suffix_contradicting_format_is_a_usage_error(tmp_path: Path, clip: Path,
+                                                             run) -> None:  # type: ignore[no-untyped-def]
+    result = run("encode", clip, "-o", tmp_path / "x.npy", "--format", "safetensors",
+                 "--model", "tiny", "--device", "cpu", code=2)
+    assert "--format" in result.stderr and "x.npy" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_suffix_chooses_the_format(tmp_path: Path, clip: Path, run) -> None:  # type: ignore[no-untyped-def]
+    run("encode", clip, "-o", tmp_path / "x.safetensors", "--model", "tiny", "--device", "cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+    run("encode", clip, "-o", tmp_path / "y.npy", "--format", "npy", "--model", "tiny",
+        "--device", "cpu")
+    assert (tmp_path / "y.npy").is_file() and (tmp_path / "y.json").is_file()
