@@ -53,3 +53,21 @@ def test_output_suffix_chooses_the_format(tmp_path: Path, clip: Path, run) -> No
     run("encode", clip, "-o", tmp_path / "y.npy", "--format", "npy", "--model", "tiny",
         "--device", "cpu")
     assert (tmp_path / "y.npy").is_file() and (tmp_path / "y.json").is_file()
+
+
+def test_sizes_are_height_x_width_in_decode_output_as_in_flags_and_sidecars(
+    tmp_path: Path, clip: Path, run  # type: ignore[no-untyped-def]
+) -> None:
+    run("encode", clip, "-o", tmp_path / "a.npy", "--model", "tiny", "--device", "cpu")
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    assert sidecar["source"]["size"] == [48, 32]  # [H, W]
+    result = run("decode", tmp_path / "a.npy", "-o", tmp_path / "a.mp4", "--device", "cpu")
+    assert "5 frames 48x32 at 8 fps" in result.stdout, result.stdout
+
+
+def test_size_messages_are_height_x_width() -> None:
+    from vqtok.errors import VqtokError
+    from vqtok.frames import check_picture_size
+
+    with pytest.raises(VqtokError, match=r"picture is 8000x9000 \("):
+        check_picture_size(width=9000, height=8000, path="wide.mp4")

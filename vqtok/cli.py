@@ -245,7 +245,7 @@ def _is_index_file(path: Path) -> bool:
 
 def _describe_decoded(result: Any) -> str:
     height, width = result.size
-    return f"{result.frames} frames {width}x{height} at {float(result.fps):g} fps"
+    return f"{result.frames} frames {height}x{width} at {float(result.fps):g} fps"
 
 
 @remap_app.command("build")
