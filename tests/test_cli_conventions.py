@@ -71,3 +71,17 @@ def test_size_messages_are_height_x_width() -> None:
 
     with pytest.raises(VqtokError, match=r"picture is 8000x9000 \("):
         check_picture_size(width=9000, height=8000, path="wide.mp4")
+
+
+def test_info_json_nests_objects_like_the_sidecar(tmp_path: Path, clip: Path, models: Path,
+                                                  run) -> None:  # type: ignore[no-untyped-def]
+    run("encode", clip, "-o", tmp_path / "a.npy", "--model", "tiny", "--device", "cpu")
+    index = json.loads(run("info", tmp_path / "a.npy", "--json").stdout)
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    assert not any("." in key for key in index)
+    assert index["source"] == sidecar["source"] and index["encoded"] == sidecar["encoded"]
+    model = json.loads(run("info", models / "tiny", "--json").stdout)
+    assert not any("." in key for key in model)
+    assert model["config"]["quantizer"] == "ema_vq" and model["input"]["value_range"] == [-1, 1]
+    table = run("info", tmp_path / "a.npy").stdout  # the table keeps one row per leaf
+    assert "source.file" in table and "encoded.padding" in table

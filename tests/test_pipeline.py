@@ -352,9 +352,9 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
     assert describe_path(clip)["frames"] == 11
     index = describe_path(tmp_path / "a.npy")
     assert (index["kind"], index["shape"], index["dtype"]) == ("index", [4, 4, 6], "uint16")
-    assert index["encoded.padding"] == 2
+    assert index["encoded"]["padding"] == 2 and index["source"]["frames"] == 11
     model = describe_path(models / "tiny-fsq")
-    assert model["kind"] == "model" and model["config.quantizer"] == "fsq"
+    assert model["kind"] == "model" and model["config"]["quantizer"] == "fsq"
     assert model["parameters"] == sum(t.numel() for t in fsq.model.state_dict().values())
     assert {r["name"] for r in describe_models([models])} >= {"tiny-fsq", "tiny-ema_vq"}
     with pytest.raises(VqtokError, match="no such"):

@@ -52,6 +52,7 @@ __all__ = [
     "ModelInfo",
     "list_models",
     "load_pretrained",
+    "parameter_count",
     "read_info",
     "resolve_model",
     "save_pretrained",
@@ -353,6 +354,33 @@ def weights_sha256(dir_or_name: str | Path) -> str:
     except OSError as e:
         raise CheckpointError(f"cannot read weights ({e.strerror})", path) from e
     return digest.hexdigest()
+
+
+def parameter_count(model: str | Path | torch.nn.Module) -> int:
+    """A model's parameter count as vqtok states it everywhere (``vqtok info``, model cards).
+
+    The definition: every value stored in ``model.safetensors``, that is every parameter and
+    persistent buffer of the state dict, the EMA codebooks and their running statistics
+    included (what a user downloads and loads), whatever their dtype.
+
+    Args:
+        model: a model directory or name (counted from the weights' header: no tensor is read),
+            or a model in memory (its state dict, which `save_pretrained` writes).
+    """
+    if isinstance(model, torch.nn.Module):
+        return sum(t.numel() for t in model.state_dict().values())
+    weights = resolve_model(model) / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            total = 0
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                count = 1
+                for dim in f.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+            return total
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"unreadable weights ({e})", weights) from e
 
 
 def list_models(extra_dirs: Iterable[str | Path] = ()) -> list[ModelInfo]:

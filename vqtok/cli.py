@@ -306,10 +306,22 @@ def info(
     table = Table(title=f"{facts['kind']}: {path}", show_header=False)
     table.add_column("key")
     table.add_column("value", overflow="fold")
-    for key, value in facts.items():
+    for key, value in _table_rows(facts):
         if key not in ("kind", "path"):
             table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
     out.print(table)
+
+
+def _table_rows(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested objects as dotted rows (``source.file``) for the table; ``--json`` keeps them
+    nested."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            rows += _table_rows(value, f"{prefix}{key}.")
+        else:
+            rows.append((prefix + key, value))
+    return rows
 
 
 @app.command()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqtok.checkpoint import load_pretrained, save_pretrained
+from vqtok.checkpoint import load_pretrained, parameter_count, save_pretrained
 from vqtok.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
 from vqtok.errors import ConfigError
 from vqtok.metrics import psnr, ssim_per_frame
@@ -323,7 +323,7 @@ def train(
             model.cpu(),
             run / "model",
             name=config.name,
-            card=_card(config, done, time.monotonic() - t0, last_eval),
+            card=_card(config, done, time.monotonic() - t0, last_eval, parameter_count(model)),
         )
     return TrainResult(run, model_dir, done, last_eval, interrupted)
 
@@ -335,11 +335,16 @@ def _log(log: Any, on_progress: ProgressFn | None, record: dict[str, Any]) -> No
         on_progress(record)
 
 
-def _card(config: RunConfig, step: int, seconds: float, last_eval: dict[str, float]) -> str:
+def _card(
+    config: RunConfig, step: int, seconds: float, last_eval: dict[str, float], parameters: int
+) -> str:
     lines = [
         f"# {config.name}",
         "",
         f"Trained with `vqtok train` for {step} steps ({seconds / 3600:.2f} h).",
+        "",
+        f"Parameters: {parameters:,} (`vqtok.checkpoint.parameter_count`: every value in "
+        "model.safetensors).",
         "",
         "## Training config",
         "",
