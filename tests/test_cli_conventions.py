@@ -4,6 +4,10 @@ written H x W, nested ``--json``, help text, tables in logs and CLI wording in e
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +89,14 @@ def test_info_json_nests_objects_like_the_sidecar(tmp_path: Path, clip: Path, mo
     assert model["config"]["quantizer"] == "ema_vq" and model["input"]["value_range"] == [-1, 1]
     table = run("info", tmp_path / "a.npy").stdout  # the table keeps one row per leaf
     assert "source.file" in table and "encoded.padding" in table
+
+
+def test_tables_to_a_pipe_are_not_folded_at_80_columns(tmp_path: Path, models: Path) -> None:
+    deep = tmp_path / ("long-folder-name-" * 4) / ("another-long-folder-name-" * 3)
+    shutil.copytree(models / "tiny", deep / "tiny")
+    env = {**os.environ, "COLUMNS": "80"}
+    env.pop("VQTOK_MODELS", None)
+    run = subprocess.run([sys.executable, "-m", "vqtok", "models", "--model-dir", str(deep)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert any(str(deep / "tiny") in line for line in run.stdout.splitlines()), run.stdout

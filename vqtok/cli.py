@@ -42,6 +42,7 @@ from vqtok.cli_support import (
     out,
     parse_size,
     print_summary,
+    print_table,
     run_jobs,
 )
 from vqtok.jobs import INDEX_EXTENSIONS, Job, plan_inputs
@@ -286,7 +287,7 @@ def remap_build(
     ]
     for key, value in rows:
         table.add_row(key, value)
-    out.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -309,7 +310,7 @@ def info(
     for key, value in _table_rows(facts):
         if key not in ("kind", "path"):
             table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
-    out.print(table)
+    print_table(table)
 
 
 def _table_rows(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -346,7 +347,7 @@ def models(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
-    out.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -407,4 +408,4 @@ def _print_quality(result: Any, per_frame: bool, as_json: bool) -> None:
             table.add_column(column, justify="right")
         for row in facts["per_frame"]:
             table.add_row(str(row["frame"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}")
-        out.print(table)
+        print_table(table)

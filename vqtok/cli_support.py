@@ -65,6 +65,15 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (bounds memory).")]
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal's width; at its natural width when stdout is a
+    pipe or a log, so that no path or message is folded mid-name at 80 columns."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(highlight=False, width=1_000_000).print(table)  # a table takes only what it needs
+
+
 def emit_json(data: Any) -> None:
     """Machine-readable results on stdout: plain JSON, no colour, no wrapping."""
     typer.echo(json.dumps(data, indent=2))
@@ -224,7 +233,7 @@ def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_js
     for o in outcomes:
         details = describe(o.result) if o.status == "ok" else (o.error or "already done")
         table.add_row(str(o.job.source), str(o.job.target), o.status, details)
-    out.print(table)
+    print_table(table)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
 
