@@ -100,3 +100,27 @@ def test_tables_to_a_pipe_are_not_folded_at_80_columns(tmp_path: Path, models: P
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert any(str(deep / "tiny") in line for line in run.stdout.splitlines()), run.stdout
+
+
+def test_errors_name_flags_on_the_command_line_and_arguments_in_python(
+    tmp_path: Path, models: Path, clip: Path, run  # type: ignore[no-untyped-def]
+) -> None:
+    from vqtok.errors import VqtokError
+    from vqtok.train import train
+    from vqtok.train_config import RunConfig
+
+    tiny = json.loads((models / "tiny" / "config.json").read_text())["config"]
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"name": "t", "model": tiny, "train": {"steps": 1}}))
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)  # a run that was started before
+    result = run("train", config, clip, "-o", tmp_path / "run", "--device", "cpu", code=1)
+    assert "--resume" in result.stderr and "resume=True" not in result.stderr
+    with pytest.raises(VqtokError) as caught:
+        train(RunConfig.from_file(config), [clip], tmp_path / "run", device="cpu")
+    assert "resume=True" in str(caught.value) and "--resume" not in str(caught.value)
+    # decode with other weights than the file records
+    run("encode", clip, "-o", tmp_path / "a.npy", "--model", "tiny", "--device", "cpu")
+    save_tiny_model(tmp_path / "other", seed=1)
+    result = run("decode", tmp_path / "a.npy", "-o", tmp_path / "a.mp4",
+                 "--model", tmp_path / "other", "--device", "cpu", code=1)
+    assert "--force" in result.stderr and "force=True" not in result.stderr

@@ -18,12 +18,12 @@ def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> Non
     indices[..., 0] = np.arange(24).reshape(2, 3, 4) % 5  # level 0 uses codes 0..4
     indices[..., 1] = 7  # level 1 uses code 7 only
     save_tokens(tmp_path / "a", indices, meta)
-    with pytest.raises(TokenFileError, match="--level"):
+    with pytest.raises(TokenFileError, match="level="):
         build_remap([tmp_path], tmp_path / "used.npy")
     report = build_remap([tmp_path], tmp_path / "used0.npy", level=0)
     assert report.used == 5 and report.tokens == 24
     assert load_used(tmp_path / "used0.npy").tolist() == [0, 1, 2, 3, 4]
     report = build_remap([tmp_path], tmp_path / "used1.npy", level=1)
     assert report.used == 1 and report.perplexity == pytest.approx(1.0)
-    with pytest.raises(TokenFileError, match="--level 2"):
+    with pytest.raises(TokenFileError, match="level=2 "):
         build_remap([tmp_path], None, level=2)

@@ -83,7 +83,7 @@ def fail_line(error: BaseException, path: Path | None = None) -> str:
     """``error: <path>: <reason>`` on one line; ``path`` names the input when the error
     does not name a file itself."""
     if isinstance(error, VqtokError):
-        text = error.message if error.path is None else str(error)
+        text = error.cli_message if error.path is None else f"{error.path}: {error.cli_message}"
         named = error.path is not None
     elif isinstance(error, OSError) and error.filename is not None:
         text, named = f"{error.filename}: {error.strerror or error}", True
@@ -117,7 +117,7 @@ def as_usage_error(fn: Callable[[], Any], param: str) -> Any:
     try:
         return fn()
     except ConfigError as e:
-        raise typer.BadParameter(e.message, param_hint=param) from None
+        raise typer.BadParameter(e.cli_message, param_hint=param) from None
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -203,7 +203,7 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
                     raise result
                 err.print(fail_line(result, job.source), markup=False)
                 # the table and JSON rows name the input already: keep just the reason
-                reason = result.message if isinstance(result, VqtokError) else str(result)
+                reason = result.cli_message if isinstance(result, VqtokError) else str(result)
                 done[job] = Outcome(job, "failed", error=" ".join(reason.split()))
                 continue
             warnings = tuple(getattr(result, "warnings", ()))

@@ -111,13 +111,17 @@ def count_codes(
         if meta.num_codebooks > 1 and level is None:
             raise TokenFileError(
                 f"has {meta.num_codebooks} codebooks / levels; a remap file is one vocabulary: "
-                "pick one with --level",
+                "pick one with level=",
                 path,
+                cli_message=f"has {meta.num_codebooks} codebooks / levels; a remap file is one "
+                "vocabulary: pick one with --level",
             )
         if level is not None and not 0 <= level < meta.num_codebooks:
             raise TokenFileError(
-                f"has {meta.num_codebooks} codebook(s) / level(s); --level {level} is not one",
+                f"has {meta.num_codebooks} codebook(s) / level(s); level={level} is not one",
                 path,
+                cli_message=f"has {meta.num_codebooks} codebook(s) / level(s); --level {level} "
+                "is not one",
             )
         if level is not None and meta.num_codebooks > 1:
             indices = indices[..., level]
@@ -168,13 +172,15 @@ def build_remap(
         VqtokError: no code reaches ``min_count`` (nothing is written).
     """
     if min_count < 1:
-        raise ConfigError(f"--min-count must be >= 1, got {min_count}")
+        raise ConfigError(f"min_count must be >= 1, got {min_count}",
+                          cli_message=f"--min-count must be >= 1, got {min_count}")
     counts, meta, files = count_codes(index_files(inputs), level)
     used = np.flatnonzero(counts >= min_count).astype(np.int64)
     if output is not None:
         if used.size == 0:
             raise VqtokError(
-                f"no code occurs {min_count} times or more; lower --min-count", output
+                f"no code occurs {min_count} times or more; lower min_count", output,
+                cli_message=f"no code occurs {min_count} times or more; lower --min-count",
             )
         save_used(output, used)
     total = int(counts.sum())

@@ -252,8 +252,9 @@ def train(
         start, elapsed = load_checkpoint(run / "checkpoint", model, opt, config)
     elif (run / "checkpoint").exists():
         raise ConfigError(
-            "already holds a checkpoint; pass resume=True (--resume) or choose a new run directory",
+            "already holds a checkpoint; pass resume=True or choose a new run directory",
             run,
+            cli_message="already holds a checkpoint; add --resume or choose a new -o directory",
         )
     run.mkdir(parents=True, exist_ok=True)
 
