@@ -124,3 +124,35 @@ def test_errors_name_flags_on_the_command_line_and_arguments_in_python(
     result = run("decode", tmp_path / "a.npy", "-o", tmp_path / "a.mp4",
                  "--model", tmp_path / "other", "--device", "cpu", code=1)
     assert "--force" in result.stderr and "force=True" not in result.stderr
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and group of the app, as the words that name it."""
+    import typer.main
+
+    paths: list[list[str]] = []
+
+    def walk(command: object, words: list[str]) -> None:
+        paths.append(words)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("words", _command_paths(), ids=lambda w: " ".join(w) or "vqtok")
+def test_help_shows_what_to_type_not_python_types(words: list[str]) -> None:
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*words, "--help"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for python in ("<bool>", "<str>", "<path>", "<int", "list[", "{", "}"):
+        assert python not in text, (python, text)
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    if words in (["encode"], ["decode"]):
+        assert "[OPTIONS] INPUTS..." in usage or "[OPTIONS] CODES..." in usage
+        assert "--shard" in text and "0-based" in text and "Do share" not in text
+    if words == ["encode"]:
+        assert "--size HxW" in " ".join(text.split())
+        flag_row = next(line for line in text.splitlines() if "--overwrite" in line)
+        assert flag_row.split("--overwrite")[1].split()[0] == "Redo", flag_row

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from vqtok.cli_help import Command, Group
 from vqtok.cli_models import convert, train
 from vqtok.cli_support import (
     ChunkOpt,
@@ -50,12 +51,13 @@ from vqtok.tokens import is_complete, sidecar_path
 
 app = typer.Typer(
     name="vqtok",
+    cls=Group,
     help="Turn video into discrete tokens and back.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True)
+remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True, cls=Group)
 
 
 def _version(value: bool) -> None:
@@ -74,17 +76,25 @@ def main(
 ) -> None:
     """Turn video into discrete tokens and back."""
 app.add_typer(remap_app, name="remap")
-app.command()(train)
-app.command()(convert)
+app.command(cls=Command)(train)
+app.command(cls=Command)(convert)
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
-SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]
+SizeOpt = Annotated[
+    str | None, typer.Option(metavar="HxW", help="Resize to height x width, e.g. 256x448.")
+]
 ShortSideOpt = Annotated[
     int | None, typer.Option(min=1, help="Resize so the short side is N (keeps aspect).")
 ]
-FpsOpt = Annotated[str | None, typer.Option(help="Frame rate, e.g. 8 or 30000/1001.")]
+FpsOpt = Annotated[
+    str | None, typer.Option(metavar="RATE", help="Frame rate, e.g. 8 or 30000/1001.")
+]
 ShardOpt = Annotated[
-    str | None, typer.Option(help="Do share i of n of the files: i/n (torchrun: automatic).")
+    str | None,
+    typer.Option(
+        metavar="i/n",
+        help="Process share i of n of the files, 0-based: 0/4 to 3/4 (torchrun: automatic).",
+    ),
 ]
 MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N frames.")]
 
@@ -103,7 +113,7 @@ def _encode_options(
     return EncodeOptions(parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict)
 
 
-@app.command()
+@app.command(cls=Command)
 def encode(
     inputs: Annotated[list[Path], typer.Argument(help="Video files or directories.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Index file, or directory/.")],
@@ -195,7 +205,7 @@ def _describe_encoded(result: Any) -> str:
             f"(+{meta.encoded.padding} padding) in {result.seconds:.1f} s")
 
 
-@app.command()
+@app.command(cls=Command)
 def decode(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Video file, or directory/.")],
@@ -249,7 +259,7 @@ def _describe_decoded(result: Any) -> str:
     return f"{result.frames} frames {height}x{width} at {float(result.fps):g} fps"
 
 
-@remap_app.command("build")
+@remap_app.command("build", cls=Command)
 def remap_build(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The used-index .npy.")],
@@ -290,7 +300,7 @@ def remap_build(
     print_table(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def info(
     path: Annotated[Path, typer.Argument(help="A model directory, an index file or a video.")],
     as_json: JsonOpt = False,
@@ -325,7 +335,7 @@ def _table_rows(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return rows
 
 
-@app.command()
+@app.command(cls=Command)
 def models(
     model_dir: ModelDirOpt = None,
     as_json: JsonOpt = False,
@@ -350,7 +360,7 @@ def models(
     print_table(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def reconstruct(
     video: Annotated[Path, typer.Argument(help="The video to round-trip.")],
     output: Annotated[

@@ -52,11 +52,14 @@ class Format(str, Enum):
 
 # Options shared by several commands.
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="Model name or directory.")
+    str | None, typer.Option("--model", "-m", metavar="NAME|DIR", help="Model name or directory.")
 ]
 ModelDirOpt = Annotated[
     list[Path] | None,
-    typer.Option("--model-dir", help="Extra directory to look for model names in (repeatable)."),
+    typer.Option(
+        "--model-dir", metavar="DIR",
+        help="Extra directory to look for model names in (repeatable).",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
