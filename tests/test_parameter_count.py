@@ -36,7 +36,7 @@ def test_parameter_count_is_every_stored_value_the_same_in_memory_on_disk_and_in
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["parameters"] == stored
     table = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["info", str(directory)]).stdout
-    assert f"{stored}" in table
+    assert f"{stored:,} (every value in model.safetensors)" in table
 
 
 def test_the_card_train_writes_states_the_same_count(tmp_path: Path) -> None:

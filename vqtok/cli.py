@@ -317,6 +317,8 @@ def info(
     table = Table(title=f"{facts['kind']}: {path}", show_header=False)
     table.add_column("key")
     table.add_column("value", overflow="fold")
+    if "parameters" in facts:  # as the model cards write it (checkpoint.parameter_count)
+        facts["parameters"] = f"{facts['parameters']:,} (every value in model.safetensors)"
     for key, value in _table_rows(facts):
         if key not in ("kind", "path"):
             table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
