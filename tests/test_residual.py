@@ -283,3 +283,30 @@ def test_reseed_dead_codes_moves_unused_codes_onto_each_levels_residuals(cls):
     residuals = samples - w0[torch.cdist(samples, w0).argmin(1)]
     w1 = q.level_weight(1).detach()
     assert all(any(torch.allclose(w1[k], row) for row in residuals) for k in range(6))
+
+
+@pytest.mark.parametrize("cls", [ResidualQuantizer, EMAResidualQuantizer])
+def test_first_k_levels_are_a_prefix_of_the_full_code(cls):
+    q = _make(cls).eval()
+    z = torch.randn(2, 3, 4, 5)
+    full = q(z).indices  # (2, 4, 5, 3)
+    for k in (1, 2, 3):
+        out = q(z, levels=k)
+        assert out.indices.shape == (2, 4, 5, k)
+        assert torch.equal(out.indices, full[..., :k])
+        torch.testing.assert_close(q.indices_to_codes(out.indices), out.codes)
+    with pytest.raises(QuantizerError, match="levels"):
+        q(z, levels=4)
+    with pytest.raises(QuantizerError, match="levels"):
+        q.indices_to_codes(torch.zeros(2, 4, 5, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cls", [ResidualQuantizer, EMAResidualQuantizer])
+def test_residual_kmeans_init_lowers_the_error_level_by_level(cls):
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(600, 3, generator=g) * torch.tensor([4.0, 2.0, 0.5])
+    q = _make(cls).eval()
+    before = (q(samples).codes - samples).square().mean()
+    q.init_from_samples(samples, iters=5, generator=g)
+    errors = [(q(samples, levels=k).codes - samples).square().mean() for k in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < before / 4

@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from tests.test_streaming import chunked, clip, tiny, uneven
 from vqtok.errors import ConfigError
 from vqtok.layers import StreamState
-from vqtok.model import TokenizerConfig
-from vqtok.shortcut import PoolShortcut, UnpoolShortcut, shortcut_groups
+from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.shortcut import (
+    PoolShortcut,
+    UnpoolShortcut,
+    block_vectors,
+    fit_linear_shortcut,
+    shortcut_groups,
+)
 
 
 def test_groups_cover_every_entry_in_consecutive_runs() -> None:
@@ -85,3 +91,69 @@ def test_shortcut_adds_no_weights_and_config_checks_the_mode() -> None:
     assert tiny(shortcut="both").state_dict().keys() == tiny().state_dict().keys()
     with pytest.raises(ConfigError, match="shortcut"):
         TokenizerConfig(shortcut="yes")
+
+
+# ---------------------------------------------------------------- linear (PCA) shortcuts
+
+
+def test_block_vectors_repeat_frame_zero_for_the_first_latent_frame() -> None:
+    video = torch.randn(1, 3, 5, 8, 8)
+    rows = block_vectors(video, 8, 2)  # (1 + 2 latent frames) x 1 x 1 positions
+    assert rows.shape == (3, 3 * 64 * 2)
+    first = rows[0].view(3 * 64, 2)
+    torch.testing.assert_close(first[:, 0], first[:, 1])  # frame 0 seen twice
+    torch.testing.assert_close(rows[1].view(3, 8, 8, 2)[..., 1], video[0, :, 2])
+
+
+def test_fit_gives_orthonormal_principal_components() -> None:
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(5, 40, generator=g)
+    blocks = torch.randn(2000, 5, generator=g) @ mixing + 3.0  # rank-5 data
+    basis, mean = fit_linear_shortcut(blocks, 5)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean, blocks.mean(0), atol=1e-4, rtol=0)
+    # five components hold rank-5 data exactly
+    centred = blocks - mean
+    torch.testing.assert_close(centred @ basis.T @ basis, centred, atol=1e-3, rtol=1e-3)
+
+
+def linear_model() -> VideoTokenizer:
+    return tiny("ema_rvq", {"num_levels": 2, "codebook_sizes": 8}, latent_dim=6,
+                shortcut="linear")
+
+
+def test_untrained_linear_model_is_the_fitted_linear_tokenizer() -> None:
+    model = linear_model()
+    video = clip(2, 9)
+    basis, mean = fit_linear_shortcut(block_vectors(video, 8, 4), 6)
+    for shortcut in (model.encoder.shortcut, model.decoder.shortcut):
+        shortcut.set_basis(basis, mean)
+    latents = model.latents(video)  # networks start silent: the projection alone
+    rows = (block_vectors(video, 8, 4) - mean) @ basis.T
+    torch.testing.assert_close(latents.movedim(1, -1).reshape(-1, 6), rows, atol=1e-5, rtol=0)
+    out = model.decoder(latents)
+    torch.testing.assert_close(out, model.decoder.shortcut(latents))
+    # the decoder's shortcut maps each later latent back to its block, basis.T z + mean
+    blocks = rows @ basis + mean  # (B * t * h * w, 3ff*tau), rows ordered (b, t, h, w)
+    latent1 = blocks.view(2, 3, 2, 2, 3, 8, 8, 4)[0, 1, 0, 0]  # clip 0, latent frame 1, (0, 0)
+    torch.testing.assert_close(out[0, :, 1:5, :8, :8], latent1.permute(0, 3, 1, 2), atol=1e-5,
+                               rtol=0)
+
+
+def test_linear_shortcuts_stream_exactly_and_survive_save_load(tmp_path) -> None:
+    from vqtok.checkpoint import load_pretrained, save_pretrained
+
+    model = linear_model()
+    video = clip(1, 13)
+    basis, mean = fit_linear_shortcut(block_vectors(video, 8, 4), 6)
+    for shortcut in (model.encoder.shortcut, model.decoder.shortcut):
+        shortcut.set_basis(basis, mean)
+    whole = model.encode(video)
+    streamed = torch.cat(list(model.encode_stream(uneven(video, [1, 6, 6], 2))), dim=1)
+    assert torch.equal(whole, streamed)
+    decoded = model.decode(whole)
+    parts = torch.cat(list(model.decode_stream(chunked(whole, 1, 1))), dim=2)
+    torch.testing.assert_close(parts, decoded, atol=1e-5, rtol=1e-5)
+    save_pretrained(model, tmp_path / "m")
+    again = load_pretrained(tmp_path / "m")
+    assert torch.equal(again.encode(video), whole)

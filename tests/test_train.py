@@ -167,3 +167,45 @@ def test_transfer_weights_keeps_the_backbone_and_swaps_the_quantizer(tmp_path):
     wider = VideoTokenizer(TokenizerConfig.from_dict({**TINY_MODEL, "channels": 16}))
     with pytest.raises(ConfigError, match="do not fit"):
         transfer_weights(wider, tmp_path / "src")
+
+
+def linear_rvq_run(steps: int) -> RunConfig:
+    model = {**TINY_MODEL, "quantizer": "ema_rvq", "latent_dim": 6, "shortcut": "linear",
+             "quantizer_options": {"num_levels": 3, "codebook_sizes": 8}}
+    options = {**tiny_run(steps).to_dict()["train"], "ssim_weight": 0.5,
+               "kmeans_init_batches": 4, "fit_shortcut_batches": 4,
+               "quantizer_dropout": 0.5, "weight_ema": 0.9, "eval_every": 2,
+               "dead_code_every": 2}  # a multiple of save_every: resume is exact
+    return RunConfig.from_dict({"name": "lin", "model": model, "train": options})
+
+
+def test_linear_recipe_starts_fitted_and_keeps_its_best_model(footage_dir, tmp_path):
+    seen = []
+    result = train(linear_rvq_run(4), [footage_dir], tmp_path / "run", device="cpu",
+                   on_progress=seen.append)
+    setup = seen[0]
+    assert setup["step"] == 0 and setup["shortcut_blocks"] > 0 and setup["kmeans_samples"] > 0
+    steps = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert {r["levels"] for r in steps} - {0} <= {1, 2}  # dropout runs a prefix of 3 levels
+    assert all(0 <= r["ssim_loss"] <= 2 for r in steps)
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    evals = [r["eval_psnr"] for r in read_metrics(tmp_path / "run") if "eval_psnr" in r]
+    assert best["eval_psnr"] == max(evals)
+    shipped = load_pretrained(result.model_dir)
+    basis = shipped.state_dict()["encoder.shortcut.basis"]
+    torch.testing.assert_close(basis @ basis.T, torch.eye(6), atol=1e-5, rtol=0)
+
+
+def test_linear_recipe_resumes_exactly_with_the_weight_average(footage_dir, tmp_path):
+    straight = train(linear_rvq_run(4), [footage_dir], tmp_path / "a", device="cpu")
+
+    def interrupt(record):
+        if record.get("step") == 2 and "loss" in record:
+            raise KeyboardInterrupt
+
+    train(linear_rvq_run(4), [footage_dir], tmp_path / "b", device="cpu", on_progress=interrupt)
+    resumed = train(linear_rvq_run(4), [footage_dir], tmp_path / "b", device="cpu", resume=True)
+    a = load_pretrained(straight.model_dir).state_dict()
+    b = load_pretrained(resumed.model_dir).state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from vqtok.cli_help import Command, Group
 from vqtok.cli_models import convert, train
+from vqtok.cli_pack import pack
 from vqtok.cli_support import (
     ChunkOpt,
     DebugOpt,
@@ -78,6 +79,7 @@ def main(
 app.add_typer(remap_app, name="remap")
 app.command(cls=Command)(train)
 app.command(cls=Command)(convert)
+app.command(cls=Command)(pack)
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
 SizeOpt = Annotated[
@@ -302,11 +304,13 @@ def remap_build(
 
 @app.command(cls=Command)
 def info(
-    path: Annotated[Path, typer.Argument(help="A model directory, an index file or a video.")],
+    path: Annotated[
+        Path, typer.Argument(help="A model directory, an index file, a token dataset or a video.")
+    ],
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Describe a model directory, an index file or a video."""
+    """Describe a model directory, an index file, a token dataset or a video."""
     from vqtok.describe import describe_path
 
     with handle_errors(debug):

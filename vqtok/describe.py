@@ -1,9 +1,9 @@
 """Plain descriptions of what a path holds, for ``vqtok info`` and ``vqtok models``.
 
-`describe_path` tells a model directory, an index file and a video apart and returns a
-JSON-ready dict of what each is, nested like the sidecar (nothing is decoded beyond a video's
-first frame, no model weights are loaded); `describe_models` lists the models found in the
-search directories.
+`describe_path` tells a model directory, an index file, a token dataset and a video apart and
+returns a JSON-ready dict of what each is, nested like the sidecar (nothing is decoded beyond a
+video's first frame, no model weights are loaded); `describe_models` lists the models found in
+the search directories.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from vqtok.checkpoint import (
     weights_sha256,
 )
 from vqtok.errors import CheckpointError, VqtokError
+from vqtok.shards import describe_dataset, looks_like_dataset
 from vqtok.tokens import index_dtype, load_tokens
 from vqtok.video import probe
 
@@ -27,7 +28,7 @@ INDEX_SUFFIXES = (".npy", ".safetensors", ".json")
 
 
 def describe_path(path: str | Path) -> dict[str, Any]:
-    """What ``path`` is: ``{"kind": "model" | "index" | "video", ...}``.
+    """What ``path`` is: ``{"kind": "model" | "index" | "dataset" | "video", ...}``.
 
     Raises:
         VqtokError: the path does not exist or is none of the three (the message says why).
@@ -36,6 +37,8 @@ def describe_path(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise VqtokError("no such file or directory; check the path", path)
     if path.is_dir():
+        if not (path / CONFIG_FILE).is_file() and looks_like_dataset(path):
+            return describe_dataset(path)
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"a directory without {CONFIG_FILE}, not a model", path)
         return describe_model(path)

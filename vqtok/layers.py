@@ -33,11 +33,13 @@ __all__ = [
     "CausalConv3d",
     "Downsample",
     "FrameGroupNorm",
+    "LatentNorm",
     "ResBlock",
     "StreamState",
     "Upsample",
     "conv3d",
     "swish",
+    "zero_init",
 ]
 
 
@@ -301,3 +303,20 @@ class Upsample(nn.Module):
             # (B, C, T, H, W) -> (B, C, T, 2H, 2W), frame by frame
             x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
         return self.conv(x, state)
+
+
+class LatentNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each latent position (token-local: causal, streamable).
+
+    Shapes: (B, D, t, h, w) -> same.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def zero_init(conv: CausalConv3d) -> None:
+    """Zero a convolution's weights and bias: the network's branch starts silent."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)

@@ -50,7 +50,14 @@ def ssim_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -
     # (T, H, W, C) -> (T*C, 1, H, W): every channel of every frame is one image
     x = reference.double().permute(0, 3, 1, 2).reshape(-1, 1, *reference.shape[1:3])
     y = test.double().permute(0, 3, 1, 2).reshape(-1, 1, *test.shape[1:3])
-    g = _gaussian_window()
+    ssim_map = _ssim_map(x, y, data_range)
+    channels = reference.shape[-1]
+    return ssim_map.mean(dim=(1, 2, 3)).view(-1, channels).mean(1)
+
+
+def _ssim_map(x: Tensor, y: Tensor, data_range: float) -> Tensor:
+    """SSIM map of images (N, 1, H, W) in their own dtype: (N, 1, H - 10, W - 10)."""
+    g = _gaussian_window().to(x)
     kernel_h, kernel_w = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
 
     def blur(a: Tensor) -> Tensor:  # separable Gaussian, 'valid' borders as in the paper
@@ -61,11 +68,19 @@ def ssim_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
         (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     )
-    channels = reference.shape[-1]
-    return ssim_map.mean(dim=(1, 2, 3)).view(-1, channels).mean(1)
+
+
+def ssim_loss(reference: Tensor, test: Tensor) -> Tensor:
+    """1 - mean SSIM of two videos (B, C, T, H, W) in [-1, 1], differentiable, float32.
+
+    The training loss term: every channel of every frame is one image, as in `ssim_per_frame`.
+    """
+    x = reference.float().movedim(1, 2).reshape(-1, 1, *reference.shape[3:])
+    y = test.float().movedim(1, 2).reshape(-1, 1, *test.shape[3:])
+    return 1.0 - _ssim_map(x, y, 2.0).mean()
 
 
 def psnr_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:

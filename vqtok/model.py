@@ -34,16 +34,25 @@ from vqtok.layers import (
     CausalConv3d,
     Downsample,
     FrameGroupNorm,
+    LatentNorm,
     ResBlock,
     StreamState,
     Upsample,
     swish,
+    zero_init,
 )
 from vqtok.quantizers import KINDS, build_quantizer
 from vqtok.quantizers.base import QuantizerOutput
-from vqtok.shortcut import PoolShortcut, UnpoolShortcut
+from vqtok.shortcut import (
+    LinearPoolShortcut,
+    LinearUnpoolShortcut,
+    PoolShortcut,
+    UnpoolShortcut,
+)
 
 __all__ = ["Decoder", "Encoder", "LatentNorm", "TokenizerConfig", "VideoTokenizer"]
+
+SHORTCUTS = ("none", "encoder", "both", "linear")
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,13 @@ class TokenizerConfig:
             "on for LFQ, off otherwise" (LFQ's sign quantiser and entropy terms want latents
             of a fixed scale).
         norm_groups: GroupNorm groups; must divide every stage's width.
-        shortcut: parameter-free block-average shortcuts (`vqtok.shortcut`) so the networks
-            learn only the residual detail: "both" (encoder and decoder), "encoder" (for
-            sign quantizers such as LFQ, whose codes carry no brightness to spread back) or
-            "none".
+        shortcut: shortcuts around the networks (`vqtok.shortcut`) so they learn only the
+            residual detail: "both" (block averages around encoder and decoder), "encoder"
+            (its average only, for sign quantizers such as LFQ, whose codes carry no
+            brightness to spread back), "linear" (a principal-component projection of each
+            pixel block and its transpose, fitted to footage by `vqtok train`; the networks'
+            last convolutions then start at zero, so an untrained model is that linear
+            tokenizer) or "none".
     """
 
     channels: int = 64
@@ -120,10 +132,8 @@ class TokenizerConfig:
             raise ConfigError(
                 f"unknown quantizer {self.quantizer!r}; choose one of {sorted(KINDS)}"
             )
-        if self.shortcut not in ("none", "encoder", "both"):
-            raise ConfigError(
-                f"shortcut must be 'none', 'encoder' or 'both', got {self.shortcut!r}"
-            )
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if "dim" in self.quantizer_options:
             raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
 
@@ -158,16 +168,6 @@ class TokenizerConfig:
         return out
 
 
-class LatentNorm(nn.LayerNorm):
-    """LayerNorm over the channels of each latent position (token-local: causal, streamable).
-
-    Shapes: (B, D, t, h, w) -> same.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
-
-
 class Encoder(nn.Module):
     """(B, 3, T, H, W) in [-1, 1] -> latents (B, D, 1 + (T-1)/tau, H/f, W/f)."""
 
@@ -189,11 +189,13 @@ class Encoder(nn.Module):
         self.mid = ResBlock(prev, prev, groups)
         self.norm_out = FrameGroupNorm(groups, prev)
         self.conv_out = CausalConv3d(prev, config.latent_dim, 3)
-        self.shortcut = (
-            PoolShortcut(config.latent_dim, config.spatial_factor, config.temporal_factor)
-            if config.shortcut != "none"
-            else None
-        )
+        self.shortcut: nn.Module | None = None
+        sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)
+        if config.shortcut == "linear":
+            self.shortcut = LinearPoolShortcut(*sizes)
+            zero_init(self.conv_out)  # start as the linear tokenizer
+        elif config.shortcut != "none":
+            self.shortcut = PoolShortcut(*sizes)
 
     def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
         p = self.patch_size
@@ -231,11 +233,13 @@ class Decoder(nn.Module):
         self.norm_out = FrameGroupNorm(groups, prev)
         self.patch_size = config.patch_size
         self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
-        self.shortcut = (
-            UnpoolShortcut(config.latent_dim, config.spatial_factor, config.temporal_factor)
-            if config.shortcut == "both"
-            else None
-        )
+        self.shortcut: nn.Module | None = None
+        sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)
+        if config.shortcut == "linear":
+            self.shortcut = LinearUnpoolShortcut(*sizes)
+            zero_init(self.conv_out)  # start as the linear tokenizer
+        elif config.shortcut == "both":
+            self.shortcut = UnpoolShortcut(*sizes)
 
     def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.mid(self.conv_in(codes, state), state)
@@ -297,6 +301,10 @@ class VideoTokenizer(TokenizerModel):
                 "pad it by repeating the last frame (vqtok.Tokenizer.encode does)"
             )
 
+    def latents(self, video: Tensor) -> Tensor:
+        """(B, 3, 1 + k*tau, H, W) in [-1, 1] -> the quantizer's input (B, D, 1 + k, h, w)."""
+        return self._latents(self._as_video(video), None)
+
     def _latents(self, video: Tensor, state: StreamState | None) -> Tensor:
         # follow the weights' dtype (a model loaded with dtype=bfloat16 takes any float video)
         z = self.encoder(video.to(self.encoder.conv_in.weight.dtype), state)
@@ -304,16 +312,37 @@ class VideoTokenizer(TokenizerModel):
             z = self.pre_quant_norm(z)
         return z
 
-    def _quantize(self, z: Tensor) -> QuantizerOutput:
+    def _quantize(self, z: Tensor, levels: int | None = None) -> QuantizerOutput:
         # Index math in float32 even under bf16/fp16 autocast, so indices do not depend on it.
         with torch.autocast(z.device.type, enabled=False):
-            return self.quantizer(z.float())
+            if levels is None:
+                return self.quantizer(z.float())
+            return self.quantizer(z.float(), levels=self.check_levels(levels))
 
-    def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L])."""
+    @property
+    def max_levels(self) -> int | None:
+        """L for a residual quantizer (whose first k levels make a coarser code), else None."""
+        check = getattr(self.quantizer, "check_levels", None)
+        return None if check is None else int(check(None))
+
+    def check_levels(self, levels: int) -> int:
+        """Validate a level count for ``encode(..., levels=k)``; a `VqtokError` if unusable."""
+        if self.max_levels is None:
+            raise VqtokError(f"levels needs a residual quantizer; this model's is "
+                             f"{self.config.quantizer!r}")
+        if not 1 <= levels <= self.max_levels:
+            raise VqtokError(f"levels must be in 1..{self.max_levels}, got {levels}")
+        return levels
+
+    def encode(self, video: Tensor, levels: int | None = None) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]).
+
+        ``levels``: keep only the first k residual levels (indices (..., k)); `decode` takes
+        them as they are.
+        """
         video = self._as_video(video)
         self._check_frames(video.shape[2])
-        return self._quantize(self._latents(video, None)).indices
+        return self._quantize(self._latents(video, None), levels).indices
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
@@ -327,14 +356,21 @@ class VideoTokenizer(TokenizerModel):
         codes = self.quantizer.indices_to_codes(indices, channel_last=False)
         return codes.to(self.decoder.conv_in.weight.dtype)
 
-    def forward(self, video: Tensor) -> tuple[Tensor, QuantizerOutput]:
-        """Training pass: (reconstruction (B, 3, T, H, W), quantizer output on the latents)."""
+    def forward(
+        self, video: Tensor, levels: int | None = None
+    ) -> tuple[Tensor, QuantizerOutput]:
+        """Training pass: (reconstruction (B, 3, T, H, W), quantizer output on the latents).
+
+        ``levels`` runs only the first k residual levels (quantizer dropout).
+        """
         video = self._as_video(video)
         self._check_frames(video.shape[2])
-        out = self._quantize(self._latents(video, None))
+        out = self._quantize(self._latents(video, None), levels)
         return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
 
-    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+    def encode_stream(
+        self, chunks: Iterable[Tensor], levels: int | None = None
+    ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
 
         Yields index chunks (B, t_i, h, w[, L]) as soon as latent frames are complete (a chunk
@@ -346,7 +382,7 @@ class VideoTokenizer(TokenizerModel):
         for chunk in chunks:
             z = self._latents(self._as_video(chunk), state)
             if z.shape[2]:
-                yield self._quantize(z).indices
+                yield self._quantize(z, levels).indices
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.

@@ -18,6 +18,7 @@ terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -31,12 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqtok.checkpoint import load_pretrained, parameter_count, save_pretrained
+from vqtok.data_init import fit_shortcut, init_codebooks
 from vqtok.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
 from vqtok.errors import ConfigError
-from vqtok.metrics import psnr, ssim_per_frame
+from vqtok.metrics import ssim_loss
 from vqtok.model import VideoTokenizer
 from vqtok.train_config import RunConfig, TrainConfig
+from vqtok.train_eval import code_counts, evaluate, model_card
 from vqtok.train_state import load_checkpoint, save_checkpoint
+from vqtok.weight_ema import WeightEMA
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -129,50 +133,14 @@ class _LatentTap:
             self.samples = flat[idx].float()
 
 
-def code_counts(indices: Tensor, num_codebooks: int, codebook_size: int) -> Tensor:
-    """(L, K) int64 usage counts per codebook / level (the trailing index axis when L > 1)."""
-    flat = indices.reshape(-1, num_codebooks).long().cpu()
-    return torch.stack(
-        [torch.bincount(flat[:, i], minlength=codebook_size) for i in range(num_codebooks)]
-    )
-
-
-def usage_stats(counts: Tensor) -> dict[str, float]:
-    """Mean over codebooks of the used fraction and the perplexity of (L, K) counts."""
-    p = counts.double() / counts.sum(1, keepdim=True).clamp_min(1)
-    entropy = -(p * p.clamp_min(1e-30).log()).sum(1)
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp().mean())}
-
-
-def _eval(model: VideoTokenizer, clips: list[Tensor], device: torch.device) -> dict[str, float]:
-    """Held-out PSNR / SSIM (on uint8-rounded frames) and codebook usage."""
-    if not clips:
-        return {}
-    model.eval()
-    q = model.quantizer
-    counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
-    psnrs, ssims = [], []
-    with torch.inference_mode():
-        for clip in clips:
-            indices = model.encode(clip.to(device))
-            counts += code_counts(indices, q.num_codebooks, q.codebook_size)
-            recon = model.decode(indices)
-            ref, out = (_to_uint8(x) for x in (clip, recon.cpu()))
-            psnrs.append(float(psnr(ref, out)))
-            ssims.append(float(ssim_per_frame(ref, out).mean()))
-    model.train()
-    m = usage_stats(counts)
-    return {
-        "eval_psnr": sum(psnrs) / len(psnrs),
-        "eval_ssim": sum(ssims) / len(ssims),
-        "eval_usage": m["usage"],
-        "eval_perplexity": m["perplexity"],
-    }
-
-
-def _to_uint8(video: Tensor) -> Tensor:
-    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8-valued float."""
-    return ((video[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0)
+def _levels_for_step(model: VideoTokenizer, cfg: TrainConfig) -> int | None:
+    """Quantizer dropout: with probability p run only the first k < L levels (k uniform)."""
+    top = model.max_levels
+    if not cfg.quantizer_dropout or top is None or top < 2:
+        return None
+    if float(torch.rand(())) >= cfg.quantizer_dropout:
+        return None
+    return int(torch.randint(1, top, ()))
 
 
 def _step(
@@ -184,11 +152,14 @@ def _step(
 ) -> dict[str, Any]:
     """One optimisation step; returns the logged scalars."""
     batch = batch.to(device, non_blocking=True)
+    levels = _levels_for_step(model, cfg)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        recon, out = model(batch)
+        recon, out = model(batch, levels)
     recon = recon.float()
     l1, mse = F.l1_loss(recon, batch), F.mse_loss(recon, batch)
     loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.quantizer_weight * out.loss
+    ssim_term = ssim_loss(batch, recon) if cfg.ssim_weight else torch.zeros(())
+    loss = loss + cfg.ssim_weight * ssim_term
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (
@@ -202,11 +173,82 @@ def _step(
         loss=loss.item(),
         l1=l1.item(),
         mse=mse.item(),
+        ssim_loss=ssim_term.item(),
         q_loss=out.loss.item(),
         grad_norm=float(grad_norm),
         psnr=float(10 * torch.log10(4 / mse.detach())),
+        levels=levels or 0,
     )
-    return {"indices": out.indices.detach(), **metrics}
+    # indices of a dropout step have fewer columns: count them only on full steps
+    return {"indices": None if levels else out.indices.detach(), **metrics}
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _initialise(
+    model: VideoTokenizer, sampler: ClipSampler, cfg: TrainConfig, fine_tune: bool
+) -> dict[str, Any]:
+    """Data-dependent start of a fresh run: shortcut basis, then k-means codebooks."""
+    done: dict[str, Any] = {}
+    if model.config.shortcut == "linear" and not fine_tune and cfg.fit_shortcut_batches:
+        done["shortcut_blocks"] = fit_shortcut(model, sampler, cfg.fit_shortcut_batches)
+    if cfg.kmeans_init_batches and not fine_tune:
+        done["kmeans_samples"] = init_codebooks(
+            model, sampler, cfg.kmeans_init_batches, seed=cfg.seed
+        )
+    return done
+
+
+class _Run:
+    """The state of one training run between steps: model, optimiser, averages, counters."""
+
+    def __init__(self, config: RunConfig, run: Path, dev: torch.device) -> None:
+        self.config, self.cfg, self.run, self.dev = config, config.train, run, dev
+        self.model = VideoTokenizer(config.model)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            betas=(self.cfg.beta1, self.cfg.beta2),
+            weight_decay=self.cfg.weight_decay,
+        )
+        self.ema = WeightEMA(self.model, self.cfg.weight_ema) if self.cfg.weight_ema else None
+        self.best_psnr = -math.inf
+
+    def save(self, done: int, elapsed: float) -> None:
+        extra = self.ema.state() if self.ema is not None else None
+        save_checkpoint(
+            self.run / "checkpoint", self.model, self.opt, self.config, done, elapsed, extra
+        )
+
+    def resume(self) -> tuple[int, float]:
+        start, elapsed, extra = load_checkpoint(
+            self.run / "checkpoint", self.model, self.opt, self.config
+        )
+        if self.ema is not None:
+            self.ema.load(extra)
+        best = self.run / "best.json"
+        if best.exists():
+            self.best_psnr = float(json.loads(best.read_text()).get("eval_psnr", -math.inf))
+        return start, elapsed
+
+    def shipped(self) -> contextlib.AbstractContextManager[None]:
+        """The weights to evaluate and ship: the average when there is one."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def evaluate(self, clips: list[Tensor], done: int) -> dict[str, float]:
+        """Held-out metrics of the shipped weights; a new best is saved to ``run/best``."""
+        with self.shipped():
+            result = evaluate(self.model, clips, self.dev)
+            if result and result["eval_psnr"] > self.best_psnr:
+                self.best_psnr = result["eval_psnr"]
+                save_pretrained(self.model, self.run / "best", name=self.config.name)
+                record = json.dumps({"step": done, **result}) + "\n"
+                (self.run / "best.json").write_text(record)
+        return result
 
 
 def train(
@@ -224,7 +266,9 @@ def train(
     Args:
         config: architecture + training options.
         data: video / image files or directories.
-        run_dir: where checkpoints, metrics and the final model go.
+        run_dir: where checkpoints, metrics and the final model go (``best/``: the model of
+            the best held-out PSNR so far, updated at each evaluation; ``best.json``: its
+            step and metrics).
         device: "auto" (CUDA when available), "cpu" or "cuda".
         resume: continue from ``run_dir/checkpoint`` (exactly).
         init_from: fine-tune: start from this model directory's weights (`transfer_weights`).
@@ -234,34 +278,47 @@ def train(
         A `TrainResult`. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
     """
     cfg, run = config.train, Path(run_dir)
-    dev = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
-    torch.manual_seed(cfg.seed)
-    model = VideoTokenizer(config.model)
-    if init_from is not None:
-        transfer_weights(model, init_from)
-    model.to(dev).train()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
-    )
-    start, elapsed = 0, 0.0
-    if resume:
-        start, elapsed = load_checkpoint(run / "checkpoint", model, opt, config)
-    elif (run / "checkpoint").exists():
+    if not resume and (run / "checkpoint").exists():
         raise ConfigError(
             "already holds a checkpoint; pass resume=True or choose a new run directory",
             run,
             cli_message="already holds a checkpoint; add --resume or choose a new -o directory",
         )
-    run.mkdir(parents=True, exist_ok=True)
-
     spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip)
     footage, held = split_holdout(load_footage(data, cfg.short_side), cfg.holdout_frames)
     sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed)
     eval_clips = heldout_clips(held, cfg.clip_frames, cfg.eval_size)
+    torch.manual_seed(cfg.seed)
+    state = _Run(config, run, _resolve_device(device))
+    model = state.model
+    if init_from is not None:
+        transfer_weights(model, init_from)
+    start, elapsed = 0, 0.0
+    if resume:
+        start, elapsed = state.resume()
+    else:
+        setup = _initialise(model, sampler, cfg, fine_tune=init_from is not None)
+        if state.ema is not None:
+            state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
+        if setup and on_progress is not None:
+            on_progress({"step": 0, **setup})
+    model.to(state.dev).train()
+    if state.ema is not None:
+        state.ema.shadow = {k: v.to(state.dev) for k, v in state.ema.shadow.items()}
+    run.mkdir(parents=True, exist_ok=True)
+    return _loop(state, sampler, eval_clips, start, elapsed, on_progress)
+
+
+def _loop(
+    state: _Run,
+    sampler: ClipSampler,
+    eval_clips: list[Tensor],
+    start: int,
+    elapsed: float,
+    on_progress: ProgressFn | None,
+) -> TrainResult:
+    """The optimisation loop from step ``start`` to ``steps``, then the final model."""
+    model, opt, cfg, run, dev = state.model, state.opt, state.cfg, state.run, state.dev
     base = {
         k: float(getattr(model.quantizer, k))
         for k in ("entropy_loss_weight",)
@@ -272,6 +329,7 @@ def train(
     counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
     log = (run / "metrics.jsonl").open("a")
     done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
+    reseed_first = cfg.init_codebook_from_data and not cfg.kmeans_init_batches
     try:
         for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
             torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # quantizer noise, per step
@@ -279,9 +337,13 @@ def train(
                 group["lr"] = learning_rate(cfg, step)
             _schedule_quantizer(model, cfg, base, step)
             logged = _step(model, opt, batch, cfg, dev)
+            if state.ema is not None:
+                state.ema.update()
             done = step + 1  # steps completed; what a checkpoint records
-            counts += code_counts(logged.pop("indices"), q.num_codebooks, q.codebook_size)
-            if done == 1 and cfg.init_codebook_from_data:
+            indices = logged.pop("indices")
+            if indices is not None:
+                counts += code_counts(indices, q.num_codebooks, q.codebook_size)
+            if done == 1 and reseed_first:
                 # data-dependent init: every code restarts at a random latent of the first batch
                 counts.zero_()
                 g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed)
@@ -298,34 +360,29 @@ def train(
                 )
                 counts.zero_()
             if done % cfg.log_every == 0 or done == cfg.steps:
-                _log(
-                    log,
-                    on_progress,
-                    {
-                        "step": done,
-                        "lr": learning_rate(cfg, step),
-                        "time": time.monotonic() - t0,
-                        **logged,
-                    },
-                )
+                record = {"step": done, "lr": learning_rate(cfg, step),
+                          "time": time.monotonic() - t0, **logged}
+                _log(log, on_progress, record)
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                last_eval = _eval(model, eval_clips, dev)
+                last_eval = state.evaluate(eval_clips, done)
                 _log(log, on_progress, {"step": done, **last_eval})
             if done % cfg.save_every == 0 or done == cfg.steps:
-                save_checkpoint(run / "checkpoint", model, opt, config, done, time.monotonic() - t0)
+                state.save(done, time.monotonic() - t0)
     except KeyboardInterrupt:
         interrupted = True
-        save_checkpoint(run / "checkpoint", model, opt, config, done, time.monotonic() - t0)
+        state.save(done, time.monotonic() - t0)
     finally:
         log.close()
     model_dir = None
     if not interrupted:
-        model_dir = save_pretrained(
-            model.cpu(),
-            run / "model",
-            name=config.name,
-            card=_card(config, done, time.monotonic() - t0, last_eval, parameter_count(model)),
-        )
+        with state.shipped():
+            model_dir = save_pretrained(
+                model.cpu(),
+                run / "model",
+                name=state.config.name,
+                card=model_card(state.config, done, time.monotonic() - t0, last_eval,
+                                parameter_count(model)),
+            )
     return TrainResult(run, model_dir, done, last_eval, interrupted)
 
 
@@ -334,27 +391,3 @@ def _log(log: Any, on_progress: ProgressFn | None, record: dict[str, Any]) -> No
     log.flush()
     if on_progress is not None:
         on_progress(record)
-
-
-def _card(
-    config: RunConfig, step: int, seconds: float, last_eval: dict[str, float], parameters: int
-) -> str:
-    lines = [
-        f"# {config.name}",
-        "",
-        f"Trained with `vqtok train` for {step} steps ({seconds / 3600:.2f} h).",
-        "",
-        f"Parameters: {parameters:,} (`vqtok.checkpoint.parameter_count`: every value in "
-        "model.safetensors).",
-        "",
-        "## Training config",
-        "",
-        "```json",
-        json.dumps(config.to_dict(), indent=2),
-        "```",
-        "",
-    ]
-    if last_eval:
-        lines += ["## Held-out evaluation at the last step", ""]
-        lines += [f"- {k}: {v:.4f}" for k, v in last_eval.items()]
-    return "\n".join(lines) + "\n"

@@ -34,7 +34,8 @@ class TrainConfig:
         steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
         weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
     Loss:
-        l1_weight, mse_weight: reconstruction terms; quantizer_weight multiplies the
+        l1_weight, mse_weight, ssim_weight: reconstruction terms (SSIM as 1 - SSIM, on
+        every channel of every frame); quantizer_weight multiplies the
         quantizer's own loss (commitment / codebook / entropy / KL); entropy_warmup_steps
         ramps an LFQ entropy weight linearly from 0.
     Quantizer machinery:
@@ -42,7 +43,14 @@ class TrainConfig:
         init_codebook_from_data (after the first step, every code of a learned codebook is
         re-seeded from that batch's latents, the cheap form of k-means initialisation),
         dead_code_every (steps between re-seeding codes unused since the last time; 0 = off),
-        dead_code_threshold.
+        dead_code_threshold; kmeans_init_batches (> 0: before training, residual k-means of
+        the latents of that many batches becomes the codebooks, replacing
+        init_codebook_from_data); fit_shortcut_batches (a "linear" shortcut's principal
+        components are fitted on that many batches before training, unless fine-tuning);
+        quantizer_dropout (probability that a step runs only the first k < L residual levels,
+        k uniform, so that every prefix of the levels decodes well).
+    Weights:
+        weight_ema (decay of an average of the weights that is evaluated and shipped; 0 = off).
     Bookkeeping:
         log_every, eval_every, save_every (steps), seed, prefetch (batches built ahead).
     """
@@ -65,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     l1_weight: float = 1.0
     mse_weight: float = 1.0
+    ssim_weight: float = 0.0
     quantizer_weight: float = 1.0
     entropy_warmup_steps: int = 0
     gumbel_temperature: tuple[float, ...] = (1.0, 0.5)
@@ -72,6 +81,10 @@ class TrainConfig:
     init_codebook_from_data: bool = True
     dead_code_every: int = 200
     dead_code_threshold: float = 1.0
+    kmeans_init_batches: int = 0
+    fit_shortcut_batches: int = 32
+    quantizer_dropout: float = 0.0
+    weight_ema: float = 0.0
     log_every: int = 10
     eval_every: int = 500
     save_every: int = 500
@@ -87,6 +100,11 @@ class TrainConfig:
             raise ConfigError(f"train.temporal_strides must be >= 1, got {self.temporal_strides}")
         if len(self.gumbel_temperature) != 2 or min(self.gumbel_temperature) <= 0:
             raise ConfigError("train.gumbel_temperature must be [start, end], both > 0")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise ConfigError(f"train.quantizer_dropout must be in [0, 1], got "
+                              f"{self.quantizer_dropout}")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise ConfigError(f"train.weight_ema must be in [0, 1), got {self.weight_ema}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
 

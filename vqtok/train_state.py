@@ -50,8 +50,12 @@ def save_checkpoint(
     config: RunConfig,
     step: int,
     elapsed: float,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the checkpoint for ``step`` to ``directory``, replacing an older one atomically."""
+    """Write the checkpoint for ``step`` to ``directory``, replacing an older one atomically.
+
+    ``extra``: more training state (the weight average), saved as ``extra.safetensors``.
+    """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=target.parent))
@@ -59,6 +63,8 @@ def save_checkpoint(
         save_pretrained(model, tmp / "model", name=config.name)
         tensors, rest = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if extra:
+            save_file(extra, str(tmp / "extra.safetensors"))
         state = {
             "version": STATE_VERSION,
             "step": step,
@@ -82,8 +88,11 @@ def save_checkpoint(
 
 def load_checkpoint(
     directory: str | Path, model: TokenizerModel, opt: torch.optim.Optimizer, config: RunConfig
-) -> tuple[int, float]:
-    """Restore ``model`` and ``opt`` in place from a checkpoint; returns (step, elapsed).
+) -> tuple[int, float, dict[str, torch.Tensor]]:
+    """Restore ``model`` and ``opt`` in place from a checkpoint.
+
+    Returns:
+        (step, elapsed seconds, the ``extra`` tensors saved with it, empty if none).
 
     Raises:
         CheckpointError: missing / corrupt files, or a checkpoint made with another config.
@@ -92,6 +101,8 @@ def load_checkpoint(
     try:
         state: dict[str, Any] = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "optimizer.safetensors"))
+        extra_file = path / "extra.safetensors"
+        extra = load_file(str(extra_file)) if extra_file.exists() else {}
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume: {e}", path) from e
     if state.get("version") != STATE_VERSION:
@@ -109,4 +120,4 @@ def load_checkpoint(
         for name, value in entry.items():
             entry[name] = value if name == "step" else value.to(device)
     opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    return int(state["step"]), float(state.get("elapsed", 0.0))
+    return int(state["step"]), float(state.get("elapsed", 0.0)), extra

@@ -33,7 +33,7 @@ from vqtok.quantizers.base import (
 )
 from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
 from vqtok.quantizers.search import nearest_codes
-from vqtok.quantizers.usage import reseed_dead_codes
+from vqtok.quantizers.usage import kmeans_init, reseed_dead_codes
 
 
 def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ...]) -> list[int]:
@@ -120,24 +120,50 @@ class _ResidualQuantizer(Quantizer):
             r = r - weight[nearest_codes(r, weight)]
         return total
 
+    @torch.no_grad()
+    def init_from_samples(
+        self, samples: Tensor, iters: int = 10, generator: torch.Generator | None = None
+    ) -> None:
+        """Residual k-means: level l's codes become k-means centroids of the residuals
+        ``r_l`` of ``samples`` (M, dim), M >= max K_l, after levels < l took their share."""
+        r = samples.detach().float()
+        for level in range(self.num_levels):
+            centroids = kmeans_init(r, self.codebook_sizes[level], iters, generator)
+            self._set_level(level, centroids)
+            r = r - centroids[nearest_codes(r, centroids)]
+
+    def _set_level(self, level: int, codes: Tensor) -> None:
+        """Replace level ``level``'s (K_l, D) codes."""
+        raise NotImplementedError
+
+    def check_levels(self, levels: int | None) -> int:
+        """The number of levels to run: ``levels`` (1..L) or all of them when None."""
+        if levels is None:
+            return self.num_levels
+        if not 1 <= levels <= self.num_levels:
+            raise QuantizerError(f"levels must be in 1..{self.num_levels}, got {levels}")
+        return levels
+
     def quantize_tokens(
-        self, tokens: Tensor, update: bool
+        self, tokens: Tensor, update: bool, levels: int | None = None
     ) -> tuple[Tensor, Tensor, list[Tensor], dict[str, Tensor]]:
         """Run the residual stack on a token matrix.
 
         Args:
             tokens: (N, D) inputs, any float dtype, may require grad.
             update: EMA codebooks update after each level's lookup (ignored by gradient ones).
+            levels: run only the first k levels (quantizer dropout, a coarser rung of the
+                quality ladder); None runs all L.
 
         Returns:
             ``(codes, indices, losses, metrics)``: (N, D) straight-through codes in the input
-            dtype, (N, L) int64 indices, L float32 per-level losses, the metrics dict.
+            dtype, (N, k) int64 indices, k float32 per-level losses, the metrics dict.
         """
         r = tokens.float()
         q_sum = torch.zeros_like(r, requires_grad=False)
         all_idx, losses = [], []
         per_level: list[dict[str, Tensor]] = []
-        for level in range(self.num_levels):
+        for level in range(self.check_levels(levels)):
             q, idx, level_loss = self._level_step(level, r, update)
             stats = codebook_metrics(idx, self.codebook_sizes[level])
             stats["commitment_loss"] = mse(r, q).detach()
@@ -149,12 +175,15 @@ class _ResidualQuantizer(Quantizer):
         codes = tokens + (q_sum.to(tokens.dtype) - tokens).detach()  # ST over the whole stack
         return codes, torch.stack(all_idx, dim=1), losses, _rvq_metrics(per_level)
 
-    def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
-        """Quantize ``z`` through all levels.
+    def forward(
+        self, z: Tensor, channel_last: bool | None = None, levels: int | None = None
+    ) -> QuantizerOutput:
+        """Quantize ``z`` through all levels (or the first ``levels``).
 
         Args:
             z: (B, D, H, W), (B, D, T, H, W), (N, D), (B, N, D) or channel-last (..., D).
             channel_last: see `Layout.of`.
+            levels: k in 1..L: only the first k levels run and the indices have k columns.
 
         Returns:
             `QuantizerOutput`: codes like ``z`` (ST of the summed level codes), int64 indices
@@ -162,7 +191,8 @@ class _ResidualQuantizer(Quantizer):
             summed loss, the metrics named in the module docstring.
         """
         layout = self._layout(z, channel_last)
-        codes, idx, losses, metrics = self.quantize_tokens(layout.to_tokens(z), self.training)
+        tokens = layout.to_tokens(z)
+        codes, idx, losses, metrics = self.quantize_tokens(tokens, self.training, levels)
         loss = torch.stack(losses).sum()
         return QuantizerOutput(
             layout.from_tokens(codes), self._grid_indices(layout, idx), loss, metrics
@@ -195,8 +225,8 @@ class _ResidualQuantizer(Quantizer):
         """Sum over levels of the codes of ``indices``.
 
         Args:
-            indices: integer (*grid, L) (or just the grid when L = 1), level l's values in
-                [0, K_l).
+            indices: integer (*grid, k) for the first k <= L levels (or just the grid when
+                L = 1), level l's values in [0, K_l).
             channel_last: see `Layout.for_indices`.
 
         Returns:
@@ -205,14 +235,16 @@ class _ResidualQuantizer(Quantizer):
         """
         if self.num_levels == 1:
             indices = indices.unsqueeze(-1)
-        if indices.ndim < 2 or indices.shape[-1] != self.num_levels:
+        if indices.ndim < 2 or not 1 <= indices.shape[-1] <= self.num_levels:
             raise QuantizerError(
-                f"expected indices (..., {self.num_levels}), got shape {tuple(indices.shape)}"
+                f"expected indices (..., k) with k in 1..{self.num_levels} levels, "
+                f"got shape {tuple(indices.shape)}"
             )
         layout = Layout.for_indices(indices, 2, channel_last)
-        flat = indices.reshape(-1, self.num_levels)  # (N, L)
+        levels = indices.shape[-1]
+        flat = indices.reshape(-1, levels)  # (N, k)
         total = torch.zeros(flat.shape[0], self.dim, device=indices.device)
-        for level in range(self.num_levels):
+        for level in range(levels):
             idx = check_indices(flat[:, level], self.codebook_sizes[level])
             total = total + F.embedding(idx, self.level_weight(level)).float()
         return layout.from_tokens(total)
@@ -286,6 +318,9 @@ class ResidualQuantizer(_ResidualQuantizer):
         )
         return int(dead.sum())
 
+    def _set_level(self, level: int, codes: Tensor) -> None:
+        self.codebooks[level].data.copy_(codes)
+
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         weight = self.codebooks[level]
         idx = nearest_codes(r, weight)
@@ -346,6 +381,11 @@ class EMAResidualQuantizer(_ResidualQuantizer):
     ) -> int:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
         return int(codebook.reseed_dead(residuals, counts, threshold, generator).sum())
+
+    def _set_level(self, level: int, codes: Tensor) -> None:
+        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
+        codebook.weight.copy_(codes)
+        codebook.embed_avg.copy_(codes * codebook.cluster_size.unsqueeze(1))
 
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]

@@ -1,0 +1,140 @@
+"""Throughput of ``vqtok pack`` and random access into `vqtok.data.TokenDataset`, run by hand.
+
+    .venv/bin/python benchmarks/pack.py [--files 10000] [--grid 5x16x16] [--levels 4]
+        [--vocab 1024] [--shard-size 256] [--items 5000] [--results FILE]
+
+Writes ``--files`` synthetic index files (random indices of shape grid (+ levels), written with
+`vqtok.tokens.save_tokens`, as ``vqtok encode`` would), then measures:
+
+- pack: `vqtok.pack.pack_dataset` over the directory into a fresh dataset, rows/s and MB/s of
+  index data (uncompressed), plus the compressed dataset size;
+- random access: ``--items`` reads in a random order through ``DataLoader(TokenDataset,
+  batch_size=None, sampler=random order)`` with 0 and with 2 workers, and with 2 workers in
+  batches of 32 (a worker sends each item or batch through a queue, so single items pay that
+  per item), items/s; a sample of items is compared with its index files afterwards.
+
+With ``--results`` the table becomes the ``## Pack`` section of that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import loadavg, write_section  # noqa: E402
+
+from vqtok.data import TokenDataset  # noqa: E402
+from vqtok.pack import pack_dataset  # noqa: E402
+from vqtok.tokens import (  # noqa: E402
+    EncodedInfo,
+    SourceInfo,
+    TokenMetadata,
+    fps_to_text,
+    load_tokens,
+    save_tokens,
+)
+
+
+def write_index_files(directory: Path, files: int, grid: tuple[int, int, int], levels: int,
+                      vocab: int) -> None:
+    """``files`` index files of random indices, as `vqtok encode` writes them."""
+    fps = fps_to_text(Fraction(25))
+    frames = 1 + 4 * (grid[0] - 1)
+    size = (grid[1] * 8, grid[2] * 8)
+    meta = TokenMetadata(
+        model="synthetic", model_sha256="0" * 64, family="vqtok",
+        quantizer="ema_rvq" if levels > 1 else "ema_vq", codebook_size=vocab,
+        num_codebooks=levels, grid=grid,
+        source=SourceInfo(file="clip.mp4", frames=frames, fps=fps, size=size),
+        encoded=EncodedInfo(frames=frames, size=size, resize="none", padding=0, fps=fps),
+    )
+    rng = np.random.default_rng(0)
+    for i in range(files):
+        sub = directory / f"{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        source = SourceInfo(file=f"clip{i:06d}.mp4", frames=frames, fps=fps, size=size)
+        save_tokens(sub / f"clip{i:06d}.npy", rng.integers(0, vocab, meta.shape),
+                    replace(meta, source=source))
+
+
+def random_reads(dataset: TokenDataset, items: int, workers: int, batch: int | None) -> float:
+    """items/s of ``items`` reads in a random order through a DataLoader (the clips all have
+    one shape, so the default collate stacks batches)."""
+    order = np.random.default_rng(1).integers(0, len(dataset), items).tolist()
+    loader = DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers)
+    start = time.perf_counter()
+    count = sum(1 if batch is None else len(b["index_file"]) for b in loader)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--grid", default="5x16x16", help="latent grid t x h x w per clip")
+    parser.add_argument("--levels", type=int, default=4, help="codebooks / residual levels")
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--shard-size", type=float, default=256, help="MB per shard")
+    parser.add_argument("--items", type=int, default=5000, help="random reads per setting")
+    parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument("--results", type=Path,
+                        help="write the table as the '## Pack' section of this file")
+    args = parser.parse_args()
+    t, h, w = (int(v) for v in args.grid.split("x"))
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="vqtok-bench-pack-"))
+    try:
+        start = time.perf_counter()
+        write_index_files(work / "codes", args.files, (t, h, w), args.levels, args.vocab)
+        written_s = time.perf_counter() - start
+        shutil.rmtree(work / "dataset", ignore_errors=True)
+        start = time.perf_counter()
+        report = pack_dataset([work / "codes"], work / "dataset", args.shard_size)
+        pack_s = time.perf_counter() - start
+        dataset = TokenDataset(work / "dataset")
+        rates = {(n, b): random_reads(dataset, args.items, n, b)
+                 for n, b in ((0, None), (2, None), (2, 32))}
+        for i in np.random.default_rng(2).integers(0, len(dataset), 50).tolist():
+            item = dataset[i]
+            expected, _ = load_tokens(work / item["index_file"])  # "codes/000/clipN.npy"
+            assert np.array_equal(item["indices"].numpy(), expected), item["index_file"]
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    tokens = t * h * w * args.levels
+    rows = [
+        ("index files", f"{args.files:,} of {t}x{h}x{w}x{args.levels} = {tokens:,} indices, "
+                        f"{report.dtype} (written in {written_s:.1f} s)"),
+        ("pack", f"{pack_s:.2f} s: {report.rows / pack_s:,.0f} rows/s, "
+                 f"{report.index_bytes / 1e6 / pack_s:.1f} MB/s of indices"),
+        ("dataset", f"{report.shards} shard(s), {report.bytes / 1e6:.1f} MB "
+                    f"({report.bytes / report.index_bytes:.0%} of the raw indices)"),
+        ("random access, 0 workers", f"{rates[0, None]:,.0f} items/s"),
+        ("random access, 2 workers", f"{rates[2, None]:,.0f} items/s"),
+        ("random access, 2 workers, batches of 32", f"{rates[2, 32]:,.0f} items/s"),
+    ]
+    table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    print(table)
+    if args.results is not None:
+        header = (f"`{' '.join(['python', *sys.argv])}` — {datetime.date.today()}, "
+                  f"{os.cpu_count()} cores, torch {torch.__version__}, load average at the end "
+                  f"{loadavg()}. Random access: {args.items} reads in a random order, "
+                  "`DataLoader(TokenDataset, batch_size=None)`.")
+        write_section(args.results, "## Pack", ["## Pack", "", header, "", *table.splitlines()])
+
+
+if __name__ == "__main__":
+    main()
