@@ -3,14 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
 
 .PHONY: install test lint demo bench clean footage
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: this version installs from a local file (no multi-GB CUDA wheels).
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, pinned. Where pip finds it decides the build (README, Set-up commands):
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the CPU-only build on Linux.
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from vqtok.checkpoint import parameter_count
 from vqtok.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.family import TokenizerModel
 from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
@@ -55,7 +56,7 @@ def main() -> None:
           f"{args.size}x{args.size}, torch {torch.__version__}")
     for name, model in models:
         model = model.to(device).eval()
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = parameter_count(model) / 1e6  # as `vqtok info` counts
         with torch.inference_mode():
             indices = model.encode(video)
             enc = timed(lambda: model.encode(video), args.repeat, device)  # noqa: B023

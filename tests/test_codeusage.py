@@ -32,5 +32,5 @@ def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> Non
     assert load_used(tmp_path / "used0.npy").tolist() == [0, 1, 2, 3, 4]
     report = build_remap([tmp_path], tmp_path / "used1.npy", level=1)
     assert report.used == 1 and report.perplexity == pytest.approx(1.0)
-    with pytest.raises(TokenFileError, match="--level 2"):
+    with pytest.raises(TokenFileError, match="level=2 "):
         build_remap([tmp_path], None, level=2)

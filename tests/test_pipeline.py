@@ -249,7 +249,7 @@ def test_decode_refuses_other_weights_unless_forced(tmp_path: Path, clip: Path, 
         next(other.decoder.parameters()).add_(0.5)
     save_pretrained(other, tmp_path / "other")
     changed = api.load(tmp_path / "other", device="cpu")
-    with pytest.raises(TokenFileError, match="--force"):
+    with pytest.raises(TokenFileError, match="force=True"):
         decode_file(tmp_path / "a.npy", tmp_path / "a.mp4", changed)
     assert not (tmp_path / "a.mp4").exists()
     decode_file(tmp_path / "a.npy", tmp_path / "a.mp4", changed, force=True)
@@ -293,7 +293,7 @@ def test_remap_restricted_search_round_trip(tmp_path: Path, clip: Path,
     kept = np.isin(full_indices, few)
     np.testing.assert_array_equal(few[compact][kept], full_indices[kept])
     assert ema.model.quantizer is quantizer  # the model is left as it was
-    with pytest.raises(TokenFileError, match="--remap"):
+    with pytest.raises(TokenFileError, match="remap="):
         decode_file(remapped.target, tmp_path / "r.mp4", ema)
     with pytest.raises(TokenFileError, match="not the remap file"):
         decode_file(remapped.target, tmp_path / "r.mp4", ema, remap=tmp_path / "used.npy")
@@ -361,9 +361,9 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
     assert describe_path(clip)["frames"] == 11
     index = describe_path(tmp_path / "a.npy")
     assert (index["kind"], index["shape"], index["dtype"]) == ("index", [4, 4, 6], "uint16")
-    assert index["encoded.padding"] == 2
+    assert index["encoded"]["padding"] == 2 and index["source"]["frames"] == 11
     model = describe_path(models / "tiny-fsq")
-    assert model["kind"] == "model" and model["config.quantizer"] == "fsq"
+    assert model["kind"] == "model" and model["config"]["quantizer"] == "fsq"
     assert model["parameters"] == sum(t.numel() for t in fsq.model.state_dict().values())
     assert {r["name"] for r in describe_models([models])} >= {"tiny-fsq", "tiny-ema_vq"}
     with pytest.raises(VqtokError, match="no such"):

@@ -109,7 +109,7 @@ def test_build_encode_decode_with_no_flag_is_bit_identical(
             assert np.array_equal(sets.levels[level].numpy()[compact[..., level]],
                                   plain[..., level])
     info = json.loads(run("info", tmp_path / "r" / "a.npy", "--json").stdout)
-    assert info["remap.sizes"] == list(sets.sizes)
+    assert info["remap"]["sizes"] == list(sets.sizes)
     run("decode", full, "-o", tmp_path / "plain", *model)
     run("decode", tmp_path / "r", "-o", tmp_path / "remapped", *model, "--remap", used_file)
     for name in ("a", "sub/b"):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vqtok.api import DEFAULT_MODEL
-from vqtok.checkpoint import REPO_MODELS, load_pretrained
+from vqtok.checkpoint import REPO_MODELS, load_pretrained, parameter_count
 from vqtok.metrics import psnr
 from vqtok.model import VideoTokenizer
 from vqtok.train_config import RunConfig
@@ -41,10 +41,10 @@ def test_shipped_model_is_causal_4x8x8_small_and_reconstructs(directory: Path) -
     model = load_pretrained(directory)
     assert isinstance(model, VideoTokenizer)
     assert (model.temporal_factor, model.spatial_factor) == (4, 8)
-    params = sum(p.numel() for p in model.parameters())
+    params = parameter_count(directory)  # every value in model.safetensors, as `info` says
     assert params <= 20_000_000
     card = (directory / "README.md").read_text()
-    assert f"{params:,}" in card, "the card states the exact parameter count"
+    assert f"| parameters | {params:,} (" in card, "the card states the exact parameter count"
     run = RunConfig.from_file(directory / "train.json")
     assert run.model == model.config and run.name == directory.name
     if (directory / "finetune.json").exists():  # a second stage: --init-from the first's model

@@ -114,7 +114,7 @@ def test_decoded_video_has_the_encoded_size(tmp_path: Path, clip: Path, run,  # 
     result = run("decode", tmp_path / "c.npy", "-o", tmp_path / "d.mp4", "--device", "cpu")
     info = probe(tmp_path / "d.mp4")
     assert (info.height, info.width, info.frames) == (*size, 11)
-    assert f"{size[1]}x{size[0]}" in result.stdout
+    assert f"{size[0]}x{size[1]}" in result.stdout
 
 
 def test_old_sidecars_without_spatial_padding_still_decode(tmp_path: Path, run) -> None:  # type: ignore[no-untyped-def]

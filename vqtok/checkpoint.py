@@ -20,8 +20,9 @@ read with safetensors only; nothing here unpickles.
 
 Names resolve (`resolve_model`) as: an existing directory path; else a Hugging Face Hub
 repository ``owner/name[@revision]`` (`vqtok.hub`: ``config.json`` + ``model.safetensors`` are
-fetched into the standard cache, and loaded like any directory); else ``<repo>/models/<name>``;
-else any extra directories given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
+fetched into the standard cache, and loaded like any directory); else ``<repo>/models/<name>``
+(the shipped models; ``vqtok/_models`` in an installed wheel); else any extra directories
+given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "ModelInfo",
     "list_models",
     "load_pretrained",
+    "parameter_count",
     "read_info",
     "resolve_model",
     "save_pretrained",
@@ -65,7 +67,18 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _shipped_models() -> Path:
+    """The shipped models: ``vqtok/_models`` in an installed wheel (pyproject.toml maps the
+    repository's ``models/`` there), else the repository's ``models/`` (a checkout or an
+    editable install)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_models"
+    return packaged if packaged.is_dir() else package.parent / "models"
+
+
+REPO_MODELS = _shipped_models()
 
 _REQUIRED_KEYS = {"format_version", "family", "config"}
 _OPTIONAL_KEYS = {"name", "input", "vqtok_version"}
@@ -358,6 +371,33 @@ def weights_sha256(dir_or_name: str | Path) -> str:
     except OSError as e:
         raise CheckpointError(f"cannot read weights ({e.strerror})", path) from e
     return digest.hexdigest()
+
+
+def parameter_count(model: str | Path | torch.nn.Module) -> int:
+    """A model's parameter count as vqtok states it everywhere (``vqtok info``, model cards).
+
+    The definition: every value stored in ``model.safetensors``, that is every parameter and
+    persistent buffer of the state dict, the EMA codebooks and their running statistics
+    included (what a user downloads and loads), whatever their dtype.
+
+    Args:
+        model: a model directory or name (counted from the weights' header: no tensor is read),
+            or a model in memory (its state dict, which `save_pretrained` writes).
+    """
+    if isinstance(model, torch.nn.Module):
+        return sum(t.numel() for t in model.state_dict().values())
+    weights = resolve_model(model) / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            total = 0
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                count = 1
+                for dim in f.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+            return total
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"unreadable weights ({e})", weights) from e
 
 
 def list_models(extra_dirs: Iterable[str | Path] = ()) -> list[ModelInfo]:

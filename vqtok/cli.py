@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from vqtok.cli_help import Command, Group
 from vqtok.cli_models import convert, train
 from vqtok.cli_pack import pack
 from vqtok.cli_support import (
@@ -44,6 +45,7 @@ from vqtok.cli_support import (
     out,
     parse_size,
     print_summary,
+    print_table,
     run_jobs,
     usage_error,
 )
@@ -52,12 +54,13 @@ from vqtok.tokens import sidecar_path
 
 app = typer.Typer(
     name="vqtok",
+    cls=Group,
     help="Turn video into discrete tokens and back.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True)
+remap_app = typer.Typer(help="Used-index (remap) files.", no_args_is_help=True, cls=Group)
 
 
 def _version(value: bool) -> None:
@@ -76,18 +79,26 @@ def main(
 ) -> None:
     """Turn video into discrete tokens and back."""
 app.add_typer(remap_app, name="remap")
-app.command()(train)
-app.command()(convert)
-app.command()(pack)
+app.command(cls=Command)(train)
+app.command(cls=Command)(convert)
+app.command(cls=Command)(pack)
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
-SizeOpt = Annotated[str | None, typer.Option(help="Resize to HxW, e.g. 256x448.")]
+SizeOpt = Annotated[
+    str | None, typer.Option(metavar="HxW", help="Resize to height x width, e.g. 256x448.")
+]
 ShortSideOpt = Annotated[
     int | None, typer.Option(min=1, help="Resize so the short side is N (keeps aspect).")
 ]
-FpsOpt = Annotated[str | None, typer.Option(help="Frame rate, e.g. 8 or 30000/1001.")]
+FpsOpt = Annotated[
+    str | None, typer.Option(metavar="RATE", help="Frame rate, e.g. 8 or 30000/1001.")
+]
 ShardOpt = Annotated[
-    str | None, typer.Option(help="Do share i of n of the files: i/n (torchrun: automatic).")
+    str | None,
+    typer.Option(
+        metavar="i/n",
+        help="Process share i of n of the files, 0-based: 0/4 to 3/4 (torchrun: automatic).",
+    ),
 ]
 MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N frames.")]
 
@@ -111,7 +122,7 @@ def _encode_options(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def encode(
     inputs: Annotated[list[Path], typer.Argument(help="Video files or directories.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Index file, or directory/.")],
@@ -129,7 +140,10 @@ def encode(
     ] = 1,
     remap: Annotated[Path | None, typer.Option(
         help="Remap file (vqtok remap build): store compact ids, per level.")] = None,
-    format: Annotated[Format, typer.Option("--format", help="Index file format.")] = Format.npy,
+    format: Annotated[
+        Format | None,
+        typer.Option("--format", help="Index file format (default: -o's suffix, else npy)."),
+    ] = None,
     levels: Annotated[int | None, typer.Option(
         min=1, metavar="K", help="Residual models: keep the first K levels, a shorter, coarser "
         "code (default: all).")] = None,
@@ -143,13 +157,12 @@ def encode(
     """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
     from vqtok.batching import encode_files
 
-    options = _encode_options(
-        size, short_side, fps, max_frames, chunk, format, remap, strict, levels
-    )
+    fmt = _index_format(output, format)
+    options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels)
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
-        jobs = plan_inputs(inputs, output, f".{format.value}", overwrite=True)
-        jobs = [_with_index_suffix(job, format.value) for job in my_share(jobs, shard)]
+        jobs = plan_inputs(inputs, output, f".{fmt.value}", overwrite=True)
+        jobs = [_with_index_suffix(job, fmt.value) for job in my_share(jobs, shard)]
         if not overwrite:
             jobs = _resume(jobs, model, model_dir, options)
         # no model is loaded when every job is already done (a finished resume)
@@ -170,6 +183,24 @@ def encode(
         )
     print_summary(outcomes, _describe_encoded, as_json)
     exit_for(outcomes)
+
+
+def _index_format(output: str, given: Format | None) -> Format:
+    """``--format``, else the format ``-o``'s suffix names (``x.safetensors``), else npy.
+
+    An ``-o`` suffix that contradicts ``--format`` (``-o x.npy --format safetensors``) is a
+    usage error: writing another file than the one named would surprise.
+    """
+    named = {".npy": Format.npy, ".safetensors": Format.safetensors}.get(Path(output).suffix)
+    if output.endswith(("/", "\\")):  # a directory, whatever its name
+        named = None
+    if given is not None and named is not None and given is not named:
+        raise typer.BadParameter(
+            f"-o {output} names a .{named.value} file but --format is {given.value}; "
+            f"drop --format or name the output .{given.value}",
+            param_hint="--format",
+        )
+    return given or named or Format.npy
 
 
 def _with_index_suffix(job: Job, fmt: str) -> Job:
@@ -211,7 +242,7 @@ def _describe_encoded(result: Any) -> str:
             f"(+{meta.encoded.padding} padding) in {result.seconds:.1f} s")
 
 
-@app.command()
+@app.command(cls=Command)
 def decode(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Video file, or directory/.")],
@@ -268,10 +299,10 @@ def _is_index_file(path: Path) -> bool:
 
 def _describe_decoded(result: Any) -> str:
     height, width = result.size
-    return f"{result.frames} frames {width}x{height} at {float(result.fps):g} fps"
+    return f"{result.frames} frames {height}x{width} at {float(result.fps):g} fps"
 
 
-@remap_app.command("build")
+@remap_app.command("build", cls=Command)
 def remap_build(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
     output: Annotated[Path, typer.Option(
@@ -309,9 +340,9 @@ def remap_build(
     rows.append(("written", str(report.output)))
     for key, value in rows:
         table.add_row(key, value)
-    out.print(table)
+    print_table(table)
     if len(report.levels) > 1:
-        out.print(_levels_table(report.levels))
+        print_table(_levels_table(report.levels))
 
 
 def _parse_counts(text: str) -> int | list[int]:
@@ -353,7 +384,7 @@ def _levels_table(levels: Any) -> Table:
     return table
 
 
-@app.command()
+@app.command(cls=Command)
 def info(
     path: Annotated[
         Path, typer.Argument(help="A model directory, an index file, a token dataset or a video.")
@@ -373,13 +404,27 @@ def info(
     table = Table(title=f"{facts['kind']}: {path}", show_header=False)
     table.add_column("key")
     table.add_column("value", overflow="fold")
-    for key, value in facts.items():
+    if "parameters" in facts:  # as the model cards write it (checkpoint.parameter_count)
+        facts["parameters"] = f"{facts['parameters']:,} (every value in model.safetensors)"
+    for key, value in _table_rows(facts):
         if key not in ("kind", "path"):
             table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
-    out.print(table)
+    print_table(table)
 
 
-@app.command()
+def _table_rows(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested objects as dotted rows (``source.file``) for the table; ``--json`` keeps them
+    nested."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            rows += _table_rows(value, f"{prefix}{key}.")
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+@app.command(cls=Command)
 def models(
     model_dir: ModelDirOpt = None,
     as_json: JsonOpt = False,
@@ -403,10 +448,10 @@ def models(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
-    out.print(table)
+    print_table(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def reconstruct(
     video: Annotated[Path, typer.Argument(help="The video to round-trip.")],
     output: Annotated[
@@ -465,4 +510,4 @@ def _print_quality(result: Any, per_frame: bool, as_json: bool) -> None:
             table.add_column(column, justify="right")
         for row in facts["per_frame"]:
             table.add_row(str(row["frame"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}")
-        out.print(table)
+        print_table(table)

@@ -70,6 +70,7 @@ def train(
         str | None,
         typer.Option(
             "--init-from",
+            metavar="NAME|DIR",
             help="Fine-tune: start from this model's weights (encoder and decoder must match; "
             "the quantizer's are kept only if its config is the same).",
         ),

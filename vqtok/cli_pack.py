@@ -14,7 +14,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vqtok.cli_support import DebugOpt, JsonOpt, QuietOpt, emit_json, err, handle_errors, out
+from vqtok.cli_support import (
+    DebugOpt,
+    JsonOpt,
+    QuietOpt,
+    emit_json,
+    err,
+    handle_errors,
+    print_table,
+)
 
 
 def _bar(disable: bool) -> Progress:
@@ -78,4 +86,4 @@ def _print_report(report: Any) -> None:
     ]
     for key, value in rows:
         table.add_row(key, value)
-    out.print(table)
+    print_table(table)

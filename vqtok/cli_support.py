@@ -56,11 +56,14 @@ class Format(str, Enum):
 
 # Options shared by several commands.
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="Model name or directory.")
+    str | None, typer.Option("--model", "-m", metavar="NAME|DIR", help="Model name or directory.")
 ]
 ModelDirOpt = Annotated[
     list[Path] | None,
-    typer.Option("--model-dir", help="Extra directory to look for model names in (repeatable)."),
+    typer.Option(
+        "--model-dir", metavar="DIR",
+        help="Extra directory to look for model names in (repeatable).",
+    ),
 ]
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
@@ -81,6 +84,15 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (bounds memory).")]
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal's width; at its natural width when stdout is a
+    pipe or a log, so that no path or message is folded mid-name at 80 columns."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(highlight=False, width=1_000_000).print(table)  # a table takes only what it needs
+
+
 def emit_json(data: Any) -> None:
     """Machine-readable results on stdout: plain JSON, no colour, no wrapping."""
     typer.echo(json.dumps(data, indent=2))
@@ -90,7 +102,7 @@ def fail_line(error: BaseException, path: Path | None = None) -> str:
     """``error: <path>: <reason>`` on one line; ``path`` names the input when the error
     does not name a file itself."""
     if isinstance(error, VqtokError):
-        text = error.message if error.path is None else str(error)
+        text = error.cli_message if error.path is None else f"{error.path}: {error.cli_message}"
         named = error.path is not None
     elif isinstance(error, OSError) and error.filename is not None:
         text, named = f"{error.filename}: {error.strerror or error}", True
@@ -131,7 +143,7 @@ def as_usage_error(fn: Callable[[], Any], param: str) -> Any:
     try:
         return fn()
     except ConfigError as e:
-        raise usage_error(param, e.message) from None
+        raise usage_error(param, e.cli_message) from None
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -277,7 +289,7 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
                     raise result
                 err.print(fail_line(result, job.source), markup=False)
                 # the table and JSON rows name the input already: keep just the reason
-                reason = result.message if isinstance(result, VqtokError) else str(result)
+                reason = result.cli_message if isinstance(result, VqtokError) else str(result)
                 done[job] = Outcome(job, "failed", error=" ".join(reason.split()))
                 continue
             warnings = tuple(getattr(result, "warnings", ()))
@@ -308,7 +320,7 @@ def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_js
     for o in outcomes:
         details = _details(o, describe) if o.status == "ok" else (o.error or "already done")
         table.add_row(str(o.job.source), str(o.job.target), o.status, details)
-    out.print(table)
+    print_table(table)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     out.print(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
 

@@ -188,8 +188,10 @@ def count_codes(
             raise TokenFileError("holds remapped indices; count the full-codebook files", path)
         if level is not None and not 0 <= level < meta.num_codebooks:
             raise TokenFileError(
-                f"has {meta.num_codebooks} codebook(s) / level(s); --level {level} is not one",
+                f"has {meta.num_codebooks} codebook(s) / level(s); level={level} is not one",
                 path,
+                cli_message=f"has {meta.num_codebooks} codebook(s) / level(s); --level {level} "
+                "is not one",
             )
         # (t, h, w[, L]) -> (L', positions): one row per level counted
         if meta.num_codebooks == 1:

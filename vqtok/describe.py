@@ -1,10 +1,9 @@
 """Plain descriptions of what a path holds, for ``vqtok info`` and ``vqtok models``.
 
 `describe_path` tells a model directory, an index file, a remap file, a token dataset and a
-video apart and
-returns a flat, JSON-ready dict of what each is (nothing is decoded beyond a video's first
-frame, no model weights are loaded); `describe_models` lists the models found in the search
-directories.
+video apart and returns a JSON-ready dict of what each is, nested like the sidecar (nothing is
+decoded beyond a video's first frame, no model weights are loaded); `describe_models` lists the
+models found in the search directories.
 """
 
 from __future__ import annotations
@@ -14,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
-from vqtok.checkpoint import CONFIG_FILE, WEIGHTS_FILE, list_models, read_info, weights_sha256
+from vqtok.checkpoint import (
+    CONFIG_FILE,
+    list_models,
+    parameter_count,
+    read_info,
+    weights_sha256,
+)
 from vqtok.errors import CheckpointError, VqtokError
 from vqtok.shards import describe_dataset, looks_like_dataset
 from vqtok.tokens import index_dtype, load_tokens, sidecar_path
@@ -75,37 +79,22 @@ def describe_remap(path: str | Path) -> dict[str, Any]:
 def describe_model(directory: str | Path) -> dict[str, Any]:
     """A model directory: name, family, config, parameter count and weights hash."""
     info = read_info(directory)
-    weights = Path(directory) / WEIGHTS_FILE
     out: dict[str, Any] = {
         "kind": "model",
         "path": str(directory),
         "name": info.name,
         "family": info.family,
-        "parameters": _parameter_count(weights),
+        "parameters": parameter_count(directory),
         "weights_sha256": weights_sha256(directory),
+        "config": info.config,
+        "input": info.input,
     }
-    out.update({f"config.{k}": v for k, v in info.config.items()})
-    out.update({f"input.{k}": v for k, v in info.input.items()})
     return out
 
 
-def _parameter_count(weights: Path) -> int:
-    """Elements of every tensor in a safetensors file, from its header (no tensor is read)."""
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            total = 0
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                count = 1
-                for dim in f.get_slice(key).get_shape():
-                    count *= dim
-                total += count
-            return total
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"unreadable weights ({e})", weights) from e
-
-
 def describe_index(path: str | Path) -> dict[str, Any]:
-    """An index file: its metadata (flattened), array shape, stored dtype, codes used."""
+    """An index file: array shape, stored dtype, codes used and its metadata (the sidecar's
+    nested objects as they are)."""
     indices, meta = load_tokens(path)
     out: dict[str, Any] = {
         "kind": "index",
@@ -118,18 +107,8 @@ def describe_index(path: str | Path) -> dict[str, Any]:
         out["distinct_codes_per_level"] = [
             int(np.unique(indices[..., level]).size) for level in range(meta.kept_levels)
         ]
-    out.update(_flatten(meta.to_dict()))
+    out.update(meta.to_dict())
     return out
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def describe_video(path: str | Path) -> dict[str, Any]:

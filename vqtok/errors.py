@@ -1,7 +1,9 @@
 """The typed errors vqtok raises.
 
 Every error a user can cause (bad file, bad model, bad argument) is a `VqtokError`; the CLI prints
-its message as one line and exits 1. The message names the file and says what to do.
+its message as one line and exits 1. The message names the file and says what to do, in the
+caller's terms: where the fix is an argument, ``message`` names the Python argument
+(``resume=True``) and ``cli_message`` the command-line flag (``--resume``), which the CLI prints.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from pathlib import Path
 
 
 class VqtokError(Exception):
-    """Base class. `path` (optional) is the file or directory the problem is about."""
+    """Base class. `path` (optional) is the file or directory the problem is about;
+    `cli_message` (optional) is `message` worded for the command line."""
 
-    def __init__(self, message: str, path: str | Path | None = None) -> None:
+    def __init__(
+        self, message: str, path: str | Path | None = None, *, cli_message: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.path = None if path is None else str(path)
+        self.cli_message = cli_message or message
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

@@ -75,7 +75,7 @@ def check_picture_size(width: int, height: int, path: str | Path) -> None:
     """
     if width * height > MAX_PIXELS:
         raise VideoError(
-            f"the picture is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than "
+            f"the picture is {height}x{width} ({width * height / 1e6:.0f} megapixels), more than "
             f"the {MAX_PIXELS / 1e6:.0f} megapixels (8192x8192) vqtok reads; scale it down "
             "first (e.g. ffmpeg -vf scale=-2:2160)",
             path,
@@ -120,7 +120,7 @@ def _plan_geometry(
     out_h, out_w = height // crop_multiple * crop_multiple, width // crop_multiple * crop_multiple
     if out_h == 0 or out_w == 0:
         raise ConfigError(
-            f"frames of {width}x{height} are smaller than the crop multiple {crop_multiple}; "
+            f"frames of {height}x{width} are smaller than the crop multiple {crop_multiple}; "
             "use a larger size"
         )
     return _Geometry((height, width), ((height - out_h) // 2, (width - out_w) // 2), (out_h, out_w))

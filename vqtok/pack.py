@@ -144,7 +144,8 @@ def pack_dataset(
     """
     require_pyarrow()
     if not shard_size_mb > 0:
-        raise ConfigError(f"--shard-size must be positive, got {shard_size_mb}")
+        raise ConfigError(f"shard_size_mb must be positive, got {shard_size_mb}",
+                          cli_message=f"--shard-size must be positive, got {shard_size_mb}")
     report = progress or (lambda p: None)
     output = Path(output)
     clips, meta = _check_inputs(_named_files(inputs), report)
@@ -325,9 +326,10 @@ def _prepare_output(output: Path, plan: list[_Shard], overwrite: bool) -> set[st
     stale = [n for n, key in found.items() if n not in keep and (n not in keys or key)]
     old = manifest_keys(output / MANIFEST)
     if (stale or (old is not None and old != keys)) and not overwrite:
-        raise VqtokError(f"holds another dataset ({stale[0] if stale else MANIFEST} is not "
-                         "from these inputs); pass --overwrite to replace it, or pack into a "
-                         "new directory", output)
+        what = f"holds another dataset ({stale[0] if stale else MANIFEST} is not from these inputs)"
+        raise VqtokError(f"{what}; pass overwrite=True to replace it, or pack into a new directory",
+                         output, cli_message=f"{what}; pass --overwrite to replace it, or pack "
+                         "into a new directory")
     if overwrite:
         (output / MANIFEST).unlink(missing_ok=True)  # no longer describes what is there
     for name in names:

@@ -86,7 +86,7 @@ def reconstruct_file(
     reader = open_reader(source, tokenizer.model, plain)
     if min(reader.size) < SSIM_WINDOW:
         raise ConfigError(
-            f"frames of {reader.size[1]}x{reader.size[0]} are smaller than the "
+            f"frames of {reader.size[0]}x{reader.size[1]} are smaller than the "
             f"{SSIM_WINDOW}x{SSIM_WINDOW} SSIM window; use a larger --size",
             source,
         )

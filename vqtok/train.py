@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqtok.checkpoint import load_pretrained, save_pretrained
+from vqtok.checkpoint import load_pretrained, parameter_count, save_pretrained
 from vqtok.data_init import fit_shortcut, init_codebooks
 from vqtok.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
 from vqtok.errors import ConfigError
@@ -281,8 +281,9 @@ def train(
     cfg, run = config.train, Path(run_dir)
     if not resume and (run / "checkpoint").exists():
         raise ConfigError(
-            "already holds a checkpoint; pass resume=True (--resume) or choose a new run directory",
+            "already holds a checkpoint; pass resume=True or choose a new run directory",
             run,
+            cli_message="already holds a checkpoint; add --resume or choose a new -o directory",
         )
 
     def skipped(line: str) -> None:
@@ -388,7 +389,8 @@ def _loop(
                 model.cpu(),
                 run / "model",
                 name=state.config.name,
-                card=model_card(state.config, done, time.monotonic() - t0, last_eval),
+                card=model_card(state.config, done, time.monotonic() - t0, last_eval,
+                                parameter_count(model)),
             )
     return TrainResult(run, model_dir, done, last_eval, interrupted)
 

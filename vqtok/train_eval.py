@@ -58,11 +58,16 @@ def _to_uint8(video: Tensor) -> Tensor:
     return ((video[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0)
 
 
-def model_card(config: RunConfig, step: int, seconds: float, last_eval: dict[str, float]) -> str:
+def model_card(
+    config: RunConfig, step: int, seconds: float, last_eval: dict[str, float], parameters: int
+) -> str:
     lines = [
         f"# {config.name}",
         "",
         f"Trained with `vqtok train` for {step} steps ({seconds / 3600:.2f} h).",
+        "",
+        f"Parameters: {parameters:,} (`vqtok.checkpoint.parameter_count`: every value in "
+        "model.safetensors).",
         "",
         "## Training config",
         "",

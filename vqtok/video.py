@@ -273,7 +273,7 @@ class VideoWriter:
         if muxer is None:
             raise VideoError(f"cannot write this extension; use one of {sorted(_MUXERS)}", path)
         if width < 1 or height < 1:
-            raise ConfigError(f"frame size must be positive, got {width}x{height}")
+            raise ConfigError(f"frame size must be positive, got {height}x{width}")
         if not self.path.parent.is_dir():
             # FFmpeg opens the file lazily: fail now, not after the first frame was computed
             raise VideoError("cannot create the video file: its directory does not exist", path)

@@ -87,15 +87,20 @@ def check_model_matches(
     if differ:
         raise TokenFileError(
             f"the model cannot decode these indices ({'; '.join(differ)} in the file vs the "
-            f"model); pass the model it was encoded with (--model {meta.model})",
+            f"model); decode with the model it was encoded with ({meta.model!r})",
             path,
+            cli_message=f"the model cannot decode these indices ({'; '.join(differ)} in the "
+            f"file vs the model); pass the model it was encoded with (--model {meta.model})",
         )
     if meta.model_sha256 and weights_sha256 and meta.model_sha256 != weights_sha256 and not force:
         raise TokenFileError(
             f"was encoded with model {meta.model!r} (weights sha256 {meta.model_sha256[:12]}...) "
-            f"but the model given has weights {weights_sha256[:12]}...; pass the right --model, "
-            "or --force to decode anyway",
+            f"but the model given has weights {weights_sha256[:12]}...; use the right model, "
+            "or force=True to decode anyway",
             path,
+            cli_message=f"was encoded with model {meta.model!r} (weights sha256 "
+            f"{meta.model_sha256[:12]}...) but the model given has weights "
+            f"{weights_sha256[:12]}...; pass the right --model, or --force to decode anyway",
         )
 
 
@@ -180,15 +185,13 @@ def load_remap_for(
     """
     if meta.remap is None:
         if remap is not None:
-            raise TokenFileError("the indices are not remapped; drop --remap", path)
+            raise TokenFileError("the indices are not remapped; pass no remap file", path,
+                                 cli_message="the indices are not remapped; drop --remap")
         return None
     if remap is None:
-        raise TokenFileError(
-            f"the indices are remapped ({_sizes(meta.remap.sizes or (meta.remap.size,))} used "
-            f"codes, remap file sha256 {meta.remap.sha256[:12]}...); pass that file with "
-            "--remap",
-            path,
-        )
+        what = (f"the indices are remapped ({_sizes(meta.remap.sizes or (meta.remap.size,))} "
+                f"used codes, remap file sha256 {meta.remap.sha256[:12]}...); pass that file")
+        raise TokenFileError(f"{what} as remap=", path, cli_message=f"{what} with --remap")
     used = load_used_sets(remap, meta.codebook_size)
     expected = meta.remap.sizes or (meta.remap.size,)
     digest = file_sha256(remap)
