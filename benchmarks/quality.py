@@ -55,10 +55,8 @@ def usage(indices: torch.Tensor, tok: vqtok.Tokenizer) -> list[np.ndarray]:
 
 def measure(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dict:
     video = to_tensor(frames)
-    with torch.inference_mode():
-        padded = tok._pad(video)  # 1 + k*tau frames, the last repeated
-        indices = tok.model.encode(padded, levels=levels) if levels else tok.model.encode(padded)
-        recon = tok.decode(indices, frames=frames.shape[0])
+    indices = tok.encode(video, levels=levels)
+    recon = tok.decode(indices, frames=frames.shape[0])
     ref, out = torch.from_numpy(frames).double(), to_uint8(recon)
     return {
         "psnr": float(psnr(ref, out)),
