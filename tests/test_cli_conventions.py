@@ -156,3 +156,30 @@ def test_help_shows_what_to_type_not_python_types(words: list[str]) -> None:
         assert "--size HxW" in " ".join(text.split())
         flag_row = next(line for line in text.splitlines() if "--overwrite" in line)
         assert flag_row.split("--overwrite")[1].split()[0] == "Redo", flag_row
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["encode", "a.mp4", "--bogus"], ["vqtok encode", "no such option: --bogus"]),
+        (["decode"], ["vqtok decode", "missing argument 'CODES...'"]),
+        (["encode", "a.mp4", "--chunk", "abc"], ["vqtok encode", "'--chunk'"]),
+        (["encode", "a.mp4", "--format", "zz"], ["'zz' is not one of 'npy', 'safetensors'"]),
+        (["frob"], ["vqtok:", "no such command 'frob'"]),
+        (["remap", "frob"], ["vqtok remap:", "no such command 'frob'"]),
+    ],
+)
+def test_command_line_mistakes_are_one_line_with_status_2(
+    args: list[str], words: list[str], run  # type: ignore[no-untyped-def]
+) -> None:
+    result = run(*args, code=2)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert lines[0].endswith("--help)") and "╭" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_arguments_still_prints_the_help(run) -> None:  # type: ignore[no-untyped-def]
+    result = run(code=2)
+    assert "Usage:" in result.stdout and "encode" in result.stdout

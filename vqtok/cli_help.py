@@ -6,13 +6,26 @@ Typer renders Python types in ``--help``: a flag as ``--overwrite <bool>``, a li
 with, show instead what to type: flags bare, arguments and values as upper-case names (or the
 metavar an option declares, such as ``HxW``), optional arguments in brackets, choices as
 ``fp32|bf16|fp16``. Only the help text changes; parsing is Typer's.
+
+A mistake on the command line (an unknown option or command, a missing argument, a value of
+the wrong type) is one line on stderr, ``error: vqtok encode: no such option: --bogus (see
+vqtok encode --help)``, exit status 2: the same shape as every other vqtok error, instead of
+Typer's usage block and boxed panel.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
+import typer
 from typer.core import TyperCommand, TyperGroup
+
+try:  # Typer >= 0.22 carries its own Click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer runs on Click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 
 def _choices(param: Any) -> list[str] | None:
@@ -73,8 +86,42 @@ class Command(TyperCommand):
         return pieces
 
 
+def usage_line(error: click_errors.ClickException) -> str:
+    """``error: <command>: <what is wrong> (see <command> --help)`` on one line."""
+    message = " ".join(error.format_message().split()).rstrip(".")
+    message = message.replace("Value error, ", "")  # how the value check words a bad choice
+    ctx = getattr(error, "ctx", None)
+    if ctx is None:
+        return f"error: {message}"
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    return f"error: {ctx.command_path}: {message} (see {ctx.command_path} --help)"
+
+
 class Group(TyperGroup):
-    """A command group whose own options (``--version``, ``--help``) print no type."""
+    """A command group whose own options (``--version``, ``--help``) print no type, and whose
+    command-line mistakes are one line (`usage_line`)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return tidy_params(super().get_params(ctx))
+
+    def main(
+        self, args: Sequence[str] | None = None, prog_name: str | None = None,
+        complete_var: str | None = None, standalone_mode: bool = True,
+        windows_expand_args: bool = True, **extra: Any,
+    ) -> Any:
+        extra.update(prog_name=prog_name, complete_var=complete_var,
+                     windows_expand_args=windows_expand_args)
+        if not standalone_mode:
+            return super().main(args, standalone_mode=False, **extra)
+        try:
+            # Not standalone: Click hands the errors back instead of drawing them.
+            status = super().main(args, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            sys.exit(e.exit_code)  # the help is already printed
+        except click_errors.ClickException as e:
+            print(usage_line(e), file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
