@@ -73,6 +73,9 @@ class _Shards:
             for group in range(meta.num_row_groups):
                 self.groups.append((shard, group))
                 self.starts.append(self.starts[-1] + meta.row_group(group).num_rows)
+        # the shared facts are in the manifest and the sidecar JSON is read only when asked for
+        names = self.pq.read_schema(self.paths[0]).names if self.paths else []
+        self.columns = [n for n in names if n not in (*SHARED_COLUMNS, "metadata")]
         if self.starts[-1] != self.manifest["rows"]:
             raise VqtokError(f"the shards hold {self.starts[-1]} rows, the manifest says "
                              f"{self.manifest['rows']}; pack the dataset again", self.directory)
@@ -105,20 +108,27 @@ class _Shards:
 
     def group(self, number: int) -> _Group:
         """Row group ``number`` (in dataset order), decoded."""
-        if os.getpid() != self.pid:  # a forked worker must not share the parent's handles
-            self._reset()
-        if number in self.cache:
+        if number in self.cache and os.getpid() == self.pid:
             self.cache.move_to_end(number)
             return self.cache[number]
-        shard, group = self.groups[number]
-        if shard not in self.files:
-            self.files[shard] = self.pq.ParquetFile(self.paths[shard], memory_map=True)
-        table = self.files[shard].read_row_group(group, use_threads=False)
-        decoded = _decode(table)
+        decoded = _decode(self.read(number, self.columns))
         self.cache[number] = decoded
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return decoded
+
+    def read(self, number: int, columns: list[str]) -> Any:
+        """``columns`` of row group ``number`` as an Arrow table."""
+        if os.getpid() != self.pid:  # a forked worker must not share the parent's handles
+            self._reset()
+        shard, group = self.groups[number]
+        if shard not in self.files:
+            # pre-buffering (coalesced, asynchronous reads) costs a random read of one small
+            # row group several times what decoding it does on a local memory-mapped file
+            self.files[shard] = self.pq.ParquetFile(
+                self.paths[shard], memory_map=True, pre_buffer=False
+            )
+        return self.files[shard].read_row_group(group, columns=columns, use_threads=False)
 
 
 def _decode(table: Any) -> _Group:
@@ -128,7 +138,7 @@ def _decode(table: Any) -> _Group:
     # the offsets index .values, the whole child array (also when the list array is a slice)
     values = indices.values.to_numpy()
     columns = {n: table.column(n).to_pylist() for n in table.column_names
-               if n not in ("indices", "shape", *SHARED_COLUMNS)}
+               if n not in ("indices", "shape")}
     return _Group(values, offsets, table.column("shape").to_pylist(), columns)
 
 
@@ -159,14 +169,12 @@ class TokenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check(index)
         group, row = self._shards.locate(index)
-        item = self._shards.group(group).item(row)
-        item.pop("metadata")
-        return item
+        return self._shards.group(group).item(row)
 
     def token_metadata(self, index: int) -> TokenMetadata:
         """The sidecar of row ``index``, as `vqtok.tokens.load_metadata` gives it."""
         group, row = self._shards.locate(self._check(index))
-        text = self._shards.group(group).columns["metadata"][row]
+        text = self._shards.read(group, ["metadata"]).column(0)[row].as_py()
         return TokenMetadata.from_dict(json.loads(text), self._shards.directory)
 
     def _check(self, index: int) -> int:
@@ -218,6 +226,4 @@ class TokenIterableDataset(IterableDataset):
         for number in range(me, len(self._shards.groups), consumers):
             group = self._shards.group(number)
             for row in range(len(group.shapes)):
-                item = group.item(row)
-                item.pop("metadata")
-                yield item
+                yield group.item(row)

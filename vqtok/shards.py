@@ -37,7 +37,9 @@ MANIFEST = "manifest.json"
 DATASET_FORMAT = "vqtok-dataset"
 DATASET_VERSION = 1
 KEY_FIELD = b"vqtok.shard_key"
-ROW_GROUP_BYTES = 1 << 20  # index bytes per Parquet row group: the unit a random read decodes
+# Index bytes per Parquet row group: the unit a random read decodes. 64 KB reads ~7x faster
+# than 1 MB groups in random order (benchmarks/pack.py) for ~15% more bytes on disk.
+ROW_GROUP_BYTES = 64 << 10
 SHARD_NAME = re.compile(r"^shard-\d{5}-of-\d{5}\.parquet$")
 TEMP_NAME = re.compile(r"^\.shard-\d{5}-of-\d{5}\.parquet\.[0-9a-f]{8}\.tmp$")
 # the per-row facts besides indices / shape, with their Arrow type names (see `schema`)
