@@ -11,7 +11,11 @@ Writes ``--files`` synthetic index files (random indices of shape grid (+ levels
 - random access: ``--items`` reads in a random order through ``DataLoader(TokenDataset,
   batch_size=None, sampler=random order)`` with 0 and with 2 workers, and with 2 workers in
   batches of 32 (a worker sends each item or batch through a queue, so single items pay that
-  per item), items/s; a sample of items is compared with its index files afterwards.
+  per item), items/s; a sample of items is compared with its index files afterwards;
+- peers in the same run, 0 workers: the same files packed in row groups of ``--peer-group-kb``
+  (1 MB, the size before 2026-12-02), and Hugging Face ``datasets`` reading our shards
+  (``load_dataset("parquet")``, which first converts them to its own Arrow cache; ``ds[i]``
+  with the indices as int64 tensors), when it is installed.
 
 With ``--results`` the table becomes the ``## Pack`` section of that file.
 """
@@ -36,6 +40,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import loadavg, write_section  # noqa: E402
 
+import vqtok.shards  # noqa: E402
 from vqtok.data import TokenDataset  # noqa: E402
 from vqtok.pack import pack_dataset  # noqa: E402
 from vqtok.tokens import (  # noqa: E402
@@ -80,6 +85,35 @@ def random_reads(dataset: TokenDataset, items: int, workers: int, batch: int | N
     return count / (time.perf_counter() - start)
 
 
+def peer_group_size(work: Path, kb: int, items: int) -> tuple[float, float]:
+    """(items/s at 0 workers, dataset MB) of the same files packed in row groups of ``kb``."""
+    saved, vqtok.shards.ROW_GROUP_BYTES = vqtok.shards.ROW_GROUP_BYTES, kb << 10
+    try:
+        report = pack_dataset([work / "codes"], work / "dataset-peer")
+    finally:
+        vqtok.shards.ROW_GROUP_BYTES = saved
+    return random_reads(TokenDataset(work / "dataset-peer"), items, 0, None), report.bytes / 1e6
+
+
+def peer_hf_datasets(work: Path, items: int) -> tuple[float, float] | None:
+    """(items/s of random ``ds[i]``, seconds to load) with Hugging Face ``datasets``."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    datasets.disable_progress_bars()
+    start = time.perf_counter()
+    files = sorted(str(p) for p in (work / "dataset").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train",
+                               cache_dir=str(work / "hf-cache")).with_format("torch")
+    load_s = time.perf_counter() - start
+    order = np.random.default_rng(1).integers(0, len(ds), items).tolist()
+    start = time.perf_counter()
+    for i in order:
+        ds[i]["indices"]
+    return items / (time.perf_counter() - start), load_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000)
@@ -89,6 +123,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=float, default=256, help="MB per shard")
     parser.add_argument("--items", type=int, default=5000, help="random reads per setting")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument("--peer-group-kb", type=int, default=1024,
+                        help="row-group size of the peer pack, KB")
     parser.add_argument("--results", type=Path,
                         help="write the table as the '## Pack' section of this file")
     args = parser.parse_args()
@@ -110,6 +146,8 @@ def main() -> None:
             item = dataset[i]
             expected, _ = load_tokens(work / item["index_file"])  # "codes/000/clipN.npy"
             assert np.array_equal(item["indices"].numpy(), expected), item["index_file"]
+        peer_rate, peer_mb = peer_group_size(work, args.peer_group_kb, args.items)
+        hf = peer_hf_datasets(work, args.items)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -125,7 +163,12 @@ def main() -> None:
         ("random access, 0 workers", f"{rates[0, None]:,.0f} items/s"),
         ("random access, 2 workers", f"{rates[2, None]:,.0f} items/s"),
         ("random access, 2 workers, batches of 32", f"{rates[2, 32]:,.0f} items/s"),
+        (f"peer: row groups of {args.peer_group_kb} KB, 0 workers",
+         f"{peer_rate:,.0f} items/s ({peer_mb:.1f} MB)"),
     ]
+    if hf is not None:
+        rows.append(("peer: Hugging Face datasets, ds[i]",
+                     f"{hf[0]:,.0f} items/s (after {hf[1]:.1f} s converting to its cache)"))
     table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
     if args.results is not None:
