@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import vqtok
-from vqtok import checkpoint
 from vqtok.api import Tokenizer, resolve_device, resolve_dtype
 from vqtok.errors import CheckpointError, ConfigError, VqtokError
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io import checkpoint
 
 
 def tiny_model() -> VideoTokenizer:
@@ -166,7 +166,7 @@ def test_device_and_dtype_resolution() -> None:
 
 
 def test_windowed_families_pad_each_window() -> None:
-    from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
+    from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 
     tok = Tokenizer(Magvit2Tokenizer(Magvit2Config(ch=32, num_res_blocks=1, z_channels=4)))
     assert tok.model.window == 17 and tok.temporal_factor == 4

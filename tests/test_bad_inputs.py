@@ -48,12 +48,12 @@ from clips import (
 
 from tests.tiny import save_tiny_model
 from vqtok.api import load
-from vqtok.batching import encode_files
-from vqtok.cli_support import run_jobs
-from vqtok.jobs import Job, plan_inputs
-from vqtok.pipeline import EncodeOptions
-from vqtok.tokens import load_tokens
-from vqtok.video import VideoReader
+from vqtok.cli.support import run_jobs
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import VideoReader
+from vqtok.pipeline.batching import encode_files
+from vqtok.pipeline.encode import EncodeOptions
+from vqtok.pipeline.plan import Job, plan_inputs
 
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]

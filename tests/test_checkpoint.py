@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqtok import checkpoint
-from vqtok.checkpoint import (
+from vqtok.errors import CheckpointError
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io import checkpoint
+from vqtok.io.checkpoint import (
     list_models,
     load_pretrained,
     read_info,
@@ -21,8 +23,6 @@ from vqtok.checkpoint import (
     save_pretrained,
     weights_sha256,
 )
-from vqtok.errors import CheckpointError
-from vqtok.model import TokenizerConfig, VideoTokenizer
 
 
 def tiny(kind: str = "fsq", options: dict[str, Any] | None = None) -> VideoTokenizer:

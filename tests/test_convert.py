@@ -18,8 +18,8 @@ from test_magvit2 import check_activations
 from torch import Tensor, nn
 
 import vqtok.api
-from vqtok.conversion import meta_model
-from vqtok.convert import (
+from vqtok.convert.common import meta_model
+from vqtok.convert.formats import (
     convert_cosmos,
     convert_open_magvit2,
     cosmos_constants,
@@ -27,9 +27,9 @@ from vqtok.convert import (
     infer_magvit2_config,
     magvit2_release_names,
 )
-from vqtok.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.errors import CheckpointError
-from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
+from vqtok.families.cosmos import CosmosConfig, CosmosTokenizer
+from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COSMOS = FIXTURES / "cosmos-dv4x8x8"

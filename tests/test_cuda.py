@@ -16,7 +16,7 @@ import torch
 import vqtok
 from tests.tiny import TINY_CONFIG, save_tiny_model
 from vqtok.api import Tokenizer
-from vqtok.model import VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.quantizers import build_quantizer
 
 pytestmark = [

@@ -5,7 +5,7 @@ import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.compat_helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
+from vqtok.quantizers.compat.helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
 from vqtok.quantizers.ema import EMACodebook
 from vqtok.quantizers.residual import EMAResidualQuantizer, ResidualQuantizer
 

@@ -1,7 +1,7 @@
 """Security and determinism checks (design.md §6): no unpickling, no network, no escapes.
 
 * the package never calls ``torch.load`` / ``pickle`` / ``allow_pickle=True`` /
-  ``weights_only=False`` outside the conversion module (`vqtok/convert.py`, which itself
+  ``weights_only=False`` outside the conversion module (`vqtok/convert/formats.py`, which itself
   loads only with ``weights_only=True``);
 * a whole ``vqtok encode`` + ``decode`` runs with every socket constructor patched to raise;
 * model names cannot leave the model search directories (``../x``, absolute paths);
@@ -21,9 +21,9 @@ from clips import make_clip
 from typer.testing import CliRunner
 
 from tests.tiny import save_tiny_model
-from vqtok.checkpoint import resolve_model
-from vqtok.cli import app
+from vqtok.cli.app import app
 from vqtok.errors import CheckpointError
+from vqtok.io.checkpoint import resolve_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vqtok"
 # The conversion path is the only code allowed to read foreign (pickle-based) checkpoints.

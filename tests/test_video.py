@@ -1,4 +1,4 @@
-"""Video I/O (vqtok.video) on synthetic clips written with PyAV into tmp_path."""
+"""Video I/O (vqtok.io.video) on synthetic clips written with PyAV into tmp_path."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqtok.errors import ConfigError, VideoError
-from vqtok.video import (
+from vqtok.io.video import (
     VideoReader,
     VideoWriter,
     _FrameRateResampler,
@@ -272,7 +272,7 @@ def test_ffmpeg_permission_error_is_wrapped(
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("vqtok.video.av.open", denied)
+    monkeypatch.setattr("vqtok.io.video.av.open", denied)
     with pytest.raises(VideoError, match="permission denied") as info:
         probe(path)
     assert isinstance(info.value.__cause__, PermissionError)

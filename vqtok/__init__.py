@@ -1,7 +1,7 @@
 """vqtok: turn video into discrete tokens and back.
 
 The package is a small library (quantizers, causal 3D tokenizer, video and index-file I/O) with a
-thin command line on top (`vqtok.cli`).
+thin command line on top (`vqtok.cli.app`).
 """
 
 import importlib
@@ -20,8 +20,8 @@ from vqtok.errors import (
 
 if TYPE_CHECKING:
     from vqtok.api import Tokenizer, load
-    from vqtok.checkpoint import load_pretrained, save_pretrained
-    from vqtok.videotensor import read_video, write_video
+    from vqtok.io.checkpoint import load_pretrained, save_pretrained
+    from vqtok.io.videotensor import read_video, write_video
 
 __version__ = "0.1.0"
 
@@ -29,10 +29,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "vqtok.api",
     "Tokenizer": "vqtok.api",
-    "read_video": "vqtok.videotensor",
-    "write_video": "vqtok.videotensor",
-    "load_pretrained": "vqtok.checkpoint",
-    "save_pretrained": "vqtok.checkpoint",
+    "read_video": "vqtok.io.videotensor",
+    "write_video": "vqtok.io.videotensor",
+    "load_pretrained": "vqtok.io.checkpoint",
+    "save_pretrained": "vqtok.io.checkpoint",
 }
 
 

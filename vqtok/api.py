@@ -14,8 +14,8 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
 the bottom row and the right column) and trims decoded clips back, runs under
 ``torch.inference_mode()``, and with ``dtype=bfloat16/float16`` runs the convolutions under
 autocast while the quantizer's distances and indices stay float32. Long videos go through
-``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin
-skin over this module; `vqtok.videotensor` reads a video file into the tensor `encode` takes.
+``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli.app`) is a thin
+skin over this module; `vqtok.io.videotensor` reads a video file into the tensor `encode` takes.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.family import TokenizerModel
-from vqtok.hub import DownloadFn, parse_hub_ref
-from vqtok.usedsets import UsedSets, load_used_sets
+from vqtok.families.base import TokenizerModel
+from vqtok.io.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
+from vqtok.io.hub import DownloadFn, parse_hub_ref
+from vqtok.io.usedsets import UsedSets, load_used_sets
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -262,7 +262,7 @@ class Tokenizer:
         Args:
             video: the clip.
             remap: a remap file (``.npy`` / ``.safetensors`` from ``vqtok remap build``) or
-                `vqtok.usedsets.UsedSets`, one used set per codebook / level: the indices are
+                `vqtok.io.usedsets.UsedSets`, one used set per codebook / level: the indices are
                 then compact ids (level l's in [0, U_l)), and quantizers with a codebook search
                 look only at the used codes, level by level.
             levels: residual models: keep the first k levels, (..., k); a coarser code of

@@ -184,7 +184,7 @@ class Quantizer(nn.Module):
         Args:
             z: latents in any layout ``forward`` takes.
             allowed: L int64 tensors (U_l,) of distinct ids in [0, vocab_sizes[l]), usually
-                sorted (a remap file's used sets, `vqtok.usedsets.UsedSets`).
+                sorted (a remap file's used sets, `vqtok.io.usedsets.UsedSets`).
             channel_last: see `Layout.of`.
 
         Returns:
@@ -196,7 +196,7 @@ class Quantizer(nn.Module):
             RemapError: (quantizers that do not restrict their search) a code outside its
                 level's allowed set; the message names the level.
         """
-        from vqtok.usedsets import UsedSets  # the quantizers do not need it otherwise
+        from vqtok.io.usedsets import UsedSets  # the quantizers do not need it otherwise
 
         levels = self.check_allowed(allowed, z.device)
         indices = self(z, channel_last).indices

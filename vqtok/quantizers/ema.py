@@ -38,9 +38,9 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
+from vqtok.quantizers.remap import IndexRemap, UsedLike
 from vqtok.quantizers.search import nearest_codes
 from vqtok.quantizers.usage import reseed_dead_codes
-from vqtok.remap import IndexRemap, UsedLike
 
 INITS = ("normal", "uniform")
 
@@ -224,7 +224,7 @@ class EMAQuantizer(Quantizer):
         decay: EMA decay gamma in [0, 1).
         eps: Laplace smoothing epsilon.
         legacy_init: start the EMA counts at 0 as CogVideo does (see the module docstring).
-        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.remap`): as in
+        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.quantizers.remap`): as in
             `VectorQuantizer`, the search is restricted to them and indices are compact ids in
             [0, U); ``codebook_size`` is then U.
         init: initial codes, ``"normal"`` (N(0, 1), CogVideo) or ``"uniform"`` (U(-1/K, 1/K)).

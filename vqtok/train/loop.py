@@ -1,0 +1,402 @@
+"""Train or fine-tune a vqtok tokenizer on a folder of videos and images.
+
+    result = vqtok.train.loop.train(RunConfig.from_file("cfg.json"), ["footage/"], "runs/lfq")
+
+A run directory holds:
+
+- ``checkpoint/``: the latest checkpoint, replaced atomically: ``model/`` (an ordinary model
+  directory), ``optimizer.safetensors`` and ``state.json`` (step, config, elapsed time);
+- ``metrics.jsonl``: one JSON object per logged step and per evaluation;
+- ``model/``: the final model directory (with a model card), written when the run ends.
+
+Every batch and every random draw of step ``s`` is seeded from (seed, s), so ``resume=True``
+continues exactly where the checkpoint left off: the same weights as an uninterrupted run.
+Loss: L1 + MSE reconstruction plus the quantizer's own weighted loss; AdamW with linear warm-up
+and a cosine decay; global gradient clipping. Progress goes to a callback, never to the
+terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqtok.errors import ConfigError
+from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.checkpoint import load_pretrained, parameter_count, save_pretrained
+from vqtok.metrics import ssim_loss
+from vqtok.train.config import RunConfig, TrainConfig
+from vqtok.train.data_init import fit_shortcut, init_codebooks
+from vqtok.train.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
+from vqtok.train.eval import code_counts, evaluate, model_card
+from vqtok.train.state import load_checkpoint, save_checkpoint
+from vqtok.train.weight_ema import WeightEMA
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    model_dir: Path | None
+    step: int
+    last_eval: dict[str, float]
+    interrupted: bool
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+_QUANTIZER_SIDE = ("quantizer.", "pre_quant_norm.")
+
+
+def transfer_weights(model: VideoTokenizer, source: str | Path) -> list[str]:
+    """Start ``model`` from the weights of the model directory (or name) ``source``.
+
+    The encoder and decoder must match exactly (same keys and shapes). The quantizer's state
+    (and the pre-quantizer norm's) is copied too when the quantizer config is the same;
+    otherwise it is left as initialised, so a backbone trained with one quantizer can be
+    fine-tuned with another (EMA VQ -> LFQ).
+
+    Returns:
+        The keys left at their initial values (the quantizer's, when it changed).
+
+    Raises:
+        ConfigError: the source is another family or its backbone does not fit.
+    """
+    src = load_pretrained(source)
+    if not isinstance(src, VideoTokenizer):
+        raise ConfigError(f"--init-from needs a vqtok-family model, not {src.family!r}", source)
+    theirs = src.state_dict()
+    same_q = (src.config.quantizer, src.config.quantizer_options) == (
+        model.config.quantizer,
+        model.config.quantizer_options,
+    )
+    if not same_q:
+        theirs = {k: v for k, v in theirs.items() if not k.startswith(_QUANTIZER_SIDE)}
+    ours = model.state_dict()
+    backbone = {k for k in ours if same_q or not k.startswith(_QUANTIZER_SIDE)}
+    bad = sorted(backbone ^ set(theirs)) + sorted(
+        k for k in backbone & set(theirs) if ours[k].shape != theirs[k].shape
+    )
+    if bad:
+        raise ConfigError(f"--init-from: weights do not fit this architecture ({bad[0]})", source)
+    model.load_state_dict(theirs, strict=same_q)
+    return sorted(set(ours) - backbone)
+
+
+def _schedule_quantizer(
+    model: VideoTokenizer, cfg: TrainConfig, base: dict[str, float], step: int
+) -> None:
+    """Gumbel temperature annealing and LFQ entropy-weight warm-up for this step."""
+    q: Any = model.quantizer
+    if hasattr(q, "set_temperature") and cfg.gumbel_anneal_steps > 0:
+        start, end = cfg.gumbel_temperature
+        a = min(step / cfg.gumbel_anneal_steps, 1.0)
+        q.set_temperature(start * (end / start) ** a)
+    if "entropy_loss_weight" in base and cfg.entropy_warmup_steps > 0:
+        q.entropy_loss_weight = base["entropy_loss_weight"] * min(
+            1.0, step / cfg.entropy_warmup_steps
+        )
+
+
+class _LatentTap:
+    """Keeps a random subset of the latest quantizer inputs, for dead-code re-seeding."""
+
+    def __init__(self, model: VideoTokenizer, keep: int = 4096) -> None:
+        self.keep, self.samples = keep, torch.empty(0)
+        model.quantizer.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training:
+            z = args[0].detach()
+            flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # (B, D, t, h, w) -> (N, D)
+            idx = torch.randperm(flat.shape[0], device=flat.device)[: self.keep]
+            self.samples = flat[idx].float()
+
+
+def _levels_for_step(model: VideoTokenizer, cfg: TrainConfig) -> int | None:
+    """Quantizer dropout: with probability p run only the first k < L levels (k uniform)."""
+    top = model.max_levels
+    if not cfg.quantizer_dropout or top is None or top < 2:
+        return None
+    if float(torch.rand(())) >= cfg.quantizer_dropout:
+        return None
+    return int(torch.randint(1, top, ()))
+
+
+def _step(
+    model: VideoTokenizer,
+    opt: torch.optim.Optimizer,
+    batch: Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One optimisation step; returns the logged scalars."""
+    batch = batch.to(device, non_blocking=True)
+    levels = _levels_for_step(model, cfg)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        recon, out = model(batch, levels)
+    recon = recon.float()
+    l1, mse = F.l1_loss(recon, batch), F.mse_loss(recon, batch)
+    loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.quantizer_weight * out.loss
+    ssim_term = ssim_loss(batch, recon) if cfg.ssim_weight else torch.zeros(())
+    loss = loss + cfg.ssim_weight * ssim_term
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip > 0
+        else torch.tensor(0.0)
+    )
+    opt.step()
+    metrics = {k: float(v) for k, v in out.metrics.items()}
+    metrics.update(
+        loss=loss.item(),
+        l1=l1.item(),
+        mse=mse.item(),
+        ssim_loss=ssim_term.item(),
+        q_loss=out.loss.item(),
+        grad_norm=float(grad_norm),
+        psnr=float(10 * torch.log10(4 / mse.detach())),
+        levels=levels or 0,
+    )
+    # indices of a dropout step have fewer columns: count them only on full steps
+    return {"indices": None if levels else out.indices.detach(), **metrics}
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _initialise(
+    model: VideoTokenizer, sampler: ClipSampler, cfg: TrainConfig, fine_tune: bool
+) -> dict[str, Any]:
+    """Data-dependent start of a fresh run: shortcut basis, then k-means codebooks."""
+    done: dict[str, Any] = {}
+    if model.config.shortcut == "linear" and not fine_tune and cfg.fit_shortcut_batches:
+        done["shortcut_blocks"] = fit_shortcut(model, sampler, cfg.fit_shortcut_batches)
+    if cfg.kmeans_init_batches and not fine_tune:
+        done["kmeans_samples"] = init_codebooks(
+            model, sampler, cfg.kmeans_init_batches, seed=cfg.seed
+        )
+    return done
+
+
+class _Run:
+    """The state of one training run between steps: model, optimiser, averages, counters."""
+
+    def __init__(self, config: RunConfig, run: Path, dev: torch.device) -> None:
+        self.config, self.cfg, self.run, self.dev = config, config.train, run, dev
+        self.model = VideoTokenizer(config.model)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            betas=(self.cfg.beta1, self.cfg.beta2),
+            weight_decay=self.cfg.weight_decay,
+        )
+        self.ema = WeightEMA(self.model, self.cfg.weight_ema) if self.cfg.weight_ema else None
+        self.best_psnr = -math.inf
+
+    def save(self, done: int, elapsed: float) -> None:
+        extra = self.ema.state() if self.ema is not None else None
+        save_checkpoint(
+            self.run / "checkpoint", self.model, self.opt, self.config, done, elapsed, extra
+        )
+
+    def resume(self) -> tuple[int, float]:
+        start, elapsed, extra = load_checkpoint(
+            self.run / "checkpoint", self.model, self.opt, self.config
+        )
+        if self.ema is not None:
+            self.ema.load(extra)
+        best = self.run / "best.json"
+        if best.exists():
+            self.best_psnr = float(json.loads(best.read_text()).get("eval_psnr", -math.inf))
+        return start, elapsed
+
+    def shipped(self) -> contextlib.AbstractContextManager[None]:
+        """The weights to evaluate and ship: the average when there is one."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def evaluate(self, clips: list[Tensor], done: int) -> dict[str, float]:
+        """Held-out metrics of the shipped weights; a new best is saved to ``run/best``."""
+        with self.shipped():
+            result = evaluate(self.model, clips, self.dev)
+            if result and result["eval_psnr"] > self.best_psnr:
+                self.best_psnr = result["eval_psnr"]
+                save_pretrained(self.model, self.run / "best", name=self.config.name)
+                record = json.dumps({"step": done, **result}) + "\n"
+                (self.run / "best.json").write_text(record)
+        return result
+
+
+def train(
+    config: RunConfig,
+    data: Sequence[str | Path],
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    on_progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on the footage under ``data``, writing into ``run_dir``.
+
+    Args:
+        config: architecture + training options.
+        data: video / image files or directories.
+        run_dir: where checkpoints, metrics and the final model go (``best/``: the model of
+            the best held-out PSNR so far, updated at each evaluation; ``best.json``: its
+            step and metrics).
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        resume: continue from ``run_dir/checkpoint`` (exactly).
+        init_from: fine-tune: start from this model directory's weights (`transfer_weights`).
+        on_progress: called with a dict of scalars after every logged step / evaluation,
+            and with ``{"warning": "<path>: <reason>; skipped"}`` for an unreadable file.
+
+    Returns:
+        A `TrainResult`. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+    """
+    cfg, run = config.train, Path(run_dir)
+    if not resume and (run / "checkpoint").exists():
+        raise ConfigError(
+            "already holds a checkpoint; pass resume=True or choose a new run directory",
+            run,
+            cli_message="already holds a checkpoint; add --resume or choose a new -o directory",
+        )
+
+    def skipped(line: str) -> None:
+        if on_progress is not None:
+            on_progress({"warning": line})
+
+    spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip)
+    footage, held = split_holdout(
+        load_footage(data, cfg.short_side, on_skip=skipped), cfg.holdout_frames
+    )
+    run.mkdir(parents=True, exist_ok=True)  # only once there is footage to train on
+    sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed)
+    eval_clips = heldout_clips(held, cfg.clip_frames, cfg.eval_size)
+    torch.manual_seed(cfg.seed)
+    state = _Run(config, run, _resolve_device(device))
+    model = state.model
+    if init_from is not None:
+        transfer_weights(model, init_from)
+    start, elapsed = 0, 0.0
+    if resume:
+        start, elapsed = state.resume()
+    else:
+        setup = _initialise(model, sampler, cfg, fine_tune=init_from is not None)
+        if state.ema is not None:
+            state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
+        if setup and on_progress is not None:
+            on_progress({"step": 0, **setup})
+    model.to(state.dev).train()
+    if state.ema is not None:
+        state.ema.shadow = {k: v.to(state.dev) for k, v in state.ema.shadow.items()}
+    run.mkdir(parents=True, exist_ok=True)
+    return _loop(state, sampler, eval_clips, start, elapsed, on_progress)
+
+
+def _loop(
+    state: _Run,
+    sampler: ClipSampler,
+    eval_clips: list[Tensor],
+    start: int,
+    elapsed: float,
+    on_progress: ProgressFn | None,
+) -> TrainResult:
+    """The optimisation loop from step ``start`` to ``steps``, then the final model."""
+    model, opt, cfg, run, dev = state.model, state.opt, state.cfg, state.run, state.dev
+    base = {
+        k: float(getattr(model.quantizer, k))
+        for k in ("entropy_loss_weight",)
+        if hasattr(model.quantizer, k)
+    }
+    q = model.quantizer
+    tap = _LatentTap(model)
+    counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
+    log = (run / "metrics.jsonl").open("a")
+    done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
+    reseed_first = cfg.init_codebook_from_data and not cfg.kmeans_init_batches
+    try:
+        for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
+            torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # quantizer noise, per step
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            _schedule_quantizer(model, cfg, base, step)
+            logged = _step(model, opt, batch, cfg, dev)
+            if state.ema is not None:
+                state.ema.update()
+            done = step + 1  # steps completed; what a checkpoint records
+            indices = logged.pop("indices")
+            if indices is not None:
+                counts += code_counts(indices, q.num_codebooks, q.codebook_size)
+            if done == 1 and reseed_first:
+                # data-dependent init: every code restarts at a random latent of the first batch
+                counts.zero_()
+                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed)
+                logged["reseeded"] = q.reseed_dead_codes(
+                    tap.samples, counts.squeeze(0).to(tap.samples.device), 1.0, g
+                )
+            elif cfg.dead_code_every and done % cfg.dead_code_every == 0:
+                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed + done)
+                logged["reseeded"] = q.reseed_dead_codes(
+                    tap.samples,
+                    counts.squeeze(0).to(tap.samples.device),
+                    cfg.dead_code_threshold,
+                    g,
+                )
+                counts.zero_()
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                record = {"step": done, "lr": learning_rate(cfg, step),
+                          "time": time.monotonic() - t0, **logged}
+                _log(log, on_progress, record)
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                last_eval = state.evaluate(eval_clips, done)
+                _log(log, on_progress, {"step": done, **last_eval})
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                state.save(done, time.monotonic() - t0)
+    except KeyboardInterrupt:
+        interrupted = True
+        state.save(done, time.monotonic() - t0)
+    finally:
+        log.close()
+    model_dir = None
+    if not interrupted:
+        with state.shipped():
+            model_dir = save_pretrained(
+                model.cpu(),
+                run / "model",
+                name=state.config.name,
+                card=model_card(state.config, done, time.monotonic() - t0, last_eval,
+                                parameter_count(model)),
+            )
+    return TrainResult(run, model_dir, done, last_eval, interrupted)
+
+
+def _log(log: Any, on_progress: ProgressFn | None, record: dict[str, Any]) -> None:
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    if on_progress is not None:
+        on_progress(record)
