@@ -25,8 +25,8 @@ import torch
 
 import vqtok.api as api
 from vqtok.io.checkpoint import list_models
+from vqtok.io.pixels import frames_to_video
 from vqtok.io.video import VideoReader
-from vqtok.pipeline.encode import frames_to_video
 
 CLIP = Path(__file__).resolve().parents[1] / "tests" / "data" / "city-heldout.mp4"
 

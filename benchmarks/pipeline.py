@@ -41,8 +41,10 @@ from measure import loadavg, write_section  # noqa: E402
 import vqtok.api as api  # noqa: E402
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
-from vqtok.io.video import VideoReader, VideoWriter
-from vqtok.pipeline.encode import EncodeOptions, encode_file, frames_to_video
+from vqtok.io.pixels import frames_to_video
+from vqtok.io.video import VideoReader
+from vqtok.io.video_writer import VideoWriter
+from vqtok.pipeline.encode import EncodeOptions, encode_file
 
 CITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "city.mpg"
 

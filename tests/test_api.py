@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import vqtok
-from vqtok.api import Tokenizer, resolve_device, resolve_dtype
+from vqtok.api import Tokenizer
 from vqtok.errors import CheckpointError, ConfigError, VqtokError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
-from vqtok.io import checkpoint
+from vqtok.io import checkpoint, model_dirs
+from vqtok.runtime import resolve_device, resolve_dtype
 
 
 def tiny_model() -> VideoTokenizer:
@@ -51,7 +52,7 @@ def test_load_describes_the_model(tok: Tokenizer, model_dir: Path) -> None:
 def test_load_none_means_the_default_model_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoint, "REPO_MODELS", tmp_path / "empty")
+    monkeypatch.setattr(model_dirs, "REPO_MODELS", tmp_path / "empty")
     monkeypatch.setenv("VQTOK_MODELS", str(tmp_path / "zoo"))
     from vqtok.api import DEFAULT_MODEL as default
     with pytest.raises(CheckpointError, match=default):

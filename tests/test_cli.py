@@ -279,10 +279,12 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
 
     from rich.console import Console
 
+    import vqtok.cli.runs as runs
     import vqtok.cli.support as support
 
     screen = io.StringIO()
-    monkeypatch.setattr(support, "err", Console(file=screen, force_terminal=True, width=120))
+    for module in (support, runs):  # the consoles' home, and the batch runs that draw the bar
+        monkeypatch.setattr(module, "err", Console(file=screen, force_terminal=True, width=120))
     result = run("encode", videos / "a.mp4", "-o", tmp_path / "codes", "-m", "tiny-fsq")
     assert (tmp_path / "codes.npy").is_file()  # the format suffix is added to a bare name
     assert "skipped" in run("encode", videos / "a.mp4", "-o", tmp_path / "codes",
@@ -291,7 +293,8 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
     assert "1/1" in drawn and "files" in drawn and "11 frames" in drawn and "frames/s" in drawn
     assert "frames/s" not in result.stdout  # the bar is not on stdout
     quiet = io.StringIO()
-    monkeypatch.setattr(support, "err", Console(file=quiet, force_terminal=True))
+    for module in (support, runs):
+        monkeypatch.setattr(module, "err", Console(file=quiet, force_terminal=True))
     run("encode", videos / "a.mp4", "-o", tmp_path / "q.npy", "-m", "tiny-fsq", "--quiet")
     assert quiet.getvalue() == ""
 

@@ -34,7 +34,8 @@ from typer.testing import CliRunner
 import vqtok
 from tests.tiny import save_tiny_model
 from vqtok.cli.app import app
-from vqtok.convert.formats import convert_cosmos, convert_open_magvit2
+from vqtok.convert.cosmos import convert_cosmos
+from vqtok.convert.magvit2 import convert_open_magvit2
 from vqtok.errors import HubError
 from vqtok.io.hub import HubRef, fetch_files, parse_hub_ref
 
@@ -147,8 +148,8 @@ def test_load_by_repo_id_in_a_fresh_process(
     tmp_path: Path, sources: dict[str, Path], cache: Path
 ) -> None:
     script = (  # importing vqtok, its CLI and converters must not load huggingface_hub
-        "import sys, json, vqtok, vqtok.cli.app, vqtok.api, vqtok.convert.formats\n"
-        "import vqtok.io.checkpoint\n"
+        "import sys, json, vqtok, vqtok.cli.app, vqtok.api, vqtok.io.checkpoint\n"
+        "import vqtok.convert.cosmos, vqtok.convert.magvit2\n"
         "lazy = 'huggingface_hub' not in sys.modules\n"
         f"tok = vqtok.load({MODEL_REPO!r}, device='cpu')\n"
         "print(json.dumps([lazy, tok.name, str(tok.path), tok.weights_sha256]))\n"

@@ -17,20 +17,13 @@ import vqtok.api as api
 from vqtok.errors import RemapError, TokenFileError, VideoError, VqtokError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.pixels import frames_to_video, video_to_frames
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import probe, read_frames
 from vqtok.metrics import psnr
+from vqtok.pipeline.decode import decode_file, decode_frames
 from vqtok.pipeline.describe import describe_models, describe_path
-from vqtok.pipeline.encode import (
-    EncodeOptions,
-    decode_file,
-    decode_frames,
-    encode_file,
-    encode_indices,
-    frames_to_video,
-    prefetch,
-    video_to_frames,
-)
+from vqtok.pipeline.encode import EncodeOptions, encode_file, encode_indices, prefetch
 from vqtok.pipeline.plan import Job, parse_shard, plan_inputs, shard, shard_from_env
 from vqtok.pipeline.reconstruct import reconstruct_file
 from vqtok.pipeline.remap_build import build_remap
@@ -376,7 +369,7 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
 def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer) -> None:
     from clips import make_text
 
-    from vqtok.pipeline.batching import encode_files
+    from vqtok.pipeline.batching import encode_jobs
 
     sources = [
         make_clip(tmp_path / "long.mp4", frames=11, size=(16, 16)),
@@ -387,7 +380,7 @@ def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer
     ]
     jobs = plan_inputs(sources, tmp_path / "out", ".npy")
     groups: list[list[str]] = []
-    results = dict(encode_files(jobs, fsq, EncodeOptions(chunk=4), batch=3,
+    results = dict(encode_jobs(jobs, fsq, EncodeOptions(chunk=4), batch=3,
                                 on_start=lambda js: groups.append([j.source.name for j in js])))
     assert groups == [["long.mp4", "short.mp4", "mid.mp4"], ["wide.mp4"]]
     failed = [job.source.name for job, r in results.items() if isinstance(r, Exception)]

@@ -20,13 +20,14 @@ from vqtok.api import load
 from vqtok.cli.app import app
 from vqtok.errors import QuantizerError, RemapError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
-from vqtok.io.checkpoint import REPO_MODELS, save_pretrained
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import REPO_MODELS
 from vqtok.io.tokens import load_tokens
 from vqtok.io.usedsets import UsedSets, load_used_sets, save_used_sets
 from vqtok.io.video import read_frames
-from vqtok.pipeline.matching import file_sha256
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.residual import EMAResidualQuantizer
+from vqtok.quantizers.ema_residual import EMAResidualQuantizer
 
 KINDS = {
     "ema_rvq": ({"num_levels": 3, "codebook_sizes": 16}, 3),

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from vqtok.api import DEFAULT_MODEL
 from vqtok.families.vqtok import VideoTokenizer
-from vqtok.io.checkpoint import REPO_MODELS, load_pretrained, parameter_count
+from vqtok.io.checkpoint import load_pretrained, parameter_count
+from vqtok.io.model_dirs import REPO_MODELS
 from vqtok.metrics import psnr
 from vqtok.train.config import RunConfig
 

@@ -345,7 +345,7 @@ def test_crash_between_array_and_sidecar_is_incomplete(
 def test_every_field_type_has_a_checker() -> None:
     from dataclasses import fields
 
-    from vqtok.io.tokens import _CHECKERS, _NESTED
+    from vqtok.io.token_meta import _CHECKERS, _NESTED
 
     for cls in (TokenMetadata, SourceInfo, EncodedInfo, RemapInfo):
         for spec in fields(cls):

@@ -28,16 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqtok.errors import ConfigError, VideoError
-from vqtok.io.video import (
-    VideoReader,
-    VideoWriter,
-    _FrameRateResampler,
-    as_fps,
-    default_codec,
-    probe,
-    read_frames,
-    write_video,
-)
+from vqtok.io.frames import _FrameRateResampler
+from vqtok.io.video import VideoReader, as_fps, probe, read_frames
+from vqtok.io.video_writer import VideoWriter, default_codec, write_video
 
 
 def mean_error(a: np.ndarray, b: np.ndarray) -> float:

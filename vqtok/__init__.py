@@ -11,6 +11,7 @@ from vqtok.errors import (
     CheckpointError,
     ConfigError,
     HubError,
+    OptionError,
     QuantizerError,
     RemapError,
     TokenFileError,
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from vqtok.api import Tokenizer, load
     from vqtok.io.checkpoint import load_pretrained, save_pretrained
     from vqtok.io.videotensor import read_video, write_video
+    from vqtok.pipeline.encode import EncodeOptions
+    from vqtok.pipeline.files import EncodeRun, encode_files
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,9 @@ _LAZY = {
     "write_video": "vqtok.io.videotensor",
     "load_pretrained": "vqtok.io.checkpoint",
     "save_pretrained": "vqtok.io.checkpoint",
+    "EncodeOptions": "vqtok.pipeline.encode",
+    "EncodeRun": "vqtok.pipeline.files",
+    "encode_files": "vqtok.pipeline.files",
 }
 
 
@@ -46,13 +52,17 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "HubError",
+    "OptionError",
     "QuantizerError",
     "RemapError",
     "TokenFileError",
     "VideoError",
     "VqtokError",
     "__version__",
+    "EncodeOptions",
+    "EncodeRun",
     "Tokenizer",
+    "encode_files",
     "load",
     "load_pretrained",
     "read_video",

@@ -1,7 +1,7 @@
 """The commands that make model directories: ``vqtok train`` and ``vqtok convert``.
 
 Registered on the main app by `vqtok.cli.app`. Like the other commands they only parse options, call
-the library (`vqtok.train.loop.train`, `vqtok.convert.formats`) and render; the training progress
+the library (`vqtok.train.loop.train`, `vqtok.convert`) and render; the training progress
 bar is drawn here from the records `train` reports.
 """
 
@@ -166,7 +166,8 @@ def convert(
     """
     import torch
 
-    from vqtok.convert.formats import convert_cosmos, convert_open_magvit2
+    from vqtok.convert.cosmos import convert_cosmos
+    from vqtok.convert.magvit2 import convert_open_magvit2
 
     weight_dtype = torch.bfloat16 if dtype is Precision.bf16 else torch.float32
     words = ["vqtok", "convert", source_kind.value, *map(str, source), "-o", str(output)]

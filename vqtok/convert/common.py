@@ -1,4 +1,4 @@
-"""The steps every checkpoint converter shares (see `vqtok.convert.formats`).
+"""The steps every checkpoint converter shares (see `vqtok.convert`).
 
 Strict accounting of source tensors, shape checks, the dtype cast, the model card and the
 atomic write of the model directory through `vqtok.io.checkpoint.save_pretrained`. Nothing here
@@ -7,7 +7,6 @@ reads pickle or TorchScript.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from vqtok import __version__
 from vqtok.errors import CheckpointError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.digest import file_sha256
 
 M = TypeVar("M", bound=TokenizerModel)
 
@@ -59,14 +59,6 @@ class Conversion:
             f"{self.out_dir}: {self.family} model from {sources} ({self.used} tensors used"
             + (f"; ignored: {skipped})" if skipped else ")")
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def names(keys: Sequence[str], limit: int = 8) -> str:
@@ -117,7 +109,7 @@ def write_model(
     if bad:
         raise CheckpointError(f"mis-shaped or non-float tensor(s): {names(bad)}", sources[0])
     model.load_state_dict({k: t.to(dtype) for k, t in weights.items()}, strict=True, assign=True)
-    digests = [(p.name, sha256_file(p)) for p in sources]
+    digests = [(p.name, file_sha256(p)) for p in sources]
     rows = [f"| source | `{n}` (SHA-256 `{h}`) |" for n, h in digests]
     rows.append(f"| stored as | {str(dtype).removeprefix('torch.')} ({used} source tensors used) |")
     result = Conversion(Path(out_dir), model.family, model.config.to_dict(), digests, used, ignored)

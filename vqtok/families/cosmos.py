@@ -8,7 +8,7 @@ long video streams chunk by chunk with exactly the indices of a one-shot encode.
 
 Re-implemented from the architecture description in ``tests/fixtures/cosmos-dv4x8x8/README.md``
 and checked against the reference's activations, indices and outputs. Parameter names are the
-release's (see `vqtok.families.cosmos_layers`); `vqtok.convert.formats.convert_cosmos` turns the
+release's (see `vqtok.families.cosmos_layers`); `vqtok.convert.cosmos.convert_cosmos` turns the
 released TorchScript files into a vqtok model directory.
 
 Index order: the FSQ digits are least-significant first (channel 0 has place value 1), which is

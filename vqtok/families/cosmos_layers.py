@@ -14,7 +14,7 @@ share its batch-independent `vqtok.families.layers.conv3d` kernel, which keeps s
 
 Module and parameter names mirror the released TorchScript files (``conv3d`` inside a causal
 conv, ``norm`` inside a norm, factorised pairs ``.0`` / ``.1``, ``attn_1.0`` / ``attn_1.1``), so a
-converted state dict keeps the release's keys and `vqtok.convert.formats` needs no renaming table.
+converted state dict keeps the release's keys and `vqtok.convert` needs no renaming table.
 """
 
 from __future__ import annotations

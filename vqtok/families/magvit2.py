@@ -18,7 +18,7 @@ so the quantizer is `LookupFreeQuantizer` with ``bit_order="lsb"`` (simpler than
 the latent channels of three layers in the converter).
 
 Parameter names are the release's with the ``.conv_1`` level of its conv wrapper removed
-(`vqtok.convert.formats` maps them); the causal zero-padded conv is
+(`vqtok.convert` maps them); the causal zero-padded conv is
 `vqtok.families.layers.CausalConv3d`.
 """
 

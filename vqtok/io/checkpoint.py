@@ -18,19 +18,13 @@ Loading is strict: an unknown key, a wrong format version, a missing / unexpecte
 tensor, a corrupt file or a non-finite weight is a `CheckpointError` that names it. Weights are
 read with safetensors only; nothing here unpickles.
 
-Names resolve (`resolve_model`) as: an existing directory path; else a Hugging Face Hub
-repository ``owner/name[@revision]`` (`vqtok.io.hub`: ``config.json`` + ``model.safetensors`` are
-fetched into the standard cache, and loaded like any directory); else ``<repo>/models/<name>``
-(the shipped models; ``vqtok/_models`` in an installed wheel); else any extra directories
-given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated).
+Where a name finds its directory is `vqtok.io.model_dirs`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -46,43 +40,26 @@ from torch import Tensor
 from vqtok import __version__
 from vqtok.errors import CheckpointError, ConfigError
 from vqtok.families.base import FAMILIES, TokenizerModel, family_class
-from vqtok.io.hub import DownloadFn, fetch_files, parse_hub_ref
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import CONFIG_FILE, WEIGHTS_FILE, resolve_model, search_dirs
 
 __all__ = [
-    "CONFIG_FILE",
     "FORMAT_VERSION",
-    "WEIGHTS_FILE",
     "ModelInfo",
     "list_models",
     "load_pretrained",
     "parameter_count",
     "read_info",
-    "resolve_model",
     "save_pretrained",
-    "search_dirs",
     "weights_sha256",
 ]
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 
 
-def _shipped_models() -> Path:
-    """The shipped models: ``vqtok/_models`` in an installed wheel (pyproject.toml maps the
-    repository's ``models/`` there), else the repository's ``models/`` (a checkout or an
-    editable install)."""
-    package = Path(__file__).resolve().parent.parent  # vqtok/io/checkpoint.py -> vqtok/
-    packaged = package / "_models"
-    return packaged if packaged.is_dir() else package.parent / "models"
-
-
-REPO_MODELS = _shipped_models()
-
 _REQUIRED_KEYS = {"format_version", "family", "config"}
 _OPTIONAL_KEYS = {"name", "input", "vqtok_version"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -179,52 +156,6 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     os.replace(target, old / "model")
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def search_dirs(extra_dirs: Sequence[str | Path] = ()) -> list[Path]:
-    """Directories searched for model names, in order: repo ``models/``, extra, $VQTOK_MODELS."""
-    env = [Path(p) for p in os.environ.get("VQTOK_MODELS", "").split(os.pathsep) if p]
-    return [REPO_MODELS, *(Path(d) for d in extra_dirs), *env]
-
-
-def resolve_model(
-    name_or_path: str | Path,
-    extra_dirs: Sequence[str | Path] = (),
-    on_download: DownloadFn | None = None,
-) -> Path:
-    """The model directory for a path, a Hub repository or a name (order: module docstring).
-
-    Args:
-        name_or_path: a directory, ``owner/name[@revision]`` (a string) or a model name.
-        extra_dirs: more directories to search for names.
-        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
-
-    Raises:
-        CheckpointError: nothing found, or a name that is not a plain directory name.
-        HubError: a Hub repository that cannot be fetched or lacks the model files.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    ref = parse_hub_ref(name_or_path)
-    if ref is not None:
-        files = [CONFIG_FILE, WEIGHTS_FILE]
-        return fetch_files(ref, files, on_download, "a vqtok model directory")[0].parent
-    text = str(name_or_path)
-    looks_like_path = isinstance(name_or_path, Path) or os.sep in text or "/" in text
-    if looks_like_path:
-        raise CheckpointError("no model directory here", path)
-    if not _NAME.fullmatch(text) or ".." in text:
-        raise CheckpointError(f"{text!r} is not a model name (letters, digits, '.', '_', '-')")
-    roots = search_dirs(extra_dirs)
-    for root in roots:
-        candidate = root / text
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    where = ", ".join(str(r) for r in roots)
-    raise CheckpointError(
-        f"no model named {text!r} in {where}; give a directory or set $VQTOK_MODELS"
-    )
 
 
 def read_info(directory: str | Path) -> ModelInfo:
@@ -363,14 +294,10 @@ def _cast_except_quantizer(model: TokenizerModel, dtype: torch.dtype) -> None:
 def weights_sha256(dir_or_name: str | Path) -> str:
     """Hex SHA-256 of a model's ``model.safetensors`` (what index files record)."""
     path = resolve_model(dir_or_name) / WEIGHTS_FILE
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise CheckpointError(f"cannot read weights ({e.strerror})", path) from e
-    return digest.hexdigest()
 
 
 def parameter_count(model: str | Path | torch.nn.Module) -> int:

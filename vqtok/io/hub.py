@@ -8,7 +8,7 @@ Face tool; a file already cached is not downloaded again. Every file comes from 
 the first file pins the revision's commit and the others are fetched at that commit.
 
 Nothing here runs code from a repository: the callers read the files as they read local ones
-(vqtok models: safetensors + JSON only; public checkpoints: `vqtok.convert.formats`).
+(vqtok models: safetensors + JSON only; public checkpoints: `vqtok.convert`).
 huggingface_hub is imported on first use, so ``import vqtok`` and local paths never load it or
 touch the network. Its exceptions become a `HubError` with one line that says what to do.
 """

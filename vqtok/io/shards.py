@@ -14,7 +14,6 @@ it, `vqtok.io.datasets` reads them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import numpy as np
 
 from vqtok import __version__
 from vqtok.errors import VqtokError
+from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import (
     TokenMetadata,
     _atomic_write,  # the index files' atomic write (temp, fsync, rename)
@@ -206,13 +206,9 @@ class ShardWriter:
 def shard_entry(path: Path, key: str, rows: int, tokens: int, index_bytes: int
                 ) -> dict[str, Any]:
     """A written shard's line in the manifest (with its size and SHA-256)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
     return {"file": path.name, "key": key, "rows": rows, "tokens": tokens,
             "index_bytes": index_bytes, "bytes": path.stat().st_size,
-            "sha256": digest.hexdigest()}
+            "sha256": file_sha256(path)}
 
 
 def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, Any]]

@@ -39,8 +39,6 @@ import safetensors.numpy
 
 from vqtok.errors import TokenFileError
 from vqtok.io.sniff import file_kind
-from vqtok.io.token_meta import _CHECKERS as _CHECKERS  # re-export
-from vqtok.io.token_meta import _NESTED as _NESTED  # re-export
 from vqtok.io.token_meta import (
     FORMAT_VERSION,
     RESIZE_MODES,
@@ -65,8 +63,10 @@ __all__ = [
     "TokenFormat",
     "TokenMetadata",
     "fps_from_text",
+    "format_of",
     "fps_to_text",
     "index_dtype",
+    "index_path",
     "is_complete",
     "load_metadata",
     "load_tokens",
@@ -121,10 +121,10 @@ def save_tokens(
             failure (nothing is left half-written).
     """
     if format is None:
-        format = "safetensors" if Path(path).suffix == ".safetensors" else "npy"
+        format = format_of(path) or "npy"
     if format not in ("npy", "safetensors"):
         raise TokenFileError(f"unknown index file format {format!r}; use 'npy' or 'safetensors'")
-    target = _with_format_suffix(Path(path), format)
+    target = index_path(path, format)
     meta.validate(target)
     array = _to_storage(np.asarray(indices), meta, target)
     text = json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -142,14 +142,26 @@ def save_tokens(
     return target
 
 
-def _with_format_suffix(path: Path, format: str) -> Path:
-    """``codes``, ``codes.npy`` or ``codes.json`` -> ``codes.<format>``.
+def index_path(path: str | Path, format: str) -> Path:
+    """The index file a ``format`` writes for ``path``: ``codes``, ``codes.npy`` or ``codes.json``
+    -> ``codes.<format>``. The one home of index-file suffixes (`save_tokens`, planning runs).
 
     Only index-file suffixes are replaced, so a dotted name keeps its dots: ``a.b`` -> ``a.b.npy``.
     """
+    path = Path(path)
     if path.suffix in (".npy", ".safetensors", ".json"):
         return path.with_suffix(f".{format}")
     return path.with_name(f"{path.name}.{format}")
+
+
+def format_of(path: str | Path) -> TokenFormat | None:
+    """The index format a name asks for by its suffix (``x.safetensors``, ``x.npy``); None for
+    any other name and for a directory (``out/``)."""
+    text = str(path)
+    if text.endswith(("/", "\\")):
+        return None
+    suffix = Path(text).suffix
+    return "npy" if suffix == ".npy" else "safetensors" if suffix == ".safetensors" else None
 
 
 def _to_storage(indices: np.ndarray, meta: TokenMetadata, path: Path) -> np.ndarray:

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from vqtok.errors import VqtokError
-from vqtok.io.video import VideoWriter, read_frames
-from vqtok.pipeline.encode import frames_to_video, video_to_frames
+from vqtok.io.pixels import frames_to_video, video_to_frames
+from vqtok.io.video import read_frames
+from vqtok.io.video_writer import VideoWriter
 
 __all__ = ["read_video", "write_video"]
 

@@ -1,6 +1,6 @@
 """A run over many videos, several encoded together in one batch (``vqtok encode --batch N``).
 
-Short clips leave an accelerator mostly idle when encoded one at a time; `encode_files` stacks
+Short clips leave an accelerator mostly idle when encoded one at a time; `encode_jobs` stacks
 up to N videos of the same frame size along the batch axis and streams them in lockstep, one
 chunk each per step. A video that ends early is continued by repeating its last frame (exactly
 the padding a lone encode appends) and its indices are cut back to its own latent length. The
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from vqtok.api import Tokenizer
 from vqtok.errors import VqtokError
+from vqtok.io.pixels import frames_to_video
 from vqtok.io.tokens import TokenMetadata, save_tokens
 from vqtok.io.video import VideoReader
 from vqtok.pipeline.encode import (
@@ -33,7 +34,6 @@ from vqtok.pipeline.encode import (
     ProgressFn,
     encode_file,
     finish_indices,
-    frames_to_video,
     open_reader,
     prefetch,
 )
@@ -44,7 +44,7 @@ Outcome = EncodeResult | Exception
 Encoded = tuple[np.ndarray, TokenMetadata, tuple[str, ...]] | VqtokError
 
 
-def encode_files(
+def encode_jobs(
     jobs: Sequence[Job],
     tokenizer: Tokenizer,
     options: EncodeOptions = EncodeOptions(),

@@ -15,18 +15,13 @@ from typing import Any
 import numpy as np
 
 from vqtok.errors import CheckpointError, VqtokError
-from vqtok.io.checkpoint import (
-    CONFIG_FILE,
-    list_models,
-    parameter_count,
-    read_info,
-    weights_sha256,
-)
+from vqtok.io.checkpoint import list_models, parameter_count, read_info, weights_sha256
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import CONFIG_FILE
 from vqtok.io.shards import describe_dataset, looks_like_dataset
 from vqtok.io.tokens import index_dtype, load_tokens, sidecar_path
 from vqtok.io.usedsets import is_remap_file, load_used_sets
 from vqtok.io.video import probe
-from vqtok.pipeline.matching import file_sha256
 
 INDEX_SUFFIXES = (".npy", ".safetensors", ".json")
 

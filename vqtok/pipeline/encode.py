@@ -1,6 +1,7 @@
-"""File-level jobs: a video file -> an index file, an index file -> a video, and a round trip.
+"""Encoding one file: a video file -> an index file (`encode_file`), or indices in memory.
 
-These are what ``vqtok encode``, ``decode`` and ``reconstruct`` run for each file; they print
+This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the way back,
+`vqtok.pipeline.reconstruct` the round trip); they print
 nothing and report progress through a callback (`ProgressFn`: frames done since the last call,
 frames expected), so the CLI (or a notebook) draws it. `vqtok.pipeline.batching` runs many files.
 
@@ -32,22 +33,20 @@ import torch
 from torch import Tensor
 
 from vqtok.api import Tokenizer
-from vqtok.errors import ConfigError, TokenFileError, VideoError
+from vqtok.errors import ConfigError, VideoError
+from vqtok.io.pixels import frames_to_video
 from vqtok.io.tokens import (
     EncodedInfo,
     EncodeSettings,
     SourceInfo,
     TokenFormat,
     TokenMetadata,
-    load_tokens,
     save_tokens,
 )
-from vqtok.io.video import VideoReader, VideoWriter, as_fps
+from vqtok.io.video import VideoReader, as_fps
 from vqtok.pipeline.matching import (
     RemapPlan,
-    check_model_matches,
     describe_quantizer,
-    load_remap_for,
 )
 
 T = TypeVar("T")
@@ -106,18 +105,6 @@ class EncodeResult:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class DecodeResult:
-    """What `decode_file` wrote: the video, its frame count, rate and size (H, W)."""
-
-    source: Path
-    target: Path
-    frames: int
-    fps: Fraction
-    size: tuple[int, int]
-    seconds: float
-
-
 def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
 
@@ -165,19 +152,6 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     finally:
         stop.set()
         thread.join()
-
-
-def frames_to_video(frames: np.ndarray, device: torch.device) -> Tensor:
-    """uint8 frames (T, H, W, 3) -> float32 video (1, 3, T, H, W) in [-1, 1] on ``device``."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    video = video.permute(3, 0, 1, 2).unsqueeze(0)  # (T, H, W, 3) -> (1, 3, T, H, W)
-    return video.float() / 127.5 - 1.0
-
-
-def video_to_frames(video: Tensor) -> np.ndarray:
-    """Video (1, 3, T, H, W), any float dtype, ~[-1, 1] -> uint8 frames (T, H, W, 3)."""
-    pixels = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).cpu().numpy()  # (3, T, H, W) -> (T, H, W, 3)
 
 
 def _video_chunks(
@@ -347,97 +321,3 @@ def encode_file(
     Path(target).parent.mkdir(parents=True, exist_ok=True)  # mirrored sub-directories
     written = save_tokens(target, indices, meta, options.format)
     return EncodeResult(Path(source), written, meta, time.perf_counter() - start, warnings)
-
-
-def _index_chunks(indices: Tensor, latent_chunk: int, device: torch.device) -> Iterator[Tensor]:
-    """(t, h, w[, L]) int64 -> consecutive (1, t_i, h, w[, L]) chunks on ``device``."""
-    for piece in indices.split(latent_chunk, dim=0):
-        yield piece.unsqueeze(0).to(device)
-
-
-def decode_frames(
-    indices: np.ndarray | Tensor,
-    meta: TokenMetadata,
-    tokenizer: Tokenizer,
-    chunk: int = DEFAULT_CHUNK,
-) -> Iterator[np.ndarray]:
-    """Stream decoded uint8 frames (T_i, H, W, 3) of full-codebook indices, trimmed to
-    ``meta.encoded.frames`` and cropped to ``meta.encoded.size`` (the temporal and spatial
-    padding added at encode time is dropped).
-
-    Raises:
-        TokenFileError: the model decodes to a size other than the recorded one.
-    """
-    (height, width), (pad_h, pad_w) = meta.encoded.size, meta.encoded.spatial_padding
-    factor = tokenizer.spatial_factor
-    if (meta.grid[1] * factor, meta.grid[2] * factor) != (height + pad_h, width + pad_w):
-        raise TokenFileError(
-            f"the model decodes {meta.grid[1] * factor}x{meta.grid[2] * factor} frames but the "
-            f"file records {height + pad_h}x{width + pad_w} (with padding); wrong model?"
-        )
-    latent_chunk = max(1, chunk // tokenizer.model.temporal_factor)
-    chunks = _index_chunks(torch.as_tensor(indices), latent_chunk, tokenizer.device)
-    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames, size=(height, width)):
-        frames = video_to_frames(video)
-        if frames.shape[1:3] != tuple(meta.encoded.size):
-            raise TokenFileError(
-                f"the model decodes {frames.shape[1]}x{frames.shape[2]} frames but the file "
-                f"records {meta.encoded.size[0]}x{meta.encoded.size[1]}; wrong model?"
-            )
-        if len(frames):
-            yield frames
-
-
-def decode_file(
-    source: str | Path,
-    target: str | Path,
-    tokenizer: Tokenizer,
-    *,
-    fps: Fraction | int | float | str | None = None,
-    remap: str | Path | None = None,
-    force: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-    progress: ProgressFn | None = None,
-) -> DecodeResult:
-    """Decode an index file into an MP4 (H.264), atomically.
-
-    Args:
-        source: the index file (``.npy`` with its ``.json`` sidecar, or ``.safetensors``).
-        target: the video to write (``.mp4``, ``.mov``, ``.mkv``).
-        tokenizer: the model the file was encoded with.
-        fps: frame rate of the output; default the recorded encoded rate.
-        remap: the remap file of remapped indices (checked against the recorded SHA-256).
-        force: decode even if the model's weights hash differs from the recorded one.
-        chunk: frames per streaming step.
-        progress: called with frames written since the last call.
-
-    Returns:
-        `DecodeResult` (frames = the recorded encoded frame count, padding trimmed).
-
-    Raises:
-        TokenFileError: bad index file, model mismatch, wrong remap file.
-        VideoError: the video cannot be written (nothing is left at ``target``).
-    """
-    start = time.perf_counter()
-    indices, meta = load_tokens(source)
-    check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source)
-    used = load_remap_for(meta, remap, source)
-    full = torch.from_numpy(indices)
-    if used is not None:
-        full = used.to_full(full)
-    rate = as_fps(fps if fps is not None else meta.encoded.fps)
-    height, width = meta.encoded.size
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(target, rate, width, height) as writer:
-        for frames in decode_frames(full, meta, tokenizer, chunk):
-            writer.write(frames)
-            if progress is not None:
-                progress(len(frames), meta.encoded.frames)
-    if writer.frames_written != meta.encoded.frames:
-        raise TokenFileError(
-            f"decoded {writer.frames_written} frames, the file records {meta.encoded.frames}",
-            source,
-        )
-    seconds = time.perf_counter() - start
-    return DecodeResult(Path(source), Path(target), writer.frames_written, rate, (height, width),
-                        seconds)

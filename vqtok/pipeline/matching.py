@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from vqtok.errors import RemapError, TokenFileError
+from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import RemapInfo, TokenMetadata
 from vqtok.io.usedsets import UsedSets, load_used_sets
 from vqtok.quantizers import KINDS
@@ -102,15 +102,6 @@ def check_model_matches(
             f"{meta.model_sha256[:12]}...) but the model given has weights "
             f"{weights_sha256[:12]}...; pass the right --model, or --force to decode anyway",
         )
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,8 @@ def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
         # + 1 so empty or unreadable files still spread across shards
         heapq.heappush(loads, (load + jobs[i].size + 1, s))
     return [job for i, job in enumerate(jobs) if i in mine]
+
+
+def shard_jobs(jobs: Sequence[Job], split: tuple[int, int] | None) -> list[Job]:
+    """The jobs of share ``split`` = (i, n) (`shard`); all of them when ``split`` is None."""
+    return list(jobs) if split is None else shard(jobs, *split)

@@ -20,16 +20,11 @@ from torch import Tensor
 
 from vqtok.api import Tokenizer
 from vqtok.errors import ConfigError
-from vqtok.io.video import VideoReader, VideoWriter, as_fps
+from vqtok.io.video import VideoReader, as_fps
+from vqtok.io.video_writer import VideoWriter
 from vqtok.metrics import psnr_per_frame, ssim_per_frame
-from vqtok.pipeline.encode import (
-    EncodeOptions,
-    ProgressFn,
-    decode_frames,
-    encode_indices,
-    open_reader,
-    prefetch,
-)
+from vqtok.pipeline.decode import decode_frames
+from vqtok.pipeline.encode import EncodeOptions, ProgressFn, encode_indices, open_reader, prefetch
 
 SSIM_WINDOW = 11  # the Gaussian window of vqtok.metrics.ssim_per_frame
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from vqtok.errors import TokenFileError
-from vqtok.io.checkpoint import resolve_model, weights_sha256
+from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
-from vqtok.pipeline.matching import file_sha256
 
 __all__ = ["Resume"]
 

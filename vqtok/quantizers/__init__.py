@@ -9,7 +9,7 @@ Core quantizers (uniform contract, see `base.py`):
 | ``gumbel`` | `GumbelQuantizer`       | `gumbel.py`   |
 | ``lfq``    | `LookupFreeQuantizer`   | `lfq.py`      |
 | ``rvq``    | `ResidualQuantizer`     | `residual.py` |
-| ``ema_rvq``| `EMAResidualQuantizer`  | `residual.py` |
+| ``ema_rvq``| `EMAResidualQuantizer`  | `ema_residual.py` |
 | ``fsq``    | `FiniteScalarQuantizer` | `fsq.py`      |
 
 Compatibility classes with the reference names, signatures and return structures, one module
@@ -38,10 +38,11 @@ if TYPE_CHECKING:
     from vqtok.quantizers.compat.lfq import LFQ
     from vqtok.quantizers.compat.vq import VectorQuantizer2
     from vqtok.quantizers.ema import EMAQuantizer
+    from vqtok.quantizers.ema_residual import EMAResidualQuantizer
     from vqtok.quantizers.fsq import FiniteScalarQuantizer
     from vqtok.quantizers.gumbel import GumbelQuantizer
     from vqtok.quantizers.lfq import LookupFreeQuantizer
-    from vqtok.quantizers.residual import EMAResidualQuantizer, ResidualQuantizer
+    from vqtok.quantizers.residual import ResidualQuantizer
     from vqtok.quantizers.vq import VectorQuantizer
 
 # public name -> module that defines it (imported on first use, PEP 562)
@@ -51,7 +52,7 @@ _HOMES = {
     "GumbelQuantizer": "gumbel",
     "LookupFreeQuantizer": "lfq",
     "ResidualQuantizer": "residual",
-    "EMAResidualQuantizer": "residual",
+    "EMAResidualQuantizer": "ema_residual",
     "FiniteScalarQuantizer": "fsq",
     "VectorQuantizer2": "compat.vq",
     "GumbelQuantize": "compat.gumbel",

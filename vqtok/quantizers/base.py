@@ -18,7 +18,7 @@ L when the quantizer has L > 1 codebooks or residual levels (``num_codebooks``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -224,6 +224,31 @@ class Quantizer(nn.Module):
             ids = check_indices(ids, size)
             levels.append(ids.to(device))
         return levels
+
+    def nearest_allowed(
+        self,
+        z: Tensor,
+        allowed: Sequence[Tensor],
+        channel_last: bool | None,
+        rows: Callable[[Tensor], Tensor],
+        block_elements: int | None = None,
+    ) -> Tensor:
+        """`restricted_indices` of a one-codebook nearest-code quantizer (``vq``, ``ema_vq``):
+        the nearest of the allowed codes, as compact ids.
+
+        Args:
+            rows: allowed ids (U,) -> their code vectors (U, D), as the quantizer stores them.
+            block_elements: the search's block size (`vqtok.quantizers.search.nearest_codes`).
+        """
+        from vqtok.quantizers.search import BLOCK_ELEMENTS, nearest_codes
+
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} channels, got shape {tuple(z.shape)}")
+        (ids,) = self.check_allowed(allowed, z.device)
+        flat = layout.to_tokens(z)  # (N, D)
+        found = nearest_codes(flat, rows(ids), block_elements or BLOCK_ELEMENTS)
+        return layout.restore_indices(found)
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         raise NotImplementedError

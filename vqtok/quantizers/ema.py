@@ -271,14 +271,13 @@ class EMAQuantizer(Quantizer):
         self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
     ) -> Tensor:
         """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
-        layout = Layout.of(z, channel_last)
-        if layout.dim != self.dim:
-            raise QuantizerError(f"expected {self.dim} channels, got {layout.dim}")
-        (ids,) = self.check_allowed(allowed, z.device)
+        return self.nearest_allowed(z, allowed, channel_last, self._allowed_rows)
+
+    def _allowed_rows(self, ids: Tensor) -> Tensor:
+        """Compact allowed ids (U,) -> their codebook rows (U, D)."""
         ids = ids.to(self.codebook.weight.device)
         full = ids if self.remapper is None else self.remapper.used.to(ids.device)[ids]
-        rows = self.codebook.weight[full]
-        return layout.restore_indices(nearest_codes(layout.to_tokens(z), rows))
+        return self.codebook.weight[full]
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.

@@ -143,13 +143,9 @@ class VectorQuantizer(Quantizer):
         self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
     ) -> Tensor:
         """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
-        layout = Layout.of(z, channel_last)
-        if layout.dim != self.dim:
-            raise QuantizerError(f"expected {self.dim} channels, got shape {tuple(z.shape)}")
-        (ids,) = self.check_allowed(allowed, z.device)
-        rows = self.searchable_codes().detach()[ids.to(self.embedding.weight.device)]
-        flat = layout.to_tokens(z)  # (N, D)
-        return layout.restore_indices(nearest_codes(flat, rows, self.block_elements))
+        codes = self.searchable_codes().detach()
+        return self.nearest_allowed(z, allowed, channel_last,
+                                    lambda ids: codes[ids.to(codes.device)], self.block_elements)
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqtok.errors import ConfigError, VideoError, VqtokError
+from vqtok.io.pixels import frames_to_clip
 from vqtok.io.video import read_frames
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ts"}
@@ -140,12 +141,6 @@ def split_holdout(
     return train, held
 
 
-def to_video_tensor(frames: np.ndarray) -> Tensor:
-    """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
 def _crop_video_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor:
     t, h, w, _ = item.frames.shape
     strides = [s for s in spec.strides if (spec.frames - 1) * s < t] or [1]
@@ -160,12 +155,12 @@ def _crop_video_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tenso
     y0 = int(torch.randint(h - spec.size + 1, (1,), generator=g))
     x0 = int(torch.randint(w - spec.size + 1, (1,), generator=g))
     clip = item.frames[t0 : t0 + span : stride, y0 : y0 + spec.size, x0 : x0 + spec.size]
-    return to_video_tensor(clip)
+    return frames_to_clip(clip)
 
 
 def _pan_still_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor:
     """A clip that pans and zooms a crop window linearly across a still image."""
-    image = to_video_tensor(item.frames)[:, 0]  # (3, H, W)
+    image = frames_to_clip(item.frames)[:, 0]  # (3, H, W)
     h, w = image.shape[1:]
     side = min(h, w)
     u = torch.rand(6, generator=g, dtype=torch.float64).tolist()
@@ -270,5 +265,5 @@ def heldout_clips(footage: list[Footage], frames: int, size: int) -> list[Tensor
             continue
         for t0 in range(0, t - frames + 1, frames):
             window = item.frames[t0 : t0 + frames, y0 : y0 + size, x0 : x0 + size]
-            clips.append(to_video_tensor(window).unsqueeze(0))
+            clips.append(frames_to_clip(window).unsqueeze(0))
     return clips

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.pixels import video_to_pixels
 from vqtok.metrics import psnr, ssim_per_frame
 from vqtok.train.config import RunConfig
 
@@ -40,7 +41,7 @@ def evaluate(model: VideoTokenizer, clips: list[Tensor], device: torch.device) -
             indices = model.encode(clip.to(device))
             counts += code_counts(indices, q.num_codebooks, q.codebook_size)
             recon = model.decode(indices)
-            ref, out = (_to_uint8(x) for x in (clip, recon.cpu()))
+            ref, out = (video_to_pixels(x).float() for x in (clip, recon.cpu()))
             psnrs.append(float(psnr(ref, out)))
             ssims.append(float(ssim_per_frame(ref, out).mean()))
     model.train()
@@ -51,11 +52,6 @@ def evaluate(model: VideoTokenizer, clips: list[Tensor], device: torch.device) -
         "eval_usage": m["usage"],
         "eval_perplexity": m["perplexity"],
     }
-
-
-def _to_uint8(video: Tensor) -> Tensor:
-    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8-valued float."""
-    return ((video[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0)
 
 
 def model_card(

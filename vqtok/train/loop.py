@@ -18,7 +18,6 @@ terminal.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -35,11 +34,13 @@ from vqtok.errors import ConfigError
 from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import load_pretrained, parameter_count, save_pretrained
 from vqtok.metrics import ssim_loss
+from vqtok.runtime import resolve_device
 from vqtok.train.config import RunConfig, TrainConfig
 from vqtok.train.data_init import fit_shortcut, init_codebooks
 from vqtok.train.dataset import ClipSampler, ClipSpec, heldout_clips, load_footage, split_holdout
-from vqtok.train.eval import code_counts, evaluate, model_card
-from vqtok.train.state import load_checkpoint, save_checkpoint
+from vqtok.train.dead_codes import DeadCodes
+from vqtok.train.eval import model_card
+from vqtok.train.run import RunState
 from vqtok.train.weight_ema import WeightEMA
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -118,21 +119,6 @@ def _schedule_quantizer(
         )
 
 
-class _LatentTap:
-    """Keeps a random subset of the latest quantizer inputs, for dead-code re-seeding."""
-
-    def __init__(self, model: VideoTokenizer, keep: int = 4096) -> None:
-        self.keep, self.samples = keep, torch.empty(0)
-        model.quantizer.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        if module.training:
-            z = args[0].detach()
-            flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # (B, D, t, h, w) -> (N, D)
-            idx = torch.randperm(flat.shape[0], device=flat.device)[: self.keep]
-            self.samples = flat[idx].float()
-
-
 def _levels_for_step(model: VideoTokenizer, cfg: TrainConfig) -> int | None:
     """Quantizer dropout: with probability p run only the first k < L levels (k uniform)."""
     top = model.max_levels
@@ -183,12 +169,6 @@ def _step(
     return {"indices": None if levels else out.indices.detach(), **metrics}
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _initialise(
     model: VideoTokenizer, sampler: ClipSampler, cfg: TrainConfig, fine_tune: bool
 ) -> dict[str, Any]:
@@ -201,54 +181,6 @@ def _initialise(
             model, sampler, cfg.kmeans_init_batches, seed=cfg.seed
         )
     return done
-
-
-class _Run:
-    """The state of one training run between steps: model, optimiser, averages, counters."""
-
-    def __init__(self, config: RunConfig, run: Path, dev: torch.device) -> None:
-        self.config, self.cfg, self.run, self.dev = config, config.train, run, dev
-        self.model = VideoTokenizer(config.model)
-        self.opt = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=self.cfg.lr,
-            betas=(self.cfg.beta1, self.cfg.beta2),
-            weight_decay=self.cfg.weight_decay,
-        )
-        self.ema = WeightEMA(self.model, self.cfg.weight_ema) if self.cfg.weight_ema else None
-        self.best_psnr = -math.inf
-
-    def save(self, done: int, elapsed: float) -> None:
-        extra = self.ema.state() if self.ema is not None else None
-        save_checkpoint(
-            self.run / "checkpoint", self.model, self.opt, self.config, done, elapsed, extra
-        )
-
-    def resume(self) -> tuple[int, float]:
-        start, elapsed, extra = load_checkpoint(
-            self.run / "checkpoint", self.model, self.opt, self.config
-        )
-        if self.ema is not None:
-            self.ema.load(extra)
-        best = self.run / "best.json"
-        if best.exists():
-            self.best_psnr = float(json.loads(best.read_text()).get("eval_psnr", -math.inf))
-        return start, elapsed
-
-    def shipped(self) -> contextlib.AbstractContextManager[None]:
-        """The weights to evaluate and ship: the average when there is one."""
-        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-
-    def evaluate(self, clips: list[Tensor], done: int) -> dict[str, float]:
-        """Held-out metrics of the shipped weights; a new best is saved to ``run/best``."""
-        with self.shipped():
-            result = evaluate(self.model, clips, self.dev)
-            if result and result["eval_psnr"] > self.best_psnr:
-                self.best_psnr = result["eval_psnr"]
-                save_pretrained(self.model, self.run / "best", name=self.config.name)
-                record = json.dumps({"step": done, **result}) + "\n"
-                (self.run / "best.json").write_text(record)
-        return result
 
 
 def train(
@@ -285,6 +217,19 @@ def train(
             run,
             cli_message="already holds a checkpoint; add --resume or choose a new -o directory",
         )
+    sampler, eval_clips = _footage(cfg, data, run, on_progress)
+    torch.manual_seed(cfg.seed)
+    state = RunState(config, run, resolve_device(device))
+    start, elapsed = _start(state, sampler, resume, init_from, on_progress)
+    run.mkdir(parents=True, exist_ok=True)
+    return _loop(state, sampler, eval_clips, start, elapsed, on_progress)
+
+
+def _footage(
+    cfg: TrainConfig, data: Sequence[str | Path], run: Path, on_progress: ProgressFn | None
+) -> tuple[ClipSampler, list[Tensor]]:
+    """The sampler of training clips and the held-out clips; the run directory is made only
+    once there is footage to train on."""
 
     def skipped(line: str) -> None:
         if on_progress is not None:
@@ -294,12 +239,21 @@ def train(
     footage, held = split_holdout(
         load_footage(data, cfg.short_side, on_skip=skipped), cfg.holdout_frames
     )
-    run.mkdir(parents=True, exist_ok=True)  # only once there is footage to train on
+    run.mkdir(parents=True, exist_ok=True)
     sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed)
-    eval_clips = heldout_clips(held, cfg.clip_frames, cfg.eval_size)
-    torch.manual_seed(cfg.seed)
-    state = _Run(config, run, _resolve_device(device))
-    model = state.model
+    return sampler, heldout_clips(held, cfg.clip_frames, cfg.eval_size)
+
+
+def _start(
+    state: RunState,
+    sampler: ClipSampler,
+    resume: bool,
+    init_from: str | Path | None,
+    on_progress: ProgressFn | None,
+) -> tuple[int, float]:
+    """(step, elapsed seconds) the run starts from: the checkpoint's when resuming, else 0
+    after the data-dependent initialisation; leaves the model on the run's device."""
+    model, cfg = state.model, state.cfg
     if init_from is not None:
         transfer_weights(model, init_from)
     start, elapsed = 0, 0.0
@@ -314,12 +268,11 @@ def train(
     model.to(state.dev).train()
     if state.ema is not None:
         state.ema.shadow = {k: v.to(state.dev) for k, v in state.ema.shadow.items()}
-    run.mkdir(parents=True, exist_ok=True)
-    return _loop(state, sampler, eval_clips, start, elapsed, on_progress)
+    return start, elapsed
 
 
 def _loop(
-    state: _Run,
+    state: RunState,
     sampler: ClipSampler,
     eval_clips: list[Tensor],
     start: int,
@@ -327,72 +280,81 @@ def _loop(
     on_progress: ProgressFn | None,
 ) -> TrainResult:
     """The optimisation loop from step ``start`` to ``steps``, then the final model."""
-    model, opt, cfg, run, dev = state.model, state.opt, state.cfg, state.run, state.dev
-    base = {
-        k: float(getattr(model.quantizer, k))
-        for k in ("entropy_loss_weight",)
-        if hasattr(model.quantizer, k)
-    }
-    q = model.quantizer
-    tap = _LatentTap(model)
-    counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
-    log = (run / "metrics.jsonl").open("a")
+    cfg = state.cfg
+    quantizer = state.model.quantizer
+    base = {k: float(getattr(quantizer, k)) for k in ("entropy_loss_weight",)
+            if hasattr(quantizer, k)}
+    dead_codes = DeadCodes(state.model, cfg)
     done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
-    reseed_first = cfg.init_codebook_from_data and not cfg.kmeans_init_batches
-    try:
-        for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
-            torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # quantizer noise, per step
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)
-            _schedule_quantizer(model, cfg, base, step)
-            logged = _step(model, opt, batch, cfg, dev)
-            if state.ema is not None:
-                state.ema.update()
-            done = step + 1  # steps completed; what a checkpoint records
-            indices = logged.pop("indices")
-            if indices is not None:
-                counts += code_counts(indices, q.num_codebooks, q.codebook_size)
-            if done == 1 and reseed_first:
-                # data-dependent init: every code restarts at a random latent of the first batch
-                counts.zero_()
-                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed)
-                logged["reseeded"] = q.reseed_dead_codes(
-                    tap.samples, counts.squeeze(0).to(tap.samples.device), 1.0, g
-                )
-            elif cfg.dead_code_every and done % cfg.dead_code_every == 0:
-                g = torch.Generator(device=tap.samples.device).manual_seed(cfg.seed + done)
-                logged["reseeded"] = q.reseed_dead_codes(
-                    tap.samples,
-                    counts.squeeze(0).to(tap.samples.device),
-                    cfg.dead_code_threshold,
-                    g,
-                )
-                counts.zero_()
-            if done % cfg.log_every == 0 or done == cfg.steps:
+    with (state.run / "metrics.jsonl").open("a") as log:
+        try:
+            for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
+                logged = _optimise(state, batch, step, base)
+                done = step + 1  # steps completed; what a checkpoint records
+                logged.update(dead_codes.after_step(logged.pop("indices"), done))
                 record = {"step": done, "lr": learning_rate(cfg, step),
                           "time": time.monotonic() - t0, **logged}
-                _log(log, on_progress, record)
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                last_eval = state.evaluate(eval_clips, done)
-                _log(log, on_progress, {"step": done, **last_eval})
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                state.save(done, time.monotonic() - t0)
-    except KeyboardInterrupt:
-        interrupted = True
+                result = _log_eval_save(state, log, on_progress, record, eval_clips, t0)
+                if result is not None:
+                    last_eval = result
+        except KeyboardInterrupt:
+            interrupted = True
+            state.save(done, time.monotonic() - t0)
+    model_dir = None if interrupted else _ship(state, done, time.monotonic() - t0, last_eval)
+    return TrainResult(state.run, model_dir, done, last_eval, interrupted)
+
+
+def _optimise(state: RunState, batch: Tensor, step: int, base: dict[str, float]
+              ) -> dict[str, Any]:
+    """Step ``step``: its seed, learning rate and quantizer schedules, one optimisation step
+    (`_step`), then the weight average."""
+    cfg = state.cfg
+    torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # quantizer noise, per step
+    for group in state.opt.param_groups:
+        group["lr"] = learning_rate(cfg, step)
+    _schedule_quantizer(state.model, cfg, base, step)
+    logged = _step(state.model, state.opt, batch, cfg, state.dev)
+    if state.ema is not None:
+        state.ema.update()
+    return logged
+
+
+def _log_eval_save(
+    state: RunState,
+    log: Any,
+    on_progress: ProgressFn | None,
+    record: dict[str, Any],
+    eval_clips: list[Tensor],
+    t0: float,
+) -> dict[str, float] | None:
+    """After a step: log ``record``, evaluate and checkpoint when it is their turn.
+
+    Returns:
+        the held-out metrics when evaluated at this step, else None.
+    """
+    cfg, done = state.cfg, record["step"]
+    last = done == cfg.steps
+    if done % cfg.log_every == 0 or last:
+        _log(log, on_progress, record)
+    result = None
+    if cfg.eval_every and (done % cfg.eval_every == 0 or last):
+        result = state.evaluate(eval_clips, done)
+        _log(log, on_progress, {"step": done, **result})
+    if done % cfg.save_every == 0 or last:
         state.save(done, time.monotonic() - t0)
-    finally:
-        log.close()
-    model_dir = None
-    if not interrupted:
-        with state.shipped():
-            model_dir = save_pretrained(
-                model.cpu(),
-                run / "model",
-                name=state.config.name,
-                card=model_card(state.config, done, time.monotonic() - t0, last_eval,
-                                parameter_count(model)),
-            )
-    return TrainResult(run, model_dir, done, last_eval, interrupted)
+    return result
+
+
+def _ship(state: RunState, done: int, seconds: float, last_eval: dict[str, float]) -> Path:
+    """Write the final model (the weight average when there is one) with its model card."""
+    model = state.model
+    with state.shipped():
+        return save_pretrained(
+            model.cpu(),
+            state.run / "model",
+            name=state.config.name,
+            card=model_card(state.config, done, seconds, last_eval, parameter_count(model)),
+        )
 
 
 def _log(log: Any, on_progress: ProgressFn | None, record: dict[str, Any]) -> None:

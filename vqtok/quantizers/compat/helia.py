@@ -21,12 +21,8 @@ from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers.ema import EMACodebook
-from vqtok.quantizers.residual import (
-    EMAResidualQuantizer,
-    ResidualQuantizer,
-    _ResidualQuantizer,
-    level_sizes,
-)
+from vqtok.quantizers.ema_residual import EMAResidualQuantizer
+from vqtok.quantizers.residual import ResidualQuantizer, ResidualStack, level_sizes
 
 # Keras layer keywords that carry no meaning here; accepted so exported configs load.
 _KERAS_KEYWORDS = {"trainable", "dtype"}
@@ -44,7 +40,7 @@ def _metric_order(num_levels: int) -> list[str]:
 class _HeliaResidual(nn.Module):
     """Shared Keras-style front end over a core residual quantizer."""
 
-    core: _ResidualQuantizer
+    core: ResidualStack
 
     def __init__(
         self,
