@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from vqtok.errors import ConfigError
-from vqtok.io.jsonfields import dataclass_from_json
+from vqtok.jsonfields import dataclass_from_json
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import load_pretrained, read_info, weights_sha256
 from vqtok.io.hub import DownloadFn, parse_hub_ref
 from vqtok.io.model_dirs import resolve_model
-from vqtok.io.usedsets import UsedSets, load_used_sets
+from vqtok.io.usedsets import load_used_sets
+from vqtok.quantizers.used_sets import UsedSets
 from vqtok.runtime import resolve_device, resolve_dtype
 
 __all__ = [

@@ -46,7 +46,7 @@ from vqtok.families.shortcut import (
     PoolShortcut,
     UnpoolShortcut,
 )
-from vqtok.io.jsonfields import dataclass_from_json
+from vqtok.jsonfields import dataclass_from_json
 from vqtok.quantizers import KINDS, build_quantizer
 from vqtok.quantizers.base import QuantizerOutput
 

@@ -25,8 +25,9 @@ from torch import Tensor
 from vqtok.errors import RemapError, TokenFileError
 from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import RemapInfo, TokenMetadata
-from vqtok.io.usedsets import UsedSets, load_used_sets
+from vqtok.io.usedsets import load_used_sets
 from vqtok.quantizers import KINDS
+from vqtok.quantizers.used_sets import UsedSets
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import numpy as np
 
 from vqtok.errors import ConfigError, TokenFileError, VqtokError
 from vqtok.io.tokens import TokenMetadata, load_tokens, sidecar_path
-from vqtok.io.usedsets import UsedSets, is_remap_file, load_used_sets, save_used_sets
+from vqtok.io.usedsets import is_remap_file, load_used_sets, save_used_sets
+from vqtok.quantizers.used_sets import UsedSets
 
 __all__ = [
     "LevelUsage",

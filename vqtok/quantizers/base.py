@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.errors import QuantizerError
+from vqtok.quantizers.used_sets import UsedSets
 
 
 class QuantizerOutput(NamedTuple):
@@ -184,7 +185,7 @@ class Quantizer(nn.Module):
         Args:
             z: latents in any layout ``forward`` takes.
             allowed: L int64 tensors (U_l,) of distinct ids in [0, vocab_sizes[l]), usually
-                sorted (a remap file's used sets, `vqtok.io.usedsets.UsedSets`).
+                sorted (a remap file's used sets, `vqtok.quantizers.used_sets.UsedSets`).
             channel_last: see `Layout.of`.
 
         Returns:
@@ -196,8 +197,6 @@ class Quantizer(nn.Module):
             RemapError: (quantizers that do not restrict their search) a code outside its
                 level's allowed set; the message names the level.
         """
-        from vqtok.io.usedsets import UsedSets  # the quantizers do not need it otherwise
-
         levels = self.check_allowed(allowed, z.device)
         indices = self(z, channel_last).indices
         return UsedSets(tuple(levels)).to_compact(indices)

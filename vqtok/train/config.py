@@ -15,7 +15,7 @@ from typing import Any
 
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import TokenizerConfig
-from vqtok.io.jsonfields import dataclass_from_json
+from vqtok.jsonfields import dataclass_from_json
 
 
 @dataclass(frozen=True)
