@@ -76,6 +76,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (bounds memory).")]
+DTypeOpt = Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")]
 
 
 def print_table(table: Table) -> None:
