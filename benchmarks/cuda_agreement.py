@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 import vqtok.api as api
-from vqtok.checkpoint import list_models
-from vqtok.pipeline import frames_to_video
-from vqtok.video import VideoReader
+from vqtok.io.checkpoint import list_models
+from vqtok.io.pixels import frames_to_video
+from vqtok.io.video import VideoReader
 
 CLIP = Path(__file__).resolve().parents[1] / "tests" / "data" / "city-heldout.mp4"
 

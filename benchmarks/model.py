@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Result, Settings, loadavg, run_in_child, write_section  # noqa: E402
 
-from vqtok.checkpoint import list_models, load_pretrained  # noqa: E402
+from vqtok.io.checkpoint import list_models, load_pretrained  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FRAMES = 17
@@ -82,7 +82,7 @@ def build_decode(model_dir: str, size: int, device: str, dtype: str) -> Any:
 
 class ConvFlops:
     """Counts 3D-convolution FLOPs with forward hooks: vqtok's convolutions call oneDNN
-    directly (`vqtok.layers.conv3d`), which `FlopCounterMode` does not see."""
+    directly (`vqtok.families.layers.conv3d`), which `FlopCounterMode` does not see."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.total = 0

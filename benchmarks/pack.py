@@ -1,12 +1,14 @@
-"""Throughput of ``vqtok pack`` and random access into `vqtok.data.TokenDataset`, run by hand.
+"""Throughput of ``vqtok pack`` and random access into `vqtok.io.datasets.TokenDataset`, run by
+hand.
 
     .venv/bin/python benchmarks/pack.py [--files 10000] [--grid 5x16x16] [--levels 4]
         [--vocab 1024] [--shard-size 256] [--items 5000] [--results FILE]
 
 Writes ``--files`` synthetic index files (random indices of shape grid (+ levels), written with
-`vqtok.tokens.save_tokens`, as ``vqtok encode`` would), then measures:
+`vqtok.io.tokens.save_tokens`, as ``vqtok encode`` would), then measures:
 
-- pack: `vqtok.pack.pack_dataset` over the directory into a fresh dataset, rows/s and MB/s of
+- pack: `vqtok.pipeline.pack.pack_dataset` over the directory into a fresh dataset, rows/s and MB/s
+of
   index data (uncompressed), plus the compressed dataset size;
 - random access: ``--items`` reads in a random order through ``DataLoader(TokenDataset,
   batch_size=None, sampler=random order)`` with 0 and with 2 workers, and with 2 workers in
@@ -40,10 +42,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import loadavg, write_section  # noqa: E402
 
-import vqtok.shards  # noqa: E402
-from vqtok.data import TokenDataset  # noqa: E402
-from vqtok.pack import pack_dataset  # noqa: E402
-from vqtok.tokens import (  # noqa: E402
+import vqtok.io.shards  # noqa: E402
+from vqtok.io.datasets import TokenDataset  # noqa: E402
+from vqtok.io.tokens import (  # noqa: E402
     EncodedInfo,
     SourceInfo,
     TokenMetadata,
@@ -51,6 +52,7 @@ from vqtok.tokens import (  # noqa: E402
     load_tokens,
     save_tokens,
 )
+from vqtok.pipeline.pack import pack_dataset  # noqa: E402
 
 
 def write_index_files(directory: Path, files: int, grid: tuple[int, int, int], levels: int,
@@ -87,11 +89,11 @@ def random_reads(dataset: TokenDataset, items: int, workers: int, batch: int | N
 
 def peer_group_size(work: Path, kb: int, items: int) -> tuple[float, float]:
     """(items/s at 0 workers, dataset MB) of the same files packed in row groups of ``kb``."""
-    saved, vqtok.shards.ROW_GROUP_BYTES = vqtok.shards.ROW_GROUP_BYTES, kb << 10
+    saved, vqtok.io.shards.ROW_GROUP_BYTES = vqtok.io.shards.ROW_GROUP_BYTES, kb << 10
     try:
         report = pack_dataset([work / "codes"], work / "dataset-peer")
     finally:
-        vqtok.shards.ROW_GROUP_BYTES = saved
+        vqtok.io.shards.ROW_GROUP_BYTES = saved
     return random_reads(TokenDataset(work / "dataset-peer"), items, 0, None), report.bytes / 1e6
 
 

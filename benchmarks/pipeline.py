@@ -8,7 +8,7 @@ Measures on one real clip (``../shared/data/city.mpg`` when present, else a gene
 
 - decode-only frames/s: PyAV decoding + resize into uint8 frames, no model;
 - model-only frames/s: ``encode_stream`` over frames already in memory;
-- end-to-end frames/s: `vqtok.pipeline.encode_file` (background reader + model + index file).
+- end-to-end frames/s: `vqtok.pipeline.encode.encode_file` (background reader + model + index file).
 
 The issue's target: end-to-end >= 90 % of the slower of decode-only and model-only, which is
 what overlapping the reader thread with the model buys. With ``--rss`` it also encodes a
@@ -39,10 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import loadavg, write_section  # noqa: E402
 
 import vqtok.api as api  # noqa: E402
-from vqtok.checkpoint import save_pretrained
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.pipeline import EncodeOptions, encode_file, frames_to_video
-from vqtok.video import VideoReader, VideoWriter
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.pixels import frames_to_video
+from vqtok.io.video import VideoReader
+from vqtok.io.video_writer import VideoWriter
+from vqtok.pipeline.encode import EncodeOptions, encode_file
 
 CITY = Path(__file__).resolve().parents[2] / "shared" / "data" / "city.mpg"
 

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from vqtok.checkpoint import parameter_count
-from vqtok.cosmos import CosmosConfig, CosmosTokenizer
-from vqtok.family import TokenizerModel
-from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
+from vqtok.families.base import TokenizerModel
+from vqtok.families.cosmos import CosmosConfig, CosmosTokenizer
+from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
+from vqtok.io.checkpoint import parameter_count
 
 
 def timed(fn: object, repeat: int, device: torch.device) -> float:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 import vqtok
+from vqtok.io.video import read_frames
 from vqtok.metrics import psnr, ssim_per_frame
-from vqtok.video import read_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = sorted((ROOT / "tests" / "data").glob("*heldout*"))

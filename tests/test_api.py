@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import vqtok
-from vqtok import checkpoint
-from vqtok.api import Tokenizer, resolve_device, resolve_dtype
+from vqtok.api import Tokenizer
 from vqtok.errors import CheckpointError, ConfigError, VqtokError
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io import checkpoint, model_dirs
+from vqtok.runtime import resolve_device, resolve_dtype
 
 
 def tiny_model() -> VideoTokenizer:
@@ -51,7 +52,7 @@ def test_load_describes_the_model(tok: Tokenizer, model_dir: Path) -> None:
 def test_load_none_means_the_default_model_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoint, "REPO_MODELS", tmp_path / "empty")
+    monkeypatch.setattr(model_dirs, "REPO_MODELS", tmp_path / "empty")
     monkeypatch.setenv("VQTOK_MODELS", str(tmp_path / "zoo"))
     from vqtok.api import DEFAULT_MODEL as default
     with pytest.raises(CheckpointError, match=default):
@@ -166,7 +167,7 @@ def test_device_and_dtype_resolution() -> None:
 
 
 def test_windowed_families_pad_each_window() -> None:
-    from vqtok.magvit2 import Magvit2Config, Magvit2Tokenizer
+    from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 
     tok = Tokenizer(Magvit2Tokenizer(Magvit2Config(ch=32, num_res_blocks=1, z_channels=4)))
     assert tok.model.window == 17 and tok.temporal_factor == 4

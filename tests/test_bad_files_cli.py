@@ -40,9 +40,9 @@ from safetensors.torch import load_file, save_file
 
 from tests.tiny import save_tiny_model
 from vqtok.api import load
-from vqtok.pipeline import EncodeOptions, encode_file
-from vqtok.remap import save_used
-from vqtok.video import probe
+from vqtok.io.video import probe
+from vqtok.pipeline.encode import EncodeOptions, encode_file
+from vqtok.quantizers.remap import save_used
 
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]

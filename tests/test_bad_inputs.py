@@ -48,12 +48,12 @@ from clips import (
 
 from tests.tiny import save_tiny_model
 from vqtok.api import load
-from vqtok.batching import encode_files
-from vqtok.cli_support import run_jobs
-from vqtok.jobs import Job, plan_inputs
-from vqtok.pipeline import EncodeOptions
-from vqtok.tokens import load_tokens
-from vqtok.video import VideoReader
+from vqtok.cli.runs import run_jobs
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import VideoReader
+from vqtok.pipeline.batching import encode_jobs
+from vqtok.pipeline.encode import EncodeOptions
+from vqtok.pipeline.plan import Job, plan_inputs
 
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
@@ -263,7 +263,7 @@ def test_a_file_that_vanishes_mid_run(
     tokenizer = load(str(model), device="cpu")
     outcomes = run_jobs(
         jobs,
-        lambda bar: encode_files(jobs, tokenizer, EncodeOptions(), batch, bar.advance, on_start),
+        lambda bar: encode_jobs(jobs, tokenizer, EncodeOptions(), batch, bar.advance, on_start),
         quiet=True,
         debug=False,
     )

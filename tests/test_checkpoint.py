@@ -12,17 +12,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqtok import checkpoint
-from vqtok.checkpoint import (
+from vqtok.errors import CheckpointError
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io import model_dirs
+from vqtok.io.checkpoint import (
     list_models,
     load_pretrained,
     read_info,
-    resolve_model,
     save_pretrained,
     weights_sha256,
 )
-from vqtok.errors import CheckpointError
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.io.model_dirs import resolve_model
 
 
 def tiny(kind: str = "fsq", options: dict[str, Any] | None = None) -> VideoTokenizer:
@@ -234,7 +234,7 @@ def test_bad_json_and_missing_config(saved: Path) -> None:
 def test_names_resolve_against_vqtok_models(
     saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoint, "REPO_MODELS", tmp_path / "no-repo-models")
+    monkeypatch.setattr(model_dirs, "REPO_MODELS", tmp_path / "no-repo-models")
     monkeypatch.setenv("VQTOK_MODELS", str(tmp_path / "elsewhere") + ":" + str(saved.parent))
     assert resolve_model("tiny-model") == saved
     assert isinstance(load_pretrained("tiny-model"), VideoTokenizer)
@@ -248,7 +248,7 @@ def test_repo_models_come_before_vqtok_models(
     repo, env = tmp_path / "repo", tmp_path / "env"
     save_pretrained(tiny(), repo / "m", name="from-repo")
     save_pretrained(tiny(), env / "m", name="from-env")
-    monkeypatch.setattr(checkpoint, "REPO_MODELS", repo)
+    monkeypatch.setattr(model_dirs, "REPO_MODELS", repo)
     monkeypatch.setenv("VQTOK_MODELS", str(env))
     assert resolve_model("m") == repo / "m"
     assert [m.name for m in list_models()] == ["from-repo"]
@@ -260,7 +260,7 @@ def test_names_cannot_escape(name: str, tmp_path: Path, monkeypatch: pytest.Monk
     save_pretrained(tiny(), tmp_path / "root" / "secret")
     (tmp_path / "root" / "models" / "a").mkdir(parents=True)
     (tmp_path / "cwd").mkdir()
-    monkeypatch.setattr(checkpoint, "REPO_MODELS", tmp_path / "root" / "models")
+    monkeypatch.setattr(model_dirs, "REPO_MODELS", tmp_path / "root" / "models")
     monkeypatch.setenv("VQTOK_MODELS", str(tmp_path / "root" / "models"))
     monkeypatch.chdir(tmp_path / "cwd")
     with pytest.raises(CheckpointError):

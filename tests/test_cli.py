@@ -13,12 +13,12 @@ import torch
 from clips import make_audio_only, make_clip, make_text, make_truncated, make_zero_frames
 from typer.testing import CliRunner
 
-from vqtok.checkpoint import save_pretrained
-from vqtok.cli import app
+from vqtok.cli.app import app
 from vqtok.errors import VqtokError
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.tokens import load_tokens
-from vqtok.video import probe
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import probe
 
 KINDS = {"fsq": {"levels": [5, 4, 4, 3]}, "ema_vq": {"codebook_size": 16}}
 
@@ -279,10 +279,12 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
 
     from rich.console import Console
 
-    import vqtok.cli_support as support
+    import vqtok.cli.runs as runs
+    import vqtok.cli.support as support
 
     screen = io.StringIO()
-    monkeypatch.setattr(support, "err", Console(file=screen, force_terminal=True, width=120))
+    for module in (support, runs):  # the consoles' home, and the batch runs that draw the bar
+        monkeypatch.setattr(module, "err", Console(file=screen, force_terminal=True, width=120))
     result = run("encode", videos / "a.mp4", "-o", tmp_path / "codes", "-m", "tiny-fsq")
     assert (tmp_path / "codes.npy").is_file()  # the format suffix is added to a bare name
     assert "skipped" in run("encode", videos / "a.mp4", "-o", tmp_path / "codes",
@@ -291,7 +293,8 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, videos: Path, run,  # type: 
     assert "1/1" in drawn and "files" in drawn and "11 frames" in drawn and "frames/s" in drawn
     assert "frames/s" not in result.stdout  # the bar is not on stdout
     quiet = io.StringIO()
-    monkeypatch.setattr(support, "err", Console(file=quiet, force_terminal=True))
+    for module in (support, runs):
+        monkeypatch.setattr(module, "err", Console(file=quiet, force_terminal=True))
     run("encode", videos / "a.mp4", "-o", tmp_path / "q.npy", "-m", "tiny-fsq", "--quiet")
     assert quiet.getvalue() == ""
 
@@ -307,16 +310,16 @@ def test_bad_remap_file_fails_once(tmp_path: Path, videos: Path, run) -> None:  
 def test_unexpected_errors_are_one_line_and_do_not_stop_the_run(
     tmp_path: Path, videos: Path, run, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
-    import vqtok.batching
+    import vqtok.pipeline.batching
 
-    real = vqtok.batching.encode_file
+    real = vqtok.pipeline.batching.encode_file
 
     def flaky(source, *args, **kwargs):  # type: ignore[no-untyped-def]
         if Path(source).name == "a.mp4":
             raise RuntimeError("out of memory")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(vqtok.batching, "encode_file", flaky)
+    monkeypatch.setattr(vqtok.pipeline.batching, "encode_file", flaky)
     result = run("encode", videos, "-o", tmp_path / "o", "-m", "tiny-fsq", code=1)
     line = _error_line(result, videos / "a.mp4")
     assert "RuntimeError: out of memory (rerun with --debug" in line

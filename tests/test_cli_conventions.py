@@ -15,7 +15,7 @@ from clips import make_clip
 from tiny import save_tiny_model
 from typer.testing import CliRunner
 
-from vqtok.cli import app
+from vqtok.cli.app import app
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_sizes_are_height_x_width_in_decode_output_as_in_flags_and_sidecars(
 
 def test_size_messages_are_height_x_width() -> None:
     from vqtok.errors import VqtokError
-    from vqtok.frames import check_picture_size
+    from vqtok.io.frames import check_picture_size
 
     with pytest.raises(VqtokError, match=r"picture is 8000x9000 \("):
         check_picture_size(width=9000, height=8000, path="wide.mp4")
@@ -106,8 +106,8 @@ def test_errors_name_flags_on_the_command_line_and_arguments_in_python(
     tmp_path: Path, models: Path, clip: Path, run  # type: ignore[no-untyped-def]
 ) -> None:
     from vqtok.errors import VqtokError
-    from vqtok.train import train
-    from vqtok.train_config import RunConfig
+    from vqtok.train.config import RunConfig
+    from vqtok.train.loop import train
 
     tiny = json.loads((models / "tiny" / "config.json").read_text())["config"]
     config = tmp_path / "run.json"

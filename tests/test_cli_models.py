@@ -12,7 +12,7 @@ from test_convert import COSMOS, MAGVIT, cosmos_keys, magvit_state, save_ckpt, w
 from typer.testing import CliRunner
 
 from tests.clips import make_clip
-from vqtok.cli import app
+from vqtok.cli.app import app
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from clips import make_clip
 
-from vqtok.checkpoint import save_pretrained
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.tokens import load_tokens
-from vqtok.video import probe
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import probe
 
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from test_tokens import make_meta
 
-from vqtok.codeusage import build_remap
 from vqtok.errors import TokenFileError
-from vqtok.remap import load_used
-from vqtok.tokens import save_tokens
-from vqtok.usedsets import load_used_sets
+from vqtok.io.tokens import save_tokens
+from vqtok.io.usedsets import load_used_sets
+from vqtok.pipeline.remap_build import build_remap
+from vqtok.quantizers.remap import load_used
 
 
 def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> None:

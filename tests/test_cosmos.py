@@ -9,9 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqtok.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.haar import HaarPatcher, HaarUnpatcher, haar_analysis, haar_signs, haar_synthesis
+from vqtok.families.cosmos import CosmosConfig, CosmosTokenizer
+from vqtok.families.haar import (
+    HaarPatcher,
+    HaarUnpatcher,
+    haar_analysis,
+    haar_signs,
+    haar_synthesis,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cosmos-dv4x8x8"
 ATOL = 1e-4

@@ -21,7 +21,7 @@ from clips import make_clip
 
 from tests.tiny import save_tiny_model
 from vqtok.errors import VqtokError
-from vqtok.tokens import load_tokens, sidecar_path
+from vqtok.io.tokens import load_tokens, sidecar_path
 
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]

@@ -16,7 +16,7 @@ import torch
 import vqtok
 from tests.tiny import TINY_CONFIG, save_tiny_model
 from vqtok.api import Tokenizer
-from vqtok.model import VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.quantizers import build_quantizer
 
 pytestmark = [
@@ -63,7 +63,7 @@ def test_cuda_streaming_equals_one_shot() -> None:
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_cuda_autocast_keeps_indices_in_range(dtype: str) -> None:
     cpu, gpu = _pair()
-    half = Tokenizer(gpu.model, name="tiny", dtype=vqtok.api.resolve_dtype(dtype, gpu.device))
+    half = Tokenizer(gpu.model, name="tiny", dtype=vqtok.runtime.resolve_dtype(dtype, gpu.device))
     video = _video()
     indices = half.encode(video)
     assert indices.dtype == torch.int64 and indices.shape == cpu.encode(video).shape

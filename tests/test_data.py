@@ -1,4 +1,4 @@
-"""vqtok.data: the PyTorch datasets over packed token datasets, with DataLoader workers,
+"""vqtok.io.datasets: the PyTorch datasets over packed token datasets, with DataLoader workers,
 DistributedSampler and ranks; and Hugging Face ``datasets`` reading the same shards."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tests.test_pack import write_clips
-from vqtok.tokens import load_tokens
+from vqtok.io.tokens import load_tokens
 
 pytest.importorskip("pyarrow.parquet", reason="token datasets need pyarrow (vqtok[data])")
 
-from vqtok.data import TokenDataset, TokenIterableDataset  # noqa: E402 - needs pyarrow
-from vqtok.pack import pack_dataset  # noqa: E402
+from vqtok.io.datasets import TokenDataset, TokenIterableDataset  # noqa: E402 - needs pyarrow
+from vqtok.pipeline.pack import pack_dataset  # noqa: E402
 
 ROWS = 40
 
@@ -28,14 +28,14 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np
     each clip's indices read from its index file."""
     root = tmp_path_factory.mktemp("data")
     paths = write_clips(root / "codes", ROWS, codebooks=2)
-    import vqtok.shards
+    import vqtok.io.shards
 
     # small row groups, so that shards hold several and the iterable split is by group
-    saved, vqtok.shards.ROW_GROUP_BYTES = vqtok.shards.ROW_GROUP_BYTES, 400
+    saved, vqtok.io.shards.ROW_GROUP_BYTES = vqtok.io.shards.ROW_GROUP_BYTES, 400
     try:
         pack_dataset([root / "codes"], root / "ds", shard_size_mb=0.002)
     finally:
-        vqtok.shards.ROW_GROUP_BYTES = saved
+        vqtok.io.shards.ROW_GROUP_BYTES = saved
     return root / "ds", {f"codes/{p.name}": load_tokens(p)[0] for p in paths}
 
 

@@ -9,7 +9,7 @@ import torch
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
 from vqtok.quantizers.base import codebook_metrics
-from vqtok.quantizers.compat_ema import EMAVectorQuantizer, EmbeddingEMA
+from vqtok.quantizers.compat.ema import EMAVectorQuantizer, EmbeddingEMA
 from vqtok.quantizers.ema import EMACodebook, EMAQuantizer
 
 # ---------------------------------------------------------------- EMA statistics

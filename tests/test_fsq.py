@@ -9,7 +9,7 @@ import torch
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
 from vqtok.quantizers.base import codebook_metrics
-from vqtok.quantizers.compat_fsq import FSQ
+from vqtok.quantizers.compat.fsq import FSQ
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 
 COSMOS_LEVELS = [8, 8, 8, 5, 5, 5]

@@ -25,13 +25,14 @@ import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vqtok.checkpoint import read_info
 from vqtok.errors import VqtokError
-from vqtok.model import TokenizerConfig
-from vqtok.remap import load_used
-from vqtok.tokens import EncodedInfo, SourceInfo, TokenMetadata, load_tokens
-from vqtok.train_config import RunConfig
-from vqtok.usedsets import UsedSets, load_used_sets
+from vqtok.families.vqtok import TokenizerConfig
+from vqtok.io.checkpoint import read_info
+from vqtok.io.tokens import EncodedInfo, SourceInfo, TokenMetadata, load_tokens
+from vqtok.io.usedsets import load_used_sets
+from vqtok.quantizers.remap import load_used
+from vqtok.quantizers.used_sets import UsedSets
+from vqtok.train.config import RunConfig
 
 EXAMPLES = int(os.environ.get("VQTOK_FUZZ_EXAMPLES", "25"))
 CORPUS = Path(__file__).parent / "fuzz_corpus"
@@ -232,7 +233,7 @@ def _seed_meta() -> dict[str, Any]:
 
 
 def _seed_index(tmp: Path) -> tuple[Path, Path]:
-    from vqtok.tokens import save_tokens, sidecar_path
+    from vqtok.io.tokens import save_tokens, sidecar_path
 
     path = tmp / "clip.npy"
     meta = TokenMetadata.from_dict(_seed_meta())

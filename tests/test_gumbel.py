@@ -8,9 +8,9 @@ import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.compat_gumbel import GumbelQuantize
+from vqtok.quantizers.compat.gumbel import GumbelQuantize
 from vqtok.quantizers.gumbel import GumbelQuantizer, gumbel_softmax, kl_to_uniform
-from vqtok.remap import IndexRemap
+from vqtok.quantizers.remap import IndexRemap
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -33,10 +33,11 @@ from typer.testing import CliRunner
 
 import vqtok
 from tests.tiny import save_tiny_model
-from vqtok.cli import app
-from vqtok.convert import convert_cosmos, convert_open_magvit2
+from vqtok.cli.app import app
+from vqtok.convert.cosmos import convert_cosmos
+from vqtok.convert.magvit2 import convert_open_magvit2
 from vqtok.errors import HubError
-from vqtok.hub import HubRef, fetch_files, parse_hub_ref
+from vqtok.io.hub import HubRef, fetch_files, parse_hub_ref
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
@@ -147,7 +148,8 @@ def test_load_by_repo_id_in_a_fresh_process(
     tmp_path: Path, sources: dict[str, Path], cache: Path
 ) -> None:
     script = (  # importing vqtok, its CLI and converters must not load huggingface_hub
-        "import sys, json, vqtok, vqtok.cli, vqtok.api, vqtok.convert, vqtok.checkpoint\n"
+        "import sys, json, vqtok, vqtok.cli.app, vqtok.api, vqtok.io.checkpoint\n"
+        "import vqtok.convert.cosmos, vqtok.convert.magvit2\n"
         "lazy = 'huggingface_hub' not in sys.modules\n"
         f"tok = vqtok.load({MODEL_REPO!r}, device='cpu')\n"
         "print(json.dumps([lazy, tok.name, str(tok.path), tok.weights_sha256]))\n"

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from tests.clips import make_clip
 from tests.tiny import TINY_CONFIG, save_tiny_model
-from vqtok.checkpoint import save_pretrained
-from vqtok.cli import app
-from vqtok.model import VideoTokenizer
-from vqtok.tokens import load_tokens
+from vqtok.cli.app import app
+from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.tokens import load_tokens
 
 RVQ = dataclasses.replace(TINY_CONFIG, quantizer="ema_rvq",
                           quantizer_options={"num_levels": 3, "codebook_sizes": 16})

@@ -7,7 +7,7 @@ import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import LFQ, LookupFreeQuantizer, build_quantizer
-from vqtok.quantizers.compat_lfq import LossBreakdown, Return
+from vqtok.quantizers.compat.lfq import LossBreakdown, Return
 from vqtok.quantizers.entropy import (
     REFERENCE_CLAMP,
     TINY,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vqtok.errors import ConfigError
-from vqtok.magvit2 import AdaptiveGroupNorm, Magvit2Config, Magvit2Tokenizer, Upsampler
+from vqtok.families.magvit2 import AdaptiveGroupNorm, Magvit2Config, Magvit2Tokenizer, Upsampler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "open-magvit2-video"
 ATOL = 1e-4

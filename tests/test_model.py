@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.layers import CausalConv3d, Downsample, FrameGroupNorm, Upsample
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.layers import CausalConv3d, Downsample, FrameGroupNorm, Upsample
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.quantizers import KINDS
 
 # Tiny options per kind, for a latent_dim of 4.

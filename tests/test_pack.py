@@ -1,6 +1,7 @@
-"""``vqtok pack`` (vqtok.pack): Parquet token datasets, exact round trips, resume, bad input.
+"""``vqtok pack`` (vqtok.pipeline.pack): Parquet token datasets, exact round trips, resume, bad
+input.
 
-Index files are written directly with `vqtok.tokens.save_tokens` (no model runs): single- and
+Index files are written directly with `vqtok.io.tokens.save_tokens` (no model runs): single- and
 multi-level, remapped, a uint32 vocabulary, ``.safetensors`` beside ``.npy``.
 """
 
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vqtok.cli import app
+from vqtok.cli.app import app
 from vqtok.errors import VqtokError
-from vqtok.tokens import (
+from vqtok.io.tokens import (
     EncodedInfo,
     RemapInfo,
     SourceInfo,
@@ -30,9 +31,9 @@ from vqtok.tokens import (
 
 pq = pytest.importorskip("pyarrow.parquet", reason="token datasets need pyarrow (vqtok[data])")
 
-from vqtok.data import TokenDataset  # noqa: E402 - needs pyarrow
-from vqtok.pack import PackProgress, pack_dataset  # noqa: E402
-from vqtok.shards import MANIFEST  # noqa: E402
+from vqtok.io.datasets import TokenDataset  # noqa: E402 - needs pyarrow
+from vqtok.io.shards import MANIFEST  # noqa: E402
+from vqtok.pipeline.pack import PackProgress, pack_dataset  # noqa: E402
 
 SHA = "ab" * 32
 
@@ -154,7 +155,7 @@ def files(directory: Path) -> dict[str, bytes]:
 
 KILLED = """
 import os, sys
-from vqtok.pack import pack_dataset
+from vqtok.pipeline.pack import pack_dataset
 def stop(p):
     if p.stage == "pack" and p.files == int(sys.argv[3]):
         os._exit(9)  # as abrupt as a kill: no cleanup, no finally

@@ -106,7 +106,7 @@ def test_installed_wheel_loads_the_default_model_outside_the_clone(
     )
     script = (
         "import json, torch, vqtok\n"
-        "from vqtok.checkpoint import resolve_model\n"
+        "from vqtok.io.checkpoint import resolve_model\n"
         "tok = vqtok.load(device='cpu')\n"
         "video = torch.zeros(1, 3, 1, 16, 16)\n"
         "print(json.dumps({'module': vqtok.__file__, 'model': str(resolve_model('vqtok-ema')),\n"

@@ -1,4 +1,4 @@
-"""One parameter count everywhere: `vqtok.checkpoint.parameter_count` (every value stored in
+"""One parameter count everywhere: `vqtok.io.checkpoint.parameter_count` (every value stored in
 model.safetensors) is what ``vqtok info`` prints and what the card `vqtok train` writes says."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import torch
 from clips import make_clip
 from typer.testing import CliRunner
 
-from vqtok.checkpoint import parameter_count, save_pretrained
-from vqtok.cli import app
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.train import train
-from vqtok.train_config import RunConfig
+from vqtok.cli.app import app
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import parameter_count, save_pretrained
+from vqtok.train.config import RunConfig
+from vqtok.train.loop import train
 
 # an EMA codebook is a buffer, not an nn.Parameter: the two candidate definitions differ here
 EMA_MODEL = {

@@ -1,4 +1,4 @@
-"""The file pipeline (vqtok.pipeline, jobs, vocab, codeusage, reconstruct, describe) on tiny
+"""The file pipeline (vqtok.pipeline.encode, jobs, vocab, codeusage, reconstruct, describe) on tiny
 models saved with save_pretrained and clips written with PyAV."""
 
 from __future__ import annotations
@@ -14,27 +14,20 @@ import torch
 from clips import clip_frames, make_clip
 
 import vqtok.api as api
-from vqtok.checkpoint import save_pretrained
-from vqtok.codeusage import build_remap
-from vqtok.describe import describe_models, describe_path
 from vqtok.errors import RemapError, TokenFileError, VideoError, VqtokError
-from vqtok.jobs import Job, parse_shard, plan_inputs, shard, shard_from_env
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.pixels import frames_to_video, video_to_frames
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import probe, read_frames
 from vqtok.metrics import psnr
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.pipeline import (
-    EncodeOptions,
-    decode_file,
-    decode_frames,
-    encode_file,
-    encode_indices,
-    frames_to_video,
-    prefetch,
-    video_to_frames,
-)
-from vqtok.reconstruct import reconstruct_file
-from vqtok.remap import load_used
-from vqtok.tokens import load_tokens
-from vqtok.video import probe, read_frames
+from vqtok.pipeline.decode import decode_file, decode_frames
+from vqtok.pipeline.describe import describe_models, describe_path
+from vqtok.pipeline.encode import EncodeOptions, encode_file, encode_indices, prefetch
+from vqtok.pipeline.plan import Job, parse_shard, plan_inputs, shard, shard_from_env
+from vqtok.pipeline.reconstruct import reconstruct_file
+from vqtok.pipeline.remap_build import build_remap
+from vqtok.quantizers.remap import load_used
 
 KINDS = {"fsq": {"levels": [5, 4, 4, 3]}, "ema_vq": {"codebook_size": 16}}
 
@@ -376,7 +369,7 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
 def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer) -> None:
     from clips import make_text
 
-    from vqtok.batching import encode_files
+    from vqtok.pipeline.batching import encode_jobs
 
     sources = [
         make_clip(tmp_path / "long.mp4", frames=11, size=(16, 16)),
@@ -387,7 +380,7 @@ def test_batched_encode_equals_encoding_alone(tmp_path: Path, fsq: api.Tokenizer
     ]
     jobs = plan_inputs(sources, tmp_path / "out", ".npy")
     groups: list[list[str]] = []
-    results = dict(encode_files(jobs, fsq, EncodeOptions(chunk=4), batch=3,
+    results = dict(encode_jobs(jobs, fsq, EncodeOptions(chunk=4), batch=3,
                                 on_start=lambda js: groups.append([j.source.name for j in js])))
     assert groups == [["long.mp4", "short.mp4", "mid.mp4"], ["wide.mp4"]]
     failed = [job.source.name for job, r in results.items() if isinstance(r, Exception)]

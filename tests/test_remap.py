@@ -1,4 +1,5 @@
-"""Used-index remapping (vqtok.remap): file validation, round trips, unknown-id policies."""
+"""Used-index remapping (vqtok.quantizers.remap): file validation, round trips, unknown-id
+policies."""
 
 import os
 import pickle
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from vqtok.errors import ConfigError, QuantizerError, RemapError
-from vqtok.remap import IndexRemap, build_used, load_used, save_used, validate_used
+from vqtok.quantizers.remap import IndexRemap, build_used, load_used, save_used, validate_used
 
 USED = torch.tensor([1, 4, 5, 9], dtype=torch.int64)
 

@@ -17,16 +17,18 @@ from clips import make_clip
 from typer.testing import CliRunner
 
 from vqtok.api import load
-from vqtok.checkpoint import REPO_MODELS, save_pretrained
-from vqtok.cli import app
+from vqtok.cli.app import app
 from vqtok.errors import QuantizerError, RemapError
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import REPO_MODELS
+from vqtok.io.tokens import load_tokens
+from vqtok.io.usedsets import load_used_sets, save_used_sets
+from vqtok.io.video import read_frames
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.residual import EMAResidualQuantizer
-from vqtok.tokens import load_tokens
-from vqtok.usedsets import UsedSets, load_used_sets, save_used_sets
-from vqtok.video import read_frames
-from vqtok.vocab import file_sha256
+from vqtok.quantizers.ema_residual import EMAResidualQuantizer
+from vqtok.quantizers.used_sets import UsedSets
 
 KINDS = {
     "ema_rvq": ({"num_levels": 3, "codebook_sizes": 16}, 3),

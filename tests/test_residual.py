@@ -5,9 +5,10 @@ import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.compat_helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
+from vqtok.quantizers.compat.helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
 from vqtok.quantizers.ema import EMACodebook
-from vqtok.quantizers.residual import EMAResidualQuantizer, ResidualQuantizer
+from vqtok.quantizers.ema_residual import EMAResidualQuantizer
+from vqtok.quantizers.residual import ResidualQuantizer
 
 SIZES = [8, 4, 3]
 

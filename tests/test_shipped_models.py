@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from vqtok.api import DEFAULT_MODEL
-from vqtok.checkpoint import REPO_MODELS, load_pretrained, parameter_count
+from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.checkpoint import load_pretrained, parameter_count
+from vqtok.io.model_dirs import REPO_MODELS
 from vqtok.metrics import psnr
-from vqtok.model import VideoTokenizer
-from vqtok.train_config import RunConfig
+from vqtok.train.config import RunConfig
 
 SHIPPED = sorted(p for p in REPO_MODELS.iterdir() if (p / "config.json").exists())
 

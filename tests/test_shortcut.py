@@ -8,15 +8,15 @@ import torch.nn.functional as F
 
 from tests.test_streaming import chunked, clip, tiny, uneven
 from vqtok.errors import ConfigError
-from vqtok.layers import StreamState
-from vqtok.model import TokenizerConfig, VideoTokenizer
-from vqtok.shortcut import (
+from vqtok.families.layers import StreamState
+from vqtok.families.shortcut import (
     PoolShortcut,
     UnpoolShortcut,
     block_vectors,
     fit_linear_shortcut,
     shortcut_groups,
 )
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 
 
 def test_groups_cover_every_entry_in_consecutive_runs() -> None:
@@ -141,7 +141,7 @@ def test_untrained_linear_model_is_the_fitted_linear_tokenizer() -> None:
 
 
 def test_linear_shortcuts_stream_exactly_and_survive_save_load(tmp_path) -> None:
-    from vqtok.checkpoint import load_pretrained, save_pretrained
+    from vqtok.io.checkpoint import load_pretrained, save_pretrained
 
     model = linear_model()
     video = clip(1, 13)

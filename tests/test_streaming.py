@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from vqtok.layers import CausalConv3d, ResBlock, StreamState, Upsample
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.layers import CausalConv3d, ResBlock, StreamState, Upsample
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 
 
 def tiny(kind: str = "fsq", options: dict[str, Any] | None = None, **kw: Any) -> VideoTokenizer:
@@ -199,7 +199,7 @@ def test_latents_are_bitwise_identical_across_batch_and_chunking() -> None:
 
 
 def test_swish_is_bitwise_independent_of_tensor_length() -> None:
-    from vqtok.layers import swish
+    from vqtok.families.layers import swish
 
     x = torch.randn(4099)
     with torch.no_grad():

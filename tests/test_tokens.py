@@ -1,4 +1,4 @@
-"""Index file format (vqtok.tokens): round trips, dtype choice, validation, atomic writes."""
+"""Index file format (vqtok.io.tokens): round trips, dtype choice, validation, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vqtok.errors import TokenFileError
-from vqtok.tokens import (
+from vqtok.io.tokens import (
     FORMAT_VERSION,
     EncodedInfo,
     RemapInfo,
@@ -312,7 +312,7 @@ def test_failed_write_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monkey
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("vqtok.tokens.os.replace", broken_replace)
+    monkeypatch.setattr("vqtok.io.tokens.os.replace", broken_replace)
     with pytest.raises(TokenFileError, match="disk full"):
         save_tokens(path, indices_for(meta, 2), meta)
     assert path.read_bytes() == before
@@ -324,7 +324,7 @@ def test_crash_between_array_and_sidecar_is_incomplete(
 ) -> None:
     meta = make_meta()
     path = save_tokens(tmp_path / "c.npy", indices_for(meta, 1), meta)
-    import vqtok.tokens as tokens
+    import vqtok.io.tokens as tokens
 
     real = tokens._atomic_write
 
@@ -345,7 +345,7 @@ def test_crash_between_array_and_sidecar_is_incomplete(
 def test_every_field_type_has_a_checker() -> None:
     from dataclasses import fields
 
-    from vqtok.tokens import _CHECKERS, _NESTED
+    from vqtok.io.token_meta import _CHECKERS, _NESTED
 
     for cls in (TokenMetadata, SourceInfo, EncodedInfo, RemapInfo):
         for spec in fields(cls):

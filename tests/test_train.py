@@ -1,4 +1,4 @@
-"""`vqtok.train`: a tiny model learns, checkpoints resume exactly, configs are strict."""
+"""`vqtok.train.loop`: a tiny model learns, checkpoints resume exactly, configs are strict."""
 
 import json
 
@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from tests.clips import make_clip
-from vqtok.checkpoint import load_pretrained
-from vqtok.dataset import ClipSampler, ClipSpec, Footage, load_footage, split_holdout
 from vqtok.errors import ConfigError
-from vqtok.model import VideoTokenizer
-from vqtok.train import learning_rate, train
-from vqtok.train_config import RunConfig, TrainConfig
+from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.checkpoint import load_pretrained
+from vqtok.train.config import RunConfig, TrainConfig
+from vqtok.train.dataset import ClipSampler, ClipSpec, Footage, load_footage, split_holdout
+from vqtok.train.loop import learning_rate, train
 
 TINY_MODEL = {
     "channels": 8,
@@ -151,9 +151,9 @@ def test_residual_ema_model_trains_with_dead_code_reseeding(footage_dir, tmp_pat
 
 
 def test_transfer_weights_keeps_the_backbone_and_swaps_the_quantizer(tmp_path):
-    from vqtok.checkpoint import save_pretrained
-    from vqtok.model import TokenizerConfig
-    from vqtok.train import transfer_weights
+    from vqtok.families.vqtok import TokenizerConfig
+    from vqtok.io.checkpoint import save_pretrained
+    from vqtok.train.loop import transfer_weights
 
     torch.manual_seed(0)
     source = VideoTokenizer(TokenizerConfig.from_dict(TINY_MODEL))

@@ -17,12 +17,12 @@ from tiny import save_tiny_model
 from typer.testing import CliRunner
 
 import vqtok
-from vqtok.api import SlowDtypeWarning, resolve_dtype
-from vqtok.cli import app
-from vqtok.dataset import load_footage
+from vqtok.cli.app import app
 from vqtok.errors import ConfigError, VideoError, VqtokError
-from vqtok.tokens import load_tokens
-from vqtok.video import probe
+from vqtok.io.tokens import load_tokens
+from vqtok.io.video import probe
+from vqtok.runtime import SlowDtypeWarning, resolve_dtype
+from vqtok.train.dataset import load_footage
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Video I/O (vqtok.video) on synthetic clips written with PyAV into tmp_path."""
+"""Video I/O (vqtok.io.video) on synthetic clips written with PyAV into tmp_path."""
 
 from __future__ import annotations
 
@@ -28,16 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqtok.errors import ConfigError, VideoError
-from vqtok.video import (
-    VideoReader,
-    VideoWriter,
-    _FrameRateResampler,
-    as_fps,
-    default_codec,
-    probe,
-    read_frames,
-    write_video,
-)
+from vqtok.io.frames import _FrameRateResampler
+from vqtok.io.video import VideoReader, as_fps, probe, read_frames
+from vqtok.io.video_writer import VideoWriter, default_codec, write_video
 
 
 def mean_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -272,7 +265,7 @@ def test_ffmpeg_permission_error_is_wrapped(
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("vqtok.video.av.open", denied)
+    monkeypatch.setattr("vqtok.io.video.av.open", denied)
     with pytest.raises(VideoError, match="permission denied") as info:
         probe(path)
     assert isinstance(info.value.__cause__, PermissionError)

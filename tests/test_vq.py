@@ -7,7 +7,7 @@ import torch
 
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers import build_quantizer
-from vqtok.quantizers.compat_vq import VectorQuantizer2
+from vqtok.quantizers.compat.vq import VectorQuantizer2
 from vqtok.quantizers.search import nearest_codes
 from vqtok.quantizers.usage import CodeUsage, kmeans_init, reseed_dead_codes
 from vqtok.quantizers.vq import VectorQuantizer

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from vqtok.errors import ConfigError
-from vqtok.weight_ema import WeightEMA
+from vqtok.train.weight_ema import WeightEMA
 
 
 def test_average_follows_the_parameters_and_is_applied_temporarily():

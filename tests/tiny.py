@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from vqtok.checkpoint import save_pretrained
-from vqtok.model import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
 
 TINY_CONFIG = TokenizerConfig(
     channels=8,

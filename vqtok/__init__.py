@@ -1,7 +1,7 @@
 """vqtok: turn video into discrete tokens and back.
 
 The package is a small library (quantizers, causal 3D tokenizer, video and index-file I/O) with a
-thin command line on top (`vqtok.cli`).
+thin command line on top (`vqtok.cli.app`).
 """
 
 import importlib
@@ -11,6 +11,7 @@ from vqtok.errors import (
     CheckpointError,
     ConfigError,
     HubError,
+    OptionError,
     QuantizerError,
     RemapError,
     TokenFileError,
@@ -20,8 +21,10 @@ from vqtok.errors import (
 
 if TYPE_CHECKING:
     from vqtok.api import Tokenizer, load
-    from vqtok.checkpoint import load_pretrained, save_pretrained
-    from vqtok.videotensor import read_video, write_video
+    from vqtok.io.checkpoint import load_pretrained, save_pretrained
+    from vqtok.io.videotensor import read_video, write_video
+    from vqtok.pipeline.encode import EncodeOptions
+    from vqtok.pipeline.files import EncodeRun, encode_files
 
 __version__ = "0.1.0"
 
@@ -29,10 +32,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "vqtok.api",
     "Tokenizer": "vqtok.api",
-    "read_video": "vqtok.videotensor",
-    "write_video": "vqtok.videotensor",
-    "load_pretrained": "vqtok.checkpoint",
-    "save_pretrained": "vqtok.checkpoint",
+    "read_video": "vqtok.io.videotensor",
+    "write_video": "vqtok.io.videotensor",
+    "load_pretrained": "vqtok.io.checkpoint",
+    "save_pretrained": "vqtok.io.checkpoint",
+    "EncodeOptions": "vqtok.pipeline.encode",
+    "EncodeRun": "vqtok.pipeline.files",
+    "encode_files": "vqtok.pipeline.files",
 }
 
 
@@ -46,13 +52,17 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "HubError",
+    "OptionError",
     "QuantizerError",
     "RemapError",
     "TokenFileError",
     "VideoError",
     "VqtokError",
     "__version__",
+    "EncodeOptions",
+    "EncodeRun",
     "Tokenizer",
+    "encode_files",
     "load",
     "load_pretrained",
     "read_video",

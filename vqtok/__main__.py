@@ -1,6 +1,6 @@
 """`python -m vqtok` runs the command line."""
 
-from vqtok.cli import app
+from vqtok.cli.app import app
 
 if __name__ == "__main__":
     app()

@@ -14,16 +14,14 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
 the bottom row and the right column) and trims decoded clips back, runs under
 ``torch.inference_mode()``, and with ``dtype=bfloat16/float16`` runs the convolutions under
 autocast while the quantizer's distances and indices stay float32. Long videos go through
-``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli`) is a thin
-skin over this module; `vqtok.videotensor` reads a video file into the tensor `encode` takes.
+``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli.app`) is a thin
+skin over this module; `vqtok.io.videotensor` reads a video file into the tensor `encode` takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,93 +29,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtok.checkpoint import load_pretrained, read_info, resolve_model, weights_sha256
+from vqtok.clips import check_video, crop_padding
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.family import TokenizerModel
-from vqtok.hub import DownloadFn, parse_hub_ref
-from vqtok.usedsets import UsedSets, load_used_sets
+from vqtok.families.base import TokenizerModel
+from vqtok.io.checkpoint import load_pretrained, read_info, weights_sha256
+from vqtok.io.hub import DownloadFn, parse_hub_ref
+from vqtok.io.model_dirs import resolve_model
+from vqtok.io.usedsets import load_used_sets
+from vqtok.quantizers.used_sets import UsedSets
+from vqtok.runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "DEFAULT_MODEL",
     "EncodeStream",
-    "SlowDtypeWarning",
     "Tokenizer",
-    "cpu_has_native_bf16",
     "load",
-    "resolve_device",
-    "resolve_dtype",
 ]
 
 DEFAULT_MODEL = "vqtok-ema"
 
 RemapLike = str | os.PathLike[str] | UsedSets
 """A remap file (``.npy``: one codebook; ``.safetensors``: one used set per level) or its sets."""
-
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device`` reads it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for, but CUDA is not available; use --device cpu")
-    return resolved
-
-
-class SlowDtypeWarning(RuntimeWarning):
-    """A compute dtype was replaced by float32 because it would be very slow on this device."""
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; Arm on Linux:
-    the BF16 extension). Elsewhere bfloat16 is emulated, which made the model ~50x slower than
-    float32 in our measurements; unknown CPUs count as not native (float32 is always right)."""
-    machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64", "x86", "i386", "i686"):
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-    if machine in ("aarch64", "arm64"):
-        with contextlib.suppress(OSError):
-            return any(line.startswith("Features") and " bf16" in line
-                       for line in Path("/proc/cpuinfo").read_text().splitlines())
-    return False
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype: None / fp32 / bf16 / fp16 (or a torch dtype). fp16 needs CUDA.
-
-    bfloat16 on a CPU without native bfloat16 (`cpu_has_native_bf16`) falls back to float32
-    with a `SlowDtypeWarning`: emulated, it is ~50x slower.
-    """
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-        dtype = _DTYPES[dtype.lower()]
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    if dtype == torch.float16 and device.type != "cuda":
-        raise ConfigError("float16 runs on CUDA only; use fp32 on a CPU")
-    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn(
-            "this CPU has no native bfloat16 (AVX512-BF16 / AMX), where bf16 runs ~50x slower "
-            "than fp32; using fp32",
-            SlowDtypeWarning,
-            stacklevel=3,
-        )
-        return torch.float32
-    return dtype
-
 
 def load(
     name_or_path: str | Path | None = None,
@@ -262,7 +194,7 @@ class Tokenizer:
         Args:
             video: the clip.
             remap: a remap file (``.npy`` / ``.safetensors`` from ``vqtok remap build``) or
-                `vqtok.usedsets.UsedSets`, one used set per codebook / level: the indices are
+                `vqtok.io.usedsets.UsedSets`, one used set per codebook / level: the indices are
                 then compact ids (level l's in [0, U_l)), and quantizers with a codebook search
                 look only at the used codes, level by level.
             levels: residual models: keep the first k levels, (..., k); a coarser code of
@@ -322,7 +254,7 @@ class Tokenizer:
             if not 1 <= frames <= video.shape[2]:
                 raise VqtokError(f"cannot trim {video.shape[2]} decoded frames to {frames}")
             video = video[:, :, :frames]
-        return _crop(video, size)
+        return crop_padding(video, size)
 
     # ------------------------------------------------------------ streaming
 
@@ -360,7 +292,7 @@ class Tokenizer:
             if frames is not None:
                 video = video[:, :, : frames - emitted]
             emitted += video.shape[2]
-            yield _crop(video, size)
+            yield crop_padding(video, size)
 
     # ------------------------------------------------------------ internals
 
@@ -408,50 +340,6 @@ class Tokenizer:
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
             yield
-
-
-def check_video(video: Any) -> None:
-    """Refuse what `Tokenizer.encode` cannot take, naming what was given.
-
-    Raises:
-        VqtokError: not a float tensor, not (B, 3, T, H, W) / (B, 3, H, W), or values clearly
-            outside [-1, 1] (beyond +-1.5, e.g. 0-255 pixels).
-    """
-    wanted = "a float video tensor (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1]"
-    if not isinstance(video, Tensor):
-        raise VqtokError(f"expected {wanted}, got a {type(video).__name__}")
-    given = tuple(video.shape)
-    if not video.is_floating_point():
-        raise VqtokError(
-            f"expected {wanted}, got a {video.dtype} tensor of shape {given}; convert 0-255 "
-            "pixels with video.float() / 127.5 - 1 (vqtok.read_video does this)"
-        )
-    if video.ndim not in (4, 5) or video.shape[1] != 3:
-        hint = ""
-        if video.ndim == 4 and video.shape[0] == 3:
-            hint = "; one video (3, T, H, W) needs a batch axis: video.unsqueeze(0)"
-        elif video.ndim >= 3 and video.shape[-1] == 3:
-            hint = "; channels come second, not last: move them with permute"
-        raise VqtokError(f"expected {wanted}, got shape {given}{hint}")
-    if video.numel():
-        low, high = (float(v) for v in torch.aminmax(video.detach()))
-        if not (-1.5 <= low and high <= 1.5):  # also catches NaN
-            raise VqtokError(
-                f"expected pixel values in [-1, 1], got values in [{low:.4g}, {high:.4g}]; "
-                "for 0-255 pixels use video / 127.5 - 1 (vqtok.read_video does this)"
-            )
-
-
-def _crop(video: Tensor, size: tuple[int, int] | None) -> Tensor:
-    """(B, 3, T, H', W') -> (B, 3, T, H, W): drop the spatial padding `encode` added."""
-    if size is None:
-        return video
-    height, width = size
-    if not (1 <= height <= video.shape[3] and 1 <= width <= video.shape[4]):
-        raise VqtokError(
-            f"cannot crop decoded {video.shape[3]}x{video.shape[4]} frames to {height}x{width}"
-        )
-    return video[..., :height, :width]
 
 
 class EncodeStream(Iterator[Tensor]):

@@ -31,6 +31,16 @@ class ConfigError(VqtokError):
     """An invalid configuration: unknown key, wrong type, impossible combination."""
 
 
+class OptionError(ConfigError):
+    """An option a job cannot take with this model or these inputs (e.g. ``levels`` on a model
+    without residual levels). `option` is its command-line flag (``--levels``): the CLI reports
+    it as a usage error (exit 2), like a bad flag."""
+
+    def __init__(self, option: str, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message, path)
+        self.option = option
+
+
 class QuantizerError(VqtokError):
     """Bad input to a quantizer: wrong shape, indices out of range, bad remap array."""
 

@@ -9,13 +9,13 @@ Core quantizers (uniform contract, see `base.py`):
 | ``gumbel`` | `GumbelQuantizer`       | `gumbel.py`   |
 | ``lfq``    | `LookupFreeQuantizer`   | `lfq.py`      |
 | ``rvq``    | `ResidualQuantizer`     | `residual.py` |
-| ``ema_rvq``| `EMAResidualQuantizer`  | `residual.py` |
+| ``ema_rvq``| `EMAResidualQuantizer`  | `ema_residual.py` |
 | ``fsq``    | `FiniteScalarQuantizer` | `fsq.py`      |
 
 Compatibility classes with the reference names, signatures and return structures, one module
-per family: `VectorQuantizer2` (`compat_vq.py`), `GumbelQuantize` (`compat_gumbel.py`),
-`EMAVectorQuantizer`, `EmbeddingEMA` (`compat_ema.py`), `LFQ` (`compat_lfq.py`), `FSQ`
-(`compat_fsq.py`), `EmaResidualVectorQuantizer`, `ResidualVectorQuantizer` (`compat_helia.py`).
+per family: `VectorQuantizer2` (`compat/vq.py`), `GumbelQuantize` (`compat/gumbel.py`),
+`EMAVectorQuantizer`, `EmbeddingEMA` (`compat/ema.py`), `LFQ` (`compat/lfq.py`), `FSQ`
+(`compat/fsq.py`), `EmaResidualVectorQuantizer`, `ResidualVectorQuantizer` (`compat/helia.py`).
 
 `build_quantizer(kind, dim, **options)` builds a core quantizer by kind name (what model configs
 use).
@@ -31,17 +31,18 @@ from vqtok.errors import ConfigError
 from vqtok.quantizers.base import Layout, Quantizer, QuantizerOutput, codebook_metrics
 
 if TYPE_CHECKING:
-    from vqtok.quantizers.compat_ema import EMAVectorQuantizer, EmbeddingEMA
-    from vqtok.quantizers.compat_fsq import FSQ
-    from vqtok.quantizers.compat_gumbel import GumbelQuantize
-    from vqtok.quantizers.compat_helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
-    from vqtok.quantizers.compat_lfq import LFQ
-    from vqtok.quantizers.compat_vq import VectorQuantizer2
+    from vqtok.quantizers.compat.ema import EMAVectorQuantizer, EmbeddingEMA
+    from vqtok.quantizers.compat.fsq import FSQ
+    from vqtok.quantizers.compat.gumbel import GumbelQuantize
+    from vqtok.quantizers.compat.helia import EmaResidualVectorQuantizer, ResidualVectorQuantizer
+    from vqtok.quantizers.compat.lfq import LFQ
+    from vqtok.quantizers.compat.vq import VectorQuantizer2
     from vqtok.quantizers.ema import EMAQuantizer
+    from vqtok.quantizers.ema_residual import EMAResidualQuantizer
     from vqtok.quantizers.fsq import FiniteScalarQuantizer
     from vqtok.quantizers.gumbel import GumbelQuantizer
     from vqtok.quantizers.lfq import LookupFreeQuantizer
-    from vqtok.quantizers.residual import EMAResidualQuantizer, ResidualQuantizer
+    from vqtok.quantizers.residual import ResidualQuantizer
     from vqtok.quantizers.vq import VectorQuantizer
 
 # public name -> module that defines it (imported on first use, PEP 562)
@@ -51,16 +52,16 @@ _HOMES = {
     "GumbelQuantizer": "gumbel",
     "LookupFreeQuantizer": "lfq",
     "ResidualQuantizer": "residual",
-    "EMAResidualQuantizer": "residual",
+    "EMAResidualQuantizer": "ema_residual",
     "FiniteScalarQuantizer": "fsq",
-    "VectorQuantizer2": "compat_vq",
-    "GumbelQuantize": "compat_gumbel",
-    "EMAVectorQuantizer": "compat_ema",
-    "EmbeddingEMA": "compat_ema",
-    "LFQ": "compat_lfq",
-    "FSQ": "compat_fsq",
-    "EmaResidualVectorQuantizer": "compat_helia",
-    "ResidualVectorQuantizer": "compat_helia",
+    "VectorQuantizer2": "compat.vq",
+    "GumbelQuantize": "compat.gumbel",
+    "EMAVectorQuantizer": "compat.ema",
+    "EmbeddingEMA": "compat.ema",
+    "LFQ": "compat.lfq",
+    "FSQ": "compat.fsq",
+    "EmaResidualVectorQuantizer": "compat.helia",
+    "ResidualVectorQuantizer": "compat.helia",
 }
 
 # kind name used in model configs -> core class name

@@ -18,7 +18,7 @@ L when the quantizer has L > 1 codebooks or residual levels (``num_codebooks``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.errors import QuantizerError
+from vqtok.quantizers.used_sets import UsedSets
 
 
 class QuantizerOutput(NamedTuple):
@@ -184,7 +185,7 @@ class Quantizer(nn.Module):
         Args:
             z: latents in any layout ``forward`` takes.
             allowed: L int64 tensors (U_l,) of distinct ids in [0, vocab_sizes[l]), usually
-                sorted (a remap file's used sets, `vqtok.usedsets.UsedSets`).
+                sorted (a remap file's used sets, `vqtok.quantizers.used_sets.UsedSets`).
             channel_last: see `Layout.of`.
 
         Returns:
@@ -196,8 +197,6 @@ class Quantizer(nn.Module):
             RemapError: (quantizers that do not restrict their search) a code outside its
                 level's allowed set; the message names the level.
         """
-        from vqtok.usedsets import UsedSets  # the quantizers do not need it otherwise
-
         levels = self.check_allowed(allowed, z.device)
         indices = self(z, channel_last).indices
         return UsedSets(tuple(levels)).to_compact(indices)
@@ -224,6 +223,31 @@ class Quantizer(nn.Module):
             ids = check_indices(ids, size)
             levels.append(ids.to(device))
         return levels
+
+    def nearest_allowed(
+        self,
+        z: Tensor,
+        allowed: Sequence[Tensor],
+        channel_last: bool | None,
+        rows: Callable[[Tensor], Tensor],
+        block_elements: int | None = None,
+    ) -> Tensor:
+        """`restricted_indices` of a one-codebook nearest-code quantizer (``vq``, ``ema_vq``):
+        the nearest of the allowed codes, as compact ids.
+
+        Args:
+            rows: allowed ids (U,) -> their code vectors (U, D), as the quantizer stores them.
+            block_elements: the search's block size (`vqtok.quantizers.search.nearest_codes`).
+        """
+        from vqtok.quantizers.search import BLOCK_ELEMENTS, nearest_codes
+
+        layout = Layout.of(z, channel_last)
+        if layout.dim != self.dim:
+            raise QuantizerError(f"expected {self.dim} channels, got shape {tuple(z.shape)}")
+        (ids,) = self.check_allowed(allowed, z.device)
+        flat = layout.to_tokens(z)  # (N, D)
+        found = nearest_codes(flat, rows(ids), block_elements or BLOCK_ELEMENTS)
+        return layout.restore_indices(found)
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         raise NotImplementedError

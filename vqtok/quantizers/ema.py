@@ -38,9 +38,9 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
+from vqtok.quantizers.remap import IndexRemap, UsedLike
 from vqtok.quantizers.search import nearest_codes
 from vqtok.quantizers.usage import reseed_dead_codes
-from vqtok.remap import IndexRemap, UsedLike
 
 INITS = ("normal", "uniform")
 
@@ -224,7 +224,7 @@ class EMAQuantizer(Quantizer):
         decay: EMA decay gamma in [0, 1).
         eps: Laplace smoothing epsilon.
         legacy_init: start the EMA counts at 0 as CogVideo does (see the module docstring).
-        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.remap`): as in
+        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.quantizers.remap`): as in
             `VectorQuantizer`, the search is restricted to them and indices are compact ids in
             [0, U); ``codebook_size`` is then U.
         init: initial codes, ``"normal"`` (N(0, 1), CogVideo) or ``"uniform"`` (U(-1/K, 1/K)).
@@ -271,14 +271,13 @@ class EMAQuantizer(Quantizer):
         self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
     ) -> Tensor:
         """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
-        layout = Layout.of(z, channel_last)
-        if layout.dim != self.dim:
-            raise QuantizerError(f"expected {self.dim} channels, got {layout.dim}")
-        (ids,) = self.check_allowed(allowed, z.device)
+        return self.nearest_allowed(z, allowed, channel_last, self._allowed_rows)
+
+    def _allowed_rows(self, ids: Tensor) -> Tensor:
+        """Compact allowed ids (U,) -> their codebook rows (U, D)."""
         ids = ids.to(self.codebook.weight.device)
         full = ids if self.remapper is None else self.remapper.used.to(ids.device)[ids]
-        rows = self.codebook.weight[full]
-        return layout.restore_indices(nearest_codes(layout.to_tokens(z), rows))
+        return self.codebook.weight[full]
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.

@@ -34,7 +34,7 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
-from vqtok.remap import IndexRemap, UsedLike
+from vqtok.quantizers.remap import IndexRemap, UsedLike
 
 # Inside the KL's log, as in the reference: keeps ln finite where q underflows to 0.
 KL_EPS = 1e-10

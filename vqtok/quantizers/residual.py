@@ -7,8 +7,12 @@ RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
 
 - `ResidualQuantizer` (``"rvq"``): gradient-trained codebooks, per-level loss
   ``beta * mse(sg(q_l), r_l) + mse(q_l, sg(r_l))``;
-- `EMAResidualQuantizer` (``"ema_rvq"``): one EMA codebook per level (helia_edge's
-  EmaResidualVectorQuantizer), per-level loss ``beta * mse(sg(q_l), r_l)`` only.
+- `EMAResidualQuantizer` (``"ema_rvq"``, `vqtok.quantizers.ema_residual`): one EMA codebook per
+  level (helia_edge's EmaResidualVectorQuantizer), per-level loss ``beta * mse(sg(q_l), r_l)``
+  only.
+
+Both are a `ResidualStack`: the level loop, restricted search, reseeding and index layout they
+share; a subclass says how one level looks up, learns and reseeds its codebook.
 
 Both accept per-level codebook sizes. Indices carry a trailing level axis (…, L) when L > 1.
 Metrics follow helia_edge's names, levels counted from 1: ``rvq_l{l}_perplexity`` (2**bits),
@@ -33,7 +37,7 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
-from vqtok.quantizers.ema import EMACodebook, ema_lookup, mse
+from vqtok.quantizers.ema import mse
 from vqtok.quantizers.search import nearest_codes
 from vqtok.quantizers.usage import kmeans_init, reseed_dead_codes
 
@@ -53,7 +57,7 @@ def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ..
     return sizes
 
 
-class _ResidualQuantizer(Quantizer):
+class ResidualStack(Quantizer):
     """The residual loop shared by both codebook kinds; subclasses provide one level's step."""
 
     def __init__(
@@ -306,7 +310,7 @@ def _rvq_metrics(per_level: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return metrics
 
 
-class ResidualQuantizer(_ResidualQuantizer):
+class ResidualQuantizer(ResidualStack):
     """Residual VQ with gradient-trained codebooks (kind ``"rvq"``, quantizers.md B.2).
 
     Args:
@@ -361,67 +365,3 @@ class ResidualQuantizer(_ResidualQuantizer):
         q = F.embedding(idx, weight).float()  # gradient reaches the codebook through q
         loss = self.beta * mse(r, q.detach()) + mse(q, r.detach())
         return q, idx, loss
-
-
-class EMAResidualQuantizer(_ResidualQuantizer):
-    """Residual VQ with one EMA codebook per level (kind ``"ema_rvq"``, quantizers.md B.1).
-
-    Args:
-        dim: D, channels of the latent.
-        num_levels: L >= 1.
-        codebook_sizes: K for every level, or a list of L sizes.
-        beta: weight of each level's commitment loss ``beta * mse(sg(q_l), r_l)``.
-        decay: EMA decay gamma in [0, 1).
-        eps: Laplace smoothing epsilon.
-        legacy_init: start the EMA counts at 0 (CogVideo) instead of 1 (helia_edge).
-        generator: optional CPU generator for the U(-1/K_l, 1/K_l) initial codes.
-
-    Level l's codebook is updated from (r_l, idx_l) in training mode, after its lookup.
-
-    Attributes:
-        codebooks: L `EMACodebook` modules.
-    """
-
-    codebooks: nn.ModuleList
-
-    def __init__(
-        self,
-        dim: int,
-        num_levels: int,
-        codebook_sizes: int | list[int],
-        beta: float = 0.25,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        legacy_init: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(dim, num_levels, codebook_sizes, beta)
-        self.codebooks = nn.ModuleList(
-            EMACodebook(k, dim, decay, eps, legacy_init, "uniform", generator)
-            for k in self.codebook_sizes
-        )
-
-    def level_weight(self, level: int) -> Tensor:
-        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
-        return codebook.weight
-
-    def _reseed_level(
-        self,
-        level: int,
-        residuals: Tensor,
-        counts: Tensor,
-        threshold: float,
-        generator: torch.Generator | None,
-    ) -> int:
-        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
-        return int(codebook.reseed_dead(residuals, counts, threshold, generator).sum())
-
-    def _set_level(self, level: int, codes: Tensor) -> None:
-        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
-        codebook.weight.copy_(codes)
-        codebook.embed_avg.copy_(codes * codebook.cluster_size.unsqueeze(1))
-
-    def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
-        codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
-        q, idx = ema_lookup(codebook, r, update)
-        return q, idx, self.beta * mse(r, q)

@@ -30,10 +30,10 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
+from vqtok.quantizers.remap import IndexRemap, UsedLike
 from vqtok.quantizers.search import BLOCK_ELEMENTS, nearest_codes
 from vqtok.quantizers.usage import kmeans_init
 from vqtok.quantizers.usage import reseed_dead_codes as reseed_rows
-from vqtok.remap import IndexRemap, UsedLike
 
 
 def vq_losses(z: Tensor, zq: Tensor, beta: float, legacy: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -70,7 +70,8 @@ class VectorQuantizer(Quantizer):
         beta: weight of the commitment term (``legacy=False``, the paper) or of the codebook
             term (``legacy=True``, taming's default); >= 0.
         legacy: use taming's weighting (see the module docstring).
-        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.remap`): the search is
+        remap: used codes (tensor, array or ``.npy`` path, see `vqtok.quantizers.remap`): the
+        search is
             restricted to them and indices are compact ids in [0, U); ``codebook_size`` is U.
         init: ``"uniform"`` (U(-1/K, 1/K), as the reference) or ``"normal"`` (N(0, 1)).
         block_elements: distance-tile budget of the search (see `nearest_codes`).
@@ -142,13 +143,9 @@ class VectorQuantizer(Quantizer):
         self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
     ) -> Tensor:
         """Nearest code among ``allowed[0]`` only (see `Quantizer.restricted_indices`)."""
-        layout = Layout.of(z, channel_last)
-        if layout.dim != self.dim:
-            raise QuantizerError(f"expected {self.dim} channels, got shape {tuple(z.shape)}")
-        (ids,) = self.check_allowed(allowed, z.device)
-        rows = self.searchable_codes().detach()[ids.to(self.embedding.weight.device)]
-        flat = layout.to_tokens(z)  # (N, D)
-        return layout.restore_indices(nearest_codes(flat, rows, self.block_elements))
+        codes = self.searchable_codes().detach()
+        return self.nearest_allowed(z, allowed, channel_last,
+                                    lambda ids: codes[ids.to(codes.device)], self.block_elements)
 
     def forward(self, z: Tensor, channel_last: bool | None = None) -> QuantizerOutput:
         """Quantize ``z``.

@@ -1,0 +1,144 @@
+"""The steps every checkpoint converter shares (see `vqtok.convert`).
+
+Strict accounting of source tensors, shape checks, the dtype cast, the model card and the
+atomic write of the model directory through `vqtok.io.checkpoint.save_pretrained`. Nothing here
+reads pickle or TorchScript.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from vqtok import __version__
+from vqtok.errors import CheckpointError
+from vqtok.families.base import TokenizerModel
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.digest import file_sha256
+
+M = TypeVar("M", bound=TokenizerModel)
+
+
+@dataclass
+class Conversion:
+    """What a conversion did.
+
+    Attributes:
+        out_dir: the model directory written.
+        family: ``"open-magvit2-video"`` or ``"cosmos-dv"``.
+        config: the inferred architecture (the family's config dict).
+        sources: (file name, SHA-256) of each source file.
+        used: number of source tensors that became model weights.
+        ignored: source key -> why it was not used.
+    """
+
+    out_dir: Path
+    family: str
+    config: dict[str, Any]
+    sources: list[tuple[str, str]]
+    used: int
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    def ignored_by_reason(self) -> dict[str, int]:
+        """reason -> how many source tensors were skipped for it."""
+        counts: dict[str, int] = {}
+        for reason in self.ignored.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self) -> str:
+        """One line for the CLI: what was written from what, and what was skipped."""
+        skipped = "; ".join(f"{n} {why}" for why, n in self.ignored_by_reason().items())
+        sources = ", ".join(name for name, _ in self.sources)
+        return (
+            f"{self.out_dir}: {self.family} model from {sources} ({self.used} tensors used"
+            + (f"; ignored: {skipped})" if skipped else ")")
+        )
+
+
+def names(keys: Sequence[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+
+
+def meta_model(cls: type[M], config: Any) -> M:
+    """Build the architecture without allocating weights (they come from the source)."""
+    with torch.device("meta"):
+        return cls(config)
+
+
+def check_accounting(path: Path, missing: Sequence[str], unexpected: Sequence[str]) -> None:
+    """Strictness: no model parameter left unfilled, no source tensor left unexplained."""
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s) {names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) {names(unexpected)}")
+    if problems:
+        raise CheckpointError(
+            "; ".join(problems) + " (not the architecture vqtok converts, or a damaged file)", path
+        )
+
+
+def write_model(
+    model: TokenizerModel,
+    weights: dict[str, Tensor],
+    dtype: torch.dtype,
+    out_dir: str | Path,
+    name: str | None,
+    card: str,
+    sources: Sequence[Path],
+    ignored: dict[str, str],
+    used: int,
+) -> Conversion:
+    """Check shapes, cast, and write the model directory atomically."""
+    expected = model.state_dict()
+    bad = [
+        f"{k} {tuple(t.shape)} (expected {tuple(expected[k].shape)})"
+        for k, t in weights.items()
+        if t.shape != expected[k].shape or not t.is_floating_point()
+    ]
+    if bad:
+        raise CheckpointError(f"mis-shaped or non-float tensor(s): {names(bad)}", sources[0])
+    model.load_state_dict({k: t.to(dtype) for k, t in weights.items()}, strict=True, assign=True)
+    digests = [(p.name, file_sha256(p)) for p in sources]
+    rows = [f"| source | `{n}` (SHA-256 `{h}`) |" for n, h in digests]
+    rows.append(f"| stored as | {str(dtype).removeprefix('torch.')} ({used} source tensors used) |")
+    result = Conversion(Path(out_dir), model.family, model.config.to_dict(), digests, used, ignored)
+    reasons = result.ignored_by_reason().items()
+    rows += [f"| ignored | {n} tensor(s): {reason} |" for reason, n in reasons]
+    card = card.replace("{SOURCES}", "\n".join(rows))
+    result.out_dir = save_pretrained(model, out_dir, name=name, card=card)
+    return result
+
+
+def model_card(
+    title: str, family: str, license: str, command: str, weights: str, origin: str | None = None
+) -> str:
+    """The README.md of a converted model; ``{SOURCES}`` is filled in by `write_model`.
+    ``origin`` says where the source files were downloaded from (a Hub repository, commit)."""
+    fetched = f"| downloaded from | {origin} |\n" if origin else ""
+    return f"""# {title}, converted for vqtok
+
+An ordinary vqtok model directory (family `{family}`), converted from the official release by
+vqtok {__version__}. The tensors are the release's, renamed where needed and stored in the
+dtype of `model.safetensors`; nothing was trained or changed.
+
+| | |
+|---|---|
+{{SOURCES}}
+{fetched}| weights | {weights} |
+| license | {license} (the original weights' license applies to this copy) |
+| command | `{command}` |
+
+Input: RGB video in [-1, 1], (B, 3, T, H, W). Use it as any vqtok model:
+`vqtok encode clip.mp4 --model <this directory> -o codes.npy`.
+"""

@@ -1,0 +1,397 @@
+"""The vqtok causal 3D tokenizer: causal conv encoder -> quantizer -> causal conv decoder.
+
+The architecture is the MAGVIT-v2 family (Yu et al., arXiv 2310.05737) in its causal form
+(VidTok, arXiv 2412.13061; Cosmos Tokenizer, arXiv 2501.03575): a 3D-conv residual encoder that
+downsamples space by 8 or 16 and time by 1, 2, 4 or 8, any vqtok quantizer (VQ, EMA VQ, Gumbel,
+LFQ, residual VQ, FSQ), and a mirrored decoder. Everything is causal in time and normalises per
+frame, so
+
+- a clip of 1 + k*tau frames gives 1 + k latent frames, the first from frame 0 alone;
+- a long video can be encoded chunk by chunk (`encode_stream`) with exactly the indices of a
+  one-shot encode, in memory bounded by the chunk size.
+
+Temporal downsampling happens in the first log2(tau) encoder stages (cheapest: later stages
+see fewer frames); the decoder mirrors it in its last stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vqtok.errors import ConfigError, VqtokError
+from vqtok.families.base import TokenizerModel
+from vqtok.families.layers import (
+    CausalConv3d,
+    Downsample,
+    FrameGroupNorm,
+    LatentNorm,
+    ResBlock,
+    StreamState,
+    Upsample,
+    swish,
+    zero_init,
+)
+from vqtok.families.shortcut import (
+    LinearPoolShortcut,
+    LinearUnpoolShortcut,
+    PoolShortcut,
+    UnpoolShortcut,
+)
+from vqtok.jsonfields import dataclass_from_json
+from vqtok.quantizers import KINDS, build_quantizer
+from vqtok.quantizers.base import QuantizerOutput
+
+__all__ = ["Decoder", "Encoder", "LatentNorm", "TokenizerConfig", "VideoTokenizer"]
+
+SHORTCUTS = ("none", "encoder", "both", "linear")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of a `VideoTokenizer` (run-time choices such as device are not here).
+
+    Attributes:
+        channels: base width; stage i has ``channels * channel_multipliers[i]`` channels.
+        channel_multipliers: one per encoder stage; exactly log2(spatial_factor / patch_size)
+            + 1 of them (every stage but the last halves H and W).
+        num_res_blocks: residual blocks per stage.
+        spatial_factor: 8 or 16; H and W of a clip must be multiples of it.
+        patch_size: 1, 2 or 4; the encoder starts by folding p x p pixel patches into channels
+            (space-to-depth) and the decoder ends by unfolding them, so the convolutions run at
+            1/p of the resolution (a large saving on CPU); the stages then downsample by
+            spatial_factor / p.
+        temporal_factor: tau in (1, 2, 4, 8); at most len(channel_multipliers) - 1.
+        latent_dim: channels of the latent that enters the quantizer.
+        quantizer: a kind of `vqtok.quantizers.KINDS`.
+        quantizer_options: keyword arguments of that quantizer (``dim`` is ``latent_dim``).
+        pre_quant_norm: per-token LayerNorm of the latent before the quantizer; None means
+            "on for LFQ, off otherwise" (LFQ's sign quantiser and entropy terms want latents
+            of a fixed scale).
+        norm_groups: GroupNorm groups; must divide every stage's width.
+        shortcut: shortcuts around the networks (`vqtok.families.shortcut`) so they learn only the
+            residual detail: "both" (block averages around encoder and decoder), "encoder"
+            (its average only, for sign quantizers such as LFQ, whose codes carry no
+            brightness to spread back), "linear" (a principal-component projection of each
+            pixel block and its transpose, fitted to footage by `vqtok train`; the networks'
+            last convolutions then start at zero, so an untrained model is that linear
+            tokenizer) or "none".
+    """
+
+    channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    spatial_factor: int = 8
+    patch_size: int = 1
+    temporal_factor: int = 4
+    latent_dim: int = 6
+    quantizer: str = "fsq"
+    quantizer_options: dict[str, Any] = field(
+        default_factory=lambda: {"levels": [8, 8, 8, 5, 5, 5]}
+    )
+    pre_quant_norm: bool | None = None
+    norm_groups: int = 32
+    shortcut: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "num_res_blocks", "latent_dim", "norm_groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.spatial_factor not in (8, 16):
+            raise ConfigError(f"spatial_factor must be 8 or 16, got {self.spatial_factor}")
+        if self.temporal_factor not in (1, 2, 4, 8):
+            raise ConfigError(f"temporal_factor must be 1, 2, 4 or 8, got {self.temporal_factor}")
+        if self.patch_size not in (1, 2, 4):
+            raise ConfigError(f"patch_size must be 1, 2 or 4, got {self.patch_size}")
+        stages = int(math.log2(self.spatial_factor // self.patch_size)) + 1
+        if len(self.channel_multipliers) != stages:
+            raise ConfigError(
+                f"spatial_factor {self.spatial_factor} with patch_size {self.patch_size} needs "
+                f"{stages} channel_multipliers, "
+                f"got {len(self.channel_multipliers)}"
+            )
+        if self.temporal_stages > stages - 1:
+            raise ConfigError(
+                f"temporal_factor {self.temporal_factor} needs at least "
+                f"{self.temporal_stages + 1} stages, got {stages}"
+            )
+        if any(m < 1 for m in self.channel_multipliers):
+            raise ConfigError(f"channel_multipliers must be >= 1, got {self.channel_multipliers}")
+        for width in self.widths:
+            if width % self.norm_groups:
+                raise ConfigError(f"norm_groups {self.norm_groups} does not divide width {width}")
+        if self.quantizer not in KINDS:
+            raise ConfigError(
+                f"unknown quantizer {self.quantizer!r}; choose one of {sorted(KINDS)}"
+            )
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if "dim" in self.quantizer_options:
+            raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
+
+    def __hash__(self) -> int:
+        # the generated hash would fail on the quantizer_options dict
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
+
+    @property
+    def widths(self) -> list[int]:
+        """Channel width of each stage."""
+        return [self.channels * m for m in self.channel_multipliers]
+
+    @property
+    def temporal_stages(self) -> int:
+        """Number of stages that halve time (log2 tau)."""
+        return int(math.log2(self.temporal_factor))
+
+    @property
+    def uses_pre_quant_norm(self) -> bool:
+        return self.quantizer == "lfq" if self.pre_quant_norm is None else self.pre_quant_norm
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """Build from a JSON-style dict; unknown keys and wrong types are a `ConfigError`."""
+        config: TokenizerConfig = dataclass_from_json(cls, data, "tokenizer config key")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
+        out = dataclasses.asdict(self)
+        out["channel_multipliers"] = list(self.channel_multipliers)
+        return out
+
+
+class Encoder(nn.Module):
+    """(B, 3, T, H, W) in [-1, 1] -> latents (B, D, 1 + (T-1)/tau, H/f, W/f)."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths, groups = config.widths, config.norm_groups
+        self.patch_size = config.patch_size
+        self.conv_in = CausalConv3d(3 * config.patch_size**2, widths[0], 3)
+        # stage i: num_res_blocks ResBlocks at widths[i], then a Downsample (not after the last)
+        self.blocks = nn.ModuleList()
+        prev = widths[0]
+        for i, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                self.blocks.append(ResBlock(prev, width, groups))
+                prev = width
+            if i < len(widths) - 1:
+                temporal = i < config.temporal_stages
+                self.blocks.append(Downsample(width, spatial=True, temporal=temporal))
+        self.mid = ResBlock(prev, prev, groups)
+        self.norm_out = FrameGroupNorm(groups, prev)
+        self.conv_out = CausalConv3d(prev, config.latent_dim, 3)
+        self.shortcut: nn.Module | None = None
+        sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)
+        if config.shortcut == "linear":
+            self.shortcut = LinearPoolShortcut(*sizes)
+            zero_init(self.conv_out)  # start as the linear tokenizer
+        elif config.shortcut != "none":
+            self.shortcut = PoolShortcut(*sizes)
+
+    def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
+        p = self.patch_size
+        # space-to-depth: (B, 3, T, H, W) -> (B, 3*p*p, T, H/p, W/p)
+        h = self.conv_in(
+            rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p), state
+        )
+        for block in self.blocks:
+            h = block(h, state)
+        h = self.mid(h, state)
+        z = self.conv_out(swish(self.norm_out(h)), state)
+        return z if self.shortcut is None else z + self.shortcut(video, state)
+
+
+class Decoder(nn.Module):
+    """Latents (B, D, t, h, w) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths, groups = config.widths, config.norm_groups
+        top = widths[-1]
+        self.conv_in = CausalConv3d(config.latent_dim, top, 3)
+        self.mid = ResBlock(top, top, groups)
+        # the encoder's stages in reverse, each followed by an Upsample (not after the last)
+        self.blocks = nn.ModuleList()
+        prev = top
+        for i in reversed(range(len(widths))):
+            for _ in range(config.num_res_blocks):
+                self.blocks.append(ResBlock(prev, widths[i], groups))
+                prev = widths[i]
+            if i > 0:
+                # undo encoder stage i-1, which halved time iff i-1 < temporal_stages
+                temporal = i - 1 < config.temporal_stages
+                self.blocks.append(Upsample(prev, spatial=True, temporal=temporal))
+        self.norm_out = FrameGroupNorm(groups, prev)
+        self.patch_size = config.patch_size
+        self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
+        self.shortcut: nn.Module | None = None
+        sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)
+        if config.shortcut == "linear":
+            self.shortcut = LinearUnpoolShortcut(*sizes)
+            zero_init(self.conv_out)  # start as the linear tokenizer
+        elif config.shortcut == "both":
+            self.shortcut = UnpoolShortcut(*sizes)
+
+    def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.mid(self.conv_in(codes, state), state)
+        for block in self.blocks:
+            h = block(h, state)
+        out = self.conv_out(swish(self.norm_out(h)), state)
+        p = self.patch_size
+        # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
+        video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+        return video if self.shortcut is None else video + self.shortcut(codes, state)
+
+
+class VideoTokenizer(TokenizerModel):
+    """The vqtok tokenizer (family ``"vqtok"``): video <-> integer indices, causal in time.
+
+    Args:
+        config: the architecture, see `TokenizerConfig`.
+
+    Video tensors are (B, 3, T, H, W) float in [-1, 1] with T = 1 + k*tau and H, W multiples
+    of ``spatial_factor``; images (B, 3, H, W) are one-frame videos. Indices are int64
+    (B, t, h, w), with a trailing axis L when the quantizer has several codebooks / levels.
+    ``encode`` and ``decode`` use the modules' current mode: call ``.eval()`` for inference
+    (EMA quantizers update their codebooks in training mode).
+    """
+
+    family: ClassVar[str] = "vqtok"
+    config_class: ClassVar[Any] = TokenizerConfig
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.temporal_factor = config.temporal_factor
+        self.spatial_factor = config.spatial_factor
+        self.encoder = Encoder(config)
+        self.pre_quant_norm = LatentNorm(config.latent_dim) if config.uses_pre_quant_norm else None
+        self.quantizer = build_quantizer(
+            config.quantizer, config.latent_dim, **config.quantizer_options
+        )
+        self.decoder = Decoder(config)
+
+    def _as_video(self, video: Tensor) -> Tensor:
+        """Validate a clip; (B, 3, H, W) images become one-frame videos (B, 3, 1, H, W)."""
+        if video.ndim == 4:
+            video = video.unsqueeze(2)
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise VqtokError(f"expected video (B, 3, T, H, W) or images (B, 3, H, W), "
+                             f"got shape {tuple(video.shape)}")
+        if not video.is_floating_point():
+            raise VqtokError(f"expected a float video in [-1, 1], got dtype {video.dtype}")
+        h, w, f = video.shape[3], video.shape[4], self.spatial_factor
+        if h % f or w % f:
+            raise VqtokError(f"height and width must be multiples of {f}, got {h}x{w}")
+        return video
+
+    def _check_frames(self, frames: int) -> None:
+        if frames < 1 or (frames - 1) % self.temporal_factor:
+            raise VqtokError(
+                f"a clip needs 1 + k*{self.temporal_factor} frames, got {frames}; "
+                "pad it by repeating the last frame (vqtok.Tokenizer.encode does)"
+            )
+
+    def latents(self, video: Tensor) -> Tensor:
+        """(B, 3, 1 + k*tau, H, W) in [-1, 1] -> the quantizer's input (B, D, 1 + k, h, w)."""
+        return self._latents(self._as_video(video), None)
+
+    def _latents(self, video: Tensor, state: StreamState | None) -> Tensor:
+        # follow the weights' dtype (a model loaded with dtype=bfloat16 takes any float video)
+        z = self.encoder(video.to(self.encoder.conv_in.weight.dtype), state)
+        if self.pre_quant_norm is not None:
+            z = self.pre_quant_norm(z)
+        return z
+
+    def _quantize(self, z: Tensor, levels: int | None = None) -> QuantizerOutput:
+        # Index math in float32 even under bf16/fp16 autocast, so indices do not depend on it.
+        with torch.autocast(z.device.type, enabled=False):
+            if levels is None:
+                return self.quantizer(z.float())
+            return self.quantizer(z.float(), levels=self.check_levels(levels))
+
+    @property
+    def max_levels(self) -> int | None:
+        """L for a residual quantizer (whose first k levels make a coarser code), else None."""
+        check = getattr(self.quantizer, "check_levels", None)
+        return None if check is None else int(check(None))
+
+    def check_levels(self, levels: int) -> int:
+        """Validate a count k of leading residual levels to keep; a `VqtokError` if unusable."""
+        if self.max_levels is None:
+            raise VqtokError(f"levels needs a residual quantizer; this model's is "
+                             f"{self.config.quantizer!r}")
+        if not 1 <= levels <= self.max_levels:
+            raise VqtokError(f"levels must be in 1..{self.max_levels}, got {levels}")
+        return levels
+
+    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]);
+        compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`). A residual
+        code's first k levels do not depend on the later ones: ``indices[..., :k]`` is the
+        k-level code (`vqtok.Tokenizer.encode`'s ``levels``)."""
+        video = self._as_video(video)
+        self._check_frames(video.shape[2])
+        return self.indices_of(self._latents(video, None), allowed)
+
+    def decode(self, indices: Tensor) -> Tensor:
+        """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
+        return self.decoder(self._codes(indices), None)
+
+    def _codes(self, indices: Tensor) -> Tensor:
+        rank = 5 if self.quantizer.num_codebooks > 1 else 4
+        if indices.ndim != rank:
+            raise VqtokError(f"expected indices with {rank} dims (B, t, h, w"
+                             f"{', L' if rank == 5 else ''}), got shape {tuple(indices.shape)}")
+        codes = self.quantizer.indices_to_codes(indices, channel_last=False)
+        return codes.to(self.decoder.conv_in.weight.dtype)
+
+    def forward(
+        self, video: Tensor, levels: int | None = None
+    ) -> tuple[Tensor, QuantizerOutput]:
+        """Training pass: (reconstruction (B, 3, T, H, W), quantizer output on the latents).
+
+        ``levels`` runs only the first k residual levels (quantizer dropout).
+        """
+        video = self._as_video(video)
+        self._check_frames(video.shape[2])
+        out = self._quantize(self._latents(video, None), levels)
+        return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
+
+    def encode_stream(
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+    ) -> Iterator[Tensor]:
+        """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
+
+        Yields index chunks (B, t_i, h, w[, L]) as soon as latent frames are complete (a chunk
+        that completes none yields nothing); their concatenation along dim 1 equals
+        ``encode`` of the whole video (with the same ``allowed``). Frames after the last
+        complete 1 + k*tau are dropped, so pad the video first
+        (`vqtok.Tokenizer.encode_stream` does).
+        """
+        state = StreamState()
+        for chunk in chunks:
+            z = self._latents(self._as_video(chunk), state)
+            if z.shape[2]:
+                yield self.indices_of(z, allowed)
+
+    def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.
+
+        Yields video chunks: 1 + (t_1 - 1)*tau frames for the first, t_i*tau after; their
+        concatenation matches ``decode`` of all indices within float tolerance.
+        """
+        state = StreamState()
+        for chunk in chunks:
+            if chunk.shape[1] == 0:
+                continue
+            yield self.decoder(self._codes(chunk), state)

@@ -1,0 +1,136 @@
+"""Decoding one file: an index file -> a video (`decode_file`), or frames in memory.
+
+This is what ``vqtok decode`` runs for each file. The index file must have been made by the
+model given (`vqtok.pipeline.matching.check_model_matches`); remapped indices go back to full
+codebook ids with the remap file they name. Frames stream out chunk by chunk, so memory is
+bounded by the chunk length, and the padding added at encode time is trimmed off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqtok.api import Tokenizer
+from vqtok.errors import TokenFileError
+from vqtok.io.pixels import video_to_frames
+from vqtok.io.tokens import TokenMetadata, load_tokens
+from vqtok.io.video import as_fps
+from vqtok.io.video_writer import VideoWriter
+from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
+from vqtok.pipeline.matching import check_model_matches, load_remap_for
+
+__all__ = ["DecodeResult", "decode_file", "decode_frames"]
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What `decode_file` wrote: the video, its frame count, rate and size (H, W)."""
+
+    source: Path
+    target: Path
+    frames: int
+    fps: Fraction
+    size: tuple[int, int]
+    seconds: float
+
+
+def _index_chunks(indices: Tensor, latent_chunk: int, device: torch.device) -> Iterator[Tensor]:
+    """(t, h, w[, L]) int64 -> consecutive (1, t_i, h, w[, L]) chunks on ``device``."""
+    for piece in indices.split(latent_chunk, dim=0):
+        yield piece.unsqueeze(0).to(device)
+
+
+def decode_frames(
+    indices: np.ndarray | Tensor,
+    meta: TokenMetadata,
+    tokenizer: Tokenizer,
+    chunk: int = DEFAULT_CHUNK,
+) -> Iterator[np.ndarray]:
+    """Stream decoded uint8 frames (T_i, H, W, 3) of full-codebook indices, trimmed to
+    ``meta.encoded.frames`` and cropped to ``meta.encoded.size`` (the temporal and spatial
+    padding added at encode time is dropped).
+
+    Raises:
+        TokenFileError: the model decodes to a size other than the recorded one.
+    """
+    (height, width), (pad_h, pad_w) = meta.encoded.size, meta.encoded.spatial_padding
+    factor = tokenizer.spatial_factor
+    if (meta.grid[1] * factor, meta.grid[2] * factor) != (height + pad_h, width + pad_w):
+        raise TokenFileError(
+            f"the model decodes {meta.grid[1] * factor}x{meta.grid[2] * factor} frames but the "
+            f"file records {height + pad_h}x{width + pad_w} (with padding); wrong model?"
+        )
+    latent_chunk = max(1, chunk // tokenizer.model.temporal_factor)
+    chunks = _index_chunks(torch.as_tensor(indices), latent_chunk, tokenizer.device)
+    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames, size=(height, width)):
+        frames = video_to_frames(video)
+        if frames.shape[1:3] != tuple(meta.encoded.size):
+            raise TokenFileError(
+                f"the model decodes {frames.shape[1]}x{frames.shape[2]} frames but the file "
+                f"records {meta.encoded.size[0]}x{meta.encoded.size[1]}; wrong model?"
+            )
+        if len(frames):
+            yield frames
+
+
+def decode_file(
+    source: str | Path,
+    target: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    fps: Fraction | int | float | str | None = None,
+    remap: str | Path | None = None,
+    force: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    progress: ProgressFn | None = None,
+) -> DecodeResult:
+    """Decode an index file into an MP4 (H.264), atomically.
+
+    Args:
+        source: the index file (``.npy`` with its ``.json`` sidecar, or ``.safetensors``).
+        target: the video to write (``.mp4``, ``.mov``, ``.mkv``).
+        tokenizer: the model the file was encoded with.
+        fps: frame rate of the output; default the recorded encoded rate.
+        remap: the remap file of remapped indices (checked against the recorded SHA-256).
+        force: decode even if the model's weights hash differs from the recorded one.
+        chunk: frames per streaming step.
+        progress: called with frames written since the last call.
+
+    Returns:
+        `DecodeResult` (frames = the recorded encoded frame count, padding trimmed).
+
+    Raises:
+        TokenFileError: bad index file, model mismatch, wrong remap file.
+        VideoError: the video cannot be written (nothing is left at ``target``).
+    """
+    start = time.perf_counter()
+    indices, meta = load_tokens(source)
+    check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source)
+    used = load_remap_for(meta, remap, source)
+    full = torch.from_numpy(indices)
+    if used is not None:
+        full = used.to_full(full)
+    rate = as_fps(fps if fps is not None else meta.encoded.fps)
+    height, width = meta.encoded.size
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(target, rate, width, height) as writer:
+        for frames in decode_frames(full, meta, tokenizer, chunk):
+            writer.write(frames)
+            if progress is not None:
+                progress(len(frames), meta.encoded.frames)
+    if writer.frames_written != meta.encoded.frames:
+        raise TokenFileError(
+            f"decoded {writer.frames_written} frames, the file records {meta.encoded.frames}",
+            source,
+        )
+    seconds = time.perf_counter() - start
+    return DecodeResult(Path(source), Path(target), writer.frames_written, rate, (height, width),
+                        seconds)

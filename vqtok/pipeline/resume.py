@@ -1,0 +1,104 @@
+"""Resuming an encode run: which existing index files are this run's output and can be kept.
+
+An index file is kept (the input skipped) only if it is complete (`vqtok.io.tokens.load_tokens`
+reads it) and was made the way this run would make it: the same model weights (SHA-256), the
+same remap file (SHA-256, or none) and the same `EncodeSettings` (``--size``,
+``--short-side``, ``--fps``, ``--max-frames``, ...). Any other existing file is encoded again
+and the run says why (`Resume.check`). Settings that cannot change an index (``--chunk``,
+``--batch``, ``--device``) are not compared; neither is ``--dtype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vqtok.errors import TokenFileError
+from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.digest import file_sha256
+from vqtok.io.model_dirs import resolve_model
+from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
+
+__all__ = ["Resume"]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What an existing output must match to be kept.
+
+    Attributes:
+        model_sha256: the SHA-256 of this run's model weights.
+        remap_sha256: the SHA-256 of this run's remap file, or None without ``--remap``.
+        settings: this run's settings.
+    """
+
+    model_sha256: str
+    remap_sha256: str | None
+    settings: EncodeSettings
+
+    @classmethod
+    def for_run(
+        cls,
+        model: str | Path,
+        extra_dirs: list[Path],
+        remap: Path | None,
+        settings: EncodeSettings,
+    ) -> Resume:
+        """Hash the model's weights and the remap file (no model is loaded).
+
+        Raises:
+            CheckpointError: the model cannot be found. OSError: the remap file cannot be read.
+        """
+        model_sha = weights_sha256(resolve_model(model, extra_dirs))
+        return cls(model_sha, None if remap is None else file_sha256(remap), settings)
+
+    def check(self, path: Path) -> tuple[bool, str | None]:
+        """Whether ``path`` can be kept, and if an existing file will be replaced, why.
+
+        Returns:
+            (True, None): complete and made this way; (False, None): missing or incomplete;
+            (False, reason): complete but made differently, e.g. ``"made with --short-side
+            256 (this run: 128)"``.
+        """
+        if not path.exists():
+            return False, None
+        try:
+            _, meta = load_tokens(path)
+        except TokenFileError:
+            return False, None
+        differences = self.differences(meta)
+        if not differences:
+            return True, None
+        return False, "made with " + "; ".join(differences)
+
+    def differences(self, meta: TokenMetadata) -> list[str]:
+        """How ``meta`` differs from this run, one phrase per difference."""
+        out = []
+        if meta.model_sha256 != self.model_sha256:
+            sha, ours = (meta.model_sha256 or "unknown")[:12], self.model_sha256[:12]
+            out.append(f"model {meta.model} (weights {sha}..., this run: {ours}...)")
+        recorded_remap = None if meta.remap is None else meta.remap.sha256
+        if recorded_remap != self.remap_sha256:
+            out.append(f"remap {_short(recorded_remap)} (this run: {_short(self.remap_sha256)})")
+        if meta.settings is None:
+            out.append("settings not recorded (an older vqtok)")
+            return out
+        recorded, wanted = asdict(meta.settings), asdict(self.settings)
+        for key in wanted:
+            if recorded.get(key) != wanted[key]:
+                flag = "--" + key.replace("_", "-")
+                out.append(f"{flag} {_show(recorded.get(key))} (this run: {_show(wanted[key])})")
+        return out
+
+
+def _short(sha: str | None) -> str:
+    return "none" if sha is None else f"{sha[:12]}..."
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "not given"
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,3 @@
+"""Training a `vqtok` tokenizer: the loop (`vqtok.train.loop`), its config, checkpointed state,
+evaluation, footage sampling and data-dependent initialisation.
+"""

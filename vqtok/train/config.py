@@ -1,0 +1,158 @@
+"""Training configuration: one JSON file with the model's architecture and the training options.
+
+    {"name": "vqtok-lfq", "model": {...TokenizerConfig...}, "train": {...TrainConfig...}}
+
+Both parts are frozen dataclasses whose ``from_dict`` rejects unknown keys and wrong types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vqtok.errors import ConfigError
+from vqtok.families.vqtok import TokenizerConfig
+from vqtok.jsonfields import dataclass_from_json
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of a training run (the architecture lives in `TokenizerConfig`).
+
+    Data:
+        clip_frames: frames per training clip (1 + k * temporal_factor).
+        crop_size: side of the random square crop, pixels.
+        temporal_strides: strides drawn per clip (1 = consecutive frames).
+        flip: random horizontal flips.
+        short_side: footage is decoded so that its short side has this many pixels.
+        holdout_frames: the last frames of every video, never trained on, for evaluation.
+        eval_size: side of the centre crop used for held-out evaluation.
+    Optimisation:
+        steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
+        weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
+    Loss:
+        l1_weight, mse_weight, ssim_weight: reconstruction terms (SSIM as 1 - SSIM, on
+        every channel of every frame); quantizer_weight multiplies the
+        quantizer's own loss (commitment / codebook / entropy / KL); entropy_warmup_steps
+        ramps an LFQ entropy weight linearly from 0.
+    Quantizer machinery:
+        gumbel_temperature (start, end) annealed exponentially over gumbel_anneal_steps;
+        init_codebook_from_data (after the first step, every code of a learned codebook is
+        re-seeded from that batch's latents, the cheap form of k-means initialisation),
+        dead_code_every (steps between re-seeding codes unused since the last time; 0 = off),
+        dead_code_threshold; kmeans_init_batches (> 0: before training, residual k-means of
+        the latents of that many batches becomes the codebooks, replacing
+        init_codebook_from_data); fit_shortcut_batches (a "linear" shortcut's principal
+        components are fitted on that many batches before training, unless fine-tuning);
+        quantizer_dropout (probability that a step runs only the first k < L residual levels,
+        k uniform, so that every prefix of the levels decodes well).
+    Weights:
+        weight_ema (decay of an average of the weights that is evaluated and shipped; 0 = off).
+    Bookkeeping:
+        log_every, eval_every, save_every (steps), seed, prefetch (batches built ahead).
+    """
+
+    clip_frames: int = 9
+    crop_size: int = 128
+    temporal_strides: tuple[int, ...] = (1, 2)
+    flip: bool = True
+    short_side: int = 256
+    holdout_frames: int = 25
+    eval_size: int = 256
+    steps: int = 10_000
+    batch_size: int = 4
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    ssim_weight: float = 0.0
+    quantizer_weight: float = 1.0
+    entropy_warmup_steps: int = 0
+    gumbel_temperature: tuple[float, ...] = (1.0, 0.5)
+    gumbel_anneal_steps: int = 0
+    init_codebook_from_data: bool = True
+    dead_code_every: int = 200
+    dead_code_threshold: float = 1.0
+    kmeans_init_batches: int = 0
+    fit_shortcut_batches: int = 32
+    quantizer_dropout: float = 0.0
+    weight_ema: float = 0.0
+    log_every: int = 10
+    eval_every: int = 500
+    save_every: int = 500
+    seed: int = 0
+    prefetch: int = 4
+
+    def __post_init__(self) -> None:
+        positive = ("clip_frames", "crop_size", "short_side", "eval_size", "steps", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.temporal_strides or min(self.temporal_strides) < 1:
+            raise ConfigError(f"train.temporal_strides must be >= 1, got {self.temporal_strides}")
+        if len(self.gumbel_temperature) != 2 or min(self.gumbel_temperature) <= 0:
+            raise ConfigError("train.gumbel_temperature must be [start, end], both > 0")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise ConfigError(f"train.quantizer_dropout must be in [0, 1], got "
+                              f"{self.quantizer_dropout}")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise ConfigError(f"train.weight_ema must be in [0, 1), got {self.weight_ema}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training config file: model name, architecture, training options."""
+
+    name: str
+    model: TokenizerConfig
+    train: TrainConfig
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("a training config must be a JSON object")
+        unknown = sorted(set(data) - {"name", "model", "train"})
+        if unknown:
+            raise ConfigError(f"unknown training config key(s): {', '.join(unknown)}")
+        name = data.get("name", "vqtok-model")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("training config 'name' must be a non-empty string")
+        return cls(
+            name=name,
+            model=TokenizerConfig.from_dict(data.get("model", {})),
+            train=train_config_from_dict(data.get("train", {})),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read training config: {e}", path) from e
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(e.message, path) from e
+
+    def to_dict(self) -> dict[str, Any]:
+        train = dataclasses.asdict(self.train)
+        for key, value in train.items():
+            if isinstance(value, tuple):
+                train[key] = list(value)
+        return {"name": self.name, "model": self.model.to_dict(), "train": train}
+
+
+def train_config_from_dict(data: Any) -> TrainConfig:
+    """`TrainConfig` from a JSON object; unknown keys and wrong types are a `ConfigError`."""
+    config: TrainConfig = dataclass_from_json(TrainConfig, data, "train option")
+    return config
