@@ -4,12 +4,18 @@ every path, never worse than greedy on average, ties, and independence of batch 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
+from tiny import TINY_CONFIG
 
-from vqtok.errors import QuantizerError
+from vqtok.api import Tokenizer
+from vqtok.errors import ConfigError, QuantizerError
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.quantizers.beam import beam_codes
+from vqtok.quantizers.ema_residual import EMAResidualQuantizer
+from vqtok.quantizers.residual import ResidualQuantizer
 
 
 def _error(x: torch.Tensor, books: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
@@ -80,3 +86,71 @@ def test_bad_arguments_are_quantizer_errors() -> None:
     with pytest.raises(QuantizerError, match="non-empty"):
         beam_codes(torch.randn(2, 3), [torch.zeros(0, 3)], width=2)
     assert beam_codes(torch.randn(0, 3), books, width=2).shape == (0, 1)
+
+
+# ---------------------------------------------------------------- in the residual quantizers
+
+
+def _ema_rvq(width: int) -> EMAResidualQuantizer:
+    g = torch.Generator().manual_seed(3)
+    rvq = EMAResidualQuantizer(dim=4, num_levels=3, codebook_sizes=[16, 8, 8], beam_width=width)
+    with torch.no_grad():
+        for level, codebook in enumerate(rvq.codebooks):
+            codebook.weight.copy_(torch.randn(codebook.weight.shape, generator=g) * 0.6**level)
+    return rvq.eval()
+
+
+def test_residual_quantizer_searches_with_its_beam_outside_training() -> None:
+    rvq = _ema_rvq(4)
+    z = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(4))  # (B, D, t, h, w)
+    tokens = z.permute(0, 2, 3, 4, 1).reshape(-1, 4)
+    books = [rvq.level_weight(level) for level in range(3)]
+    out = rvq(z)
+    assert torch.equal(out.indices.reshape(-1, 3), beam_codes(tokens, books, 4))
+    summed = sum(books[level][out.indices[..., level]] for level in range(3))
+    assert torch.allclose(out.codes, summed.permute(0, 4, 1, 2, 3), atol=1e-6)
+    assert torch.equal(torch.stack(rvq.encode(z), -1), out.indices)
+    # a k-level code is a k-level search, not the prefix of the full one
+    two = rvq(z, levels=2).indices
+    assert torch.equal(two.reshape(-1, 2), beam_codes(tokens, books[:2], 4))
+    greedy = _ema_rvq(1)
+    assert _error(tokens, books, out.indices.reshape(-1, 3)).mean() < \
+        _error(tokens, books, greedy(z).indices.reshape(-1, 3)).mean()
+    rvq.train()  # training keeps the greedy path its losses are defined on
+    assert torch.equal(rvq(z).indices, greedy(z).indices)
+
+
+def test_restricted_beam_keeps_allowed_paths_and_searches_the_rest() -> None:
+    rvq = _ema_rvq(4)
+    z = torch.randn(40, 4, generator=torch.Generator().manual_seed(5))
+    full = rvq(z).indices  # (40, 3)
+    used = [torch.unique(full[:, level]) for level in range(3)]
+    compact = rvq.restricted_indices(z, used)
+    assert torch.equal(torch.stack([used[i][compact[:, i]] for i in range(3)], 1), full)
+    fewer = [used[0][::2], used[1], used[2]]  # level 0 loses half of its used codes
+    narrow = rvq.restricted_indices(z, fewer)
+    assert all(int(narrow[:, i].max()) < len(fewer[i]) for i in range(3))
+    kept = torch.isin(full[:, 0], fewer[0])
+    assert torch.equal(narrow[kept, 1:], compact[kept, 1:])
+
+
+def test_beam_width_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="beam_width"):
+            EMAResidualQuantizer(dim=4, num_levels=2, codebook_sizes=8, beam_width=bad)
+    with pytest.raises(ConfigError, match="beam_width"):
+        ResidualQuantizer(dim=4, num_levels=2, codebook_sizes=8, beam_width=0)
+
+
+def test_a_beam_model_encodes_the_same_in_one_shot_and_in_chunks() -> None:
+    torch.manual_seed(0)
+    config = replace(TINY_CONFIG, quantizer="ema_rvq",
+                     quantizer_options={"num_levels": 3, "codebook_sizes": 16, "beam_width": 3})
+    tok = Tokenizer(VideoTokenizer(config).eval(), name="tiny-beam")
+    video = torch.rand(1, 3, 13, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    whole = tok.encode(video)
+    chunks = torch.cat(list(tok.encode_stream(video.split(5, dim=2))), dim=1)
+    assert torch.equal(chunks, whole)
+    batch = tok.encode(torch.cat([video, video.flip(3)]))
+    assert torch.equal(batch[:1], whole)
+    assert tok.encode(video, levels=2).shape[-1] == 2

@@ -209,18 +209,10 @@ class Tokenizer:
         video = self._prepare(video)
         allowed = self._allowed(remap)
         with self._running():
-            return self.keep_levels(self.model.encode(self._pad(video), allowed), levels)
-
-    def keep_levels(self, indices: Tensor, levels: int | None) -> Tensor:
-        """The first ``levels`` residual levels of (..., L) indices (all when None).
-
-        A residual code's first k levels do not depend on the later ones, so this is exactly
-        a k-level encode.
-
-        Raises:
-            VqtokError: the model has no residual quantizer, or k is not in 1..L.
-        """
-        return indices if levels is None else indices[..., : self.check_levels(levels)]
+            # a k-level search, not the first k columns of an L-level one (a beam-searched
+            # code's prefix is not the best k-level code)
+            levels = None if levels is None else self.check_levels(levels)
+            return self.model.encode(self._pad(video), allowed, levels)
 
     def check_levels(self, levels: int) -> int:
         """``levels`` if the model can keep that many residual levels, else a `ConfigError`."""
@@ -360,7 +352,8 @@ class EncodeStream(Iterator[Tensor]):
         self.tokenizer, self.levels = tokenizer, levels
         self.frames = 0
         self.padding = 0
-        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed)
+        levels = None if levels is None else tokenizer.check_levels(levels)
+        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed, levels)
 
     def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
         last = None
@@ -381,4 +374,4 @@ class EncodeStream(Iterator[Tensor]):
         # enter inference/autocast per step: a generator holding the context across ``yield``
         # would leak it into the caller's code between chunks
         with self.tokenizer._running():
-            return self.tokenizer.keep_levels(next(self._inner), self.levels)
+            return next(self._inner)

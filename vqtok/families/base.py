@@ -69,7 +69,9 @@ class TokenizerModel(nn.Module):
         t = 1 + (frames - 1) // self.temporal_factor
         return t, height // self.spatial_factor, width // self.spatial_factor
 
-    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+    def encode(
+        self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
+    ) -> Tensor:
         """(B, 3, T, H, W) float in [-1, 1], T = 1 + k*tau -> int64 indices (B, t, h, w[, L]).
 
         With ``allowed`` (one tensor of codes per codebook / level), compact ids: see
@@ -77,7 +79,9 @@ class TokenizerModel(nn.Module):
         """
         raise NotImplementedError
 
-    def indices_of(self, latents: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+    def indices_of(
+        self, latents: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
+    ) -> Tensor:
         """The quantizer's indices of pre-quantizer latents, in float32 with autocast off (an
         index must not depend on the compute dtype).
 
@@ -86,11 +90,16 @@ class TokenizerModel(nn.Module):
             allowed: None for full ids; else per level the codes level l may use, and the
                 result holds compact ids (positions in ``allowed[l]``), see
                 `vqtok.quantizers.base.Quantizer.restricted_indices`.
+            levels: residual quantizers: a k-level code (..., k), searched over the first k
+                levels (with ``allowed``: the first k levels of the restricted code).
         """
         with torch.autocast(latents.device.type, enabled=False):
-            if allowed is None:
-                return self.quantizer(latents.float()).indices
-            return self.quantizer.restricted_indices(latents.float(), allowed)
+            if allowed is not None:
+                found = self.quantizer.restricted_indices(latents.float(), allowed)
+                return found if levels is None else found[..., :levels]
+            if levels is not None:
+                return self.quantizer(latents.float(), levels=levels).indices
+            return self.quantizer(latents.float()).indices
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, H, W), unclamped."""
@@ -101,7 +110,8 @@ class TokenizerModel(nn.Module):
         raise NotImplementedError
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> Iterator[Tensor]:
         """Encode a long video given as consecutive (B, 3, T_i, H, W) chunks; yields index
         chunks (B, t_i, h, w[, L]) whose concatenation along time equals a one-shot encode

@@ -284,10 +284,12 @@ class CosmosTokenizer(TokenizerModel):
         with torch.autocast(latents.device.type, enabled=False):
             return self.quantizer(latents.float())  # type: ignore[no-any-return]
 
-    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+    def encode(
+        self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
+    ) -> Tensor:
         """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f);
         compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`)."""
-        return self.indices_of(self.latents(self._check_video(video)), allowed)
+        return self.indices_of(self.latents(self._check_video(video)), allowed, levels)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """int64 (B, t, h, w) -> FSQ codes (B, len(levels), t, h, w) in the decoder's dtype."""
@@ -310,7 +312,8 @@ class CosmosTokenizer(TokenizerModel):
         return self.decode_codes(out.codes.to(video.dtype)), out
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1 (compact
         ids of the ``allowed`` codes when given).
@@ -330,7 +333,7 @@ class CosmosTokenizer(TokenizerModel):
             usable = (1 + (frames - 1) // tau * tau) if not started else frames // tau * tau
             if usable <= 0:
                 continue
-            yield self.indices_of(self.latents(pending[:, :, :usable], state), allowed)
+            yield self.indices_of(self.latents(pending[:, :, :usable], state), allowed, levels)
             pending, started = pending[:, :, usable:], True
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:

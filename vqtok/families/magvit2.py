@@ -320,12 +320,15 @@ class Magvit2Tokenizer(TokenizerModel):
         with torch.autocast(latents.device.type, enabled=False):
             return self.quantizer(latents.float())  # type: ignore[no-any-return]
 
-    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+    def encode(
+        self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
+    ) -> Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> int64 indices (B, t, H/8, W/8), window by window;
         compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`)."""
         video = self._check_video(video)
         windows = video.split(self.config.window, dim=2)
-        return torch.cat([self.indices_of(self.latents(w), allowed) for w in windows], dim=1)
+        return torch.cat([self.indices_of(self.latents(w), allowed, levels) for w in windows],
+                         dim=1)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """int64 (B, t, h, w) -> codes (B, z, t, h, w) in {-1, +1}, the decoder's dtype."""
@@ -346,12 +349,13 @@ class Magvit2Tokenizer(TokenizerModel):
         return self.decoder(out.codes.to(video.dtype)), out
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W): each full window as soon as it is
         complete, the rest at the end; the concatenation equals ``encode`` of the whole."""
         for window in _windows(chunks, self.config.window, dim=2):
-            yield self.indices_of(self.latents(window), allowed)
+            yield self.indices_of(self.latents(window), allowed, levels)
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w) window by window; the concatenation

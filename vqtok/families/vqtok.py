@@ -334,14 +334,15 @@ class VideoTokenizer(TokenizerModel):
             raise VqtokError(f"levels must be in 1..{self.max_levels}, got {levels}")
         return levels
 
-    def encode(self, video: Tensor, allowed: Sequence[Tensor] | None = None) -> Tensor:
+    def encode(
+        self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
+    ) -> Tensor:
         """(B, 3, T, H, W) in [-1, 1], T = 1 + k*tau -> int64 indices (B, 1 + k, H/f, W/f[, L]);
-        compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`). A residual
-        code's first k levels do not depend on the later ones: ``indices[..., :k]`` is the
-        k-level code (`vqtok.Tokenizer.encode`'s ``levels``)."""
+        compact ids of the ``allowed`` codes when given, the first ``levels`` residual levels
+        only when given (`TokenizerModel.indices_of`)."""
         video = self._as_video(video)
         self._check_frames(video.shape[2])
-        return self.indices_of(self._latents(video, None), allowed)
+        return self.indices_of(self._latents(video, None), allowed, levels)
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
@@ -368,7 +369,8 @@ class VideoTokenizer(TokenizerModel):
         return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None
+        self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
+        levels: int | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
 
@@ -382,7 +384,7 @@ class VideoTokenizer(TokenizerModel):
         for chunk in chunks:
             z = self._latents(self._as_video(chunk), state)
             if z.shape[2]:
-                yield self.indices_of(z, allowed)
+                yield self.indices_of(z, allowed, levels)
 
     def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.

@@ -67,6 +67,40 @@ def beam_codes(
     return torch.cat(blocks)
 
 
+def restricted_beam_codes(
+    x: Tensor, codebooks: Sequence[Tensor], allowed: Sequence[Tensor], width: int
+) -> Tensor:
+    """`beam_codes` where level l may use only the codes ``allowed[l]``, in compact ids.
+
+    A token whose unrestricted path uses only allowed codes keeps that path, so used sets built
+    from the same videos give exactly the unrestricted codes; the other tokens are searched
+    among the allowed codes alone.
+
+    Args:
+        x: (N, D) tokens; codebooks: L full codebooks (K_l, D); width: as `beam_codes`.
+        allowed: L sorted int64 tensors of distinct codes in [0, K_l), none empty.
+
+    Returns:
+        (N, L) int64 positions in ``allowed[l]`` (level l's in [0, U_l)).
+    """
+    pairs = list(zip(allowed, codebooks, strict=True))
+    full = beam_codes(x, codebooks, width)
+    compact = torch.stack([_positions(ids.to(x.device), book.shape[0])[full[:, level]]
+                           for level, (ids, book) in enumerate(pairs)], dim=1)
+    redo = (compact < 0).any(dim=1).nonzero().flatten()
+    if redo.numel():
+        books = [book[ids.to(book.device)] for ids, book in pairs]
+        compact[redo] = beam_codes(x[redo], books, width)
+    return compact
+
+
+def _positions(ids: Tensor, size: int) -> Tensor:
+    """(size,) the position of each code in the id list ``ids``, -1 where absent."""
+    table = torch.full((size,), -1, dtype=torch.long, device=ids.device)
+    table[ids.long()] = torch.arange(len(ids), device=ids.device)
+    return table
+
+
 class _Book:
     """One level's codebook in both precisions, with its squared norms."""
 

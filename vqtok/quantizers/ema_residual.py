@@ -29,6 +29,7 @@ class EMAResidualQuantizer(ResidualStack):
         eps: Laplace smoothing epsilon.
         legacy_init: start the EMA counts at 0 (CogVideo) instead of 1 (helia_edge).
         generator: optional CPU generator for the U(-1/K_l, 1/K_l) initial codes.
+        beam_width: 1 for greedy encoding, W > 1 for a beam of W paths outside training.
 
     Level l's codebook is updated from (r_l, idx_l) in training mode, after its lookup.
 
@@ -48,8 +49,9 @@ class EMAResidualQuantizer(ResidualStack):
         eps: float = 1e-5,
         legacy_init: bool = False,
         generator: torch.Generator | None = None,
+        beam_width: int = 1,
     ) -> None:
-        super().__init__(dim, num_levels, codebook_sizes, beta)
+        super().__init__(dim, num_levels, codebook_sizes, beta, beam_width)
         self.codebooks = nn.ModuleList(
             EMACodebook(k, dim, decay, eps, legacy_init, "uniform", generator)
             for k in self.codebook_sizes

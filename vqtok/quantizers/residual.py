@@ -14,6 +14,13 @@ RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
 Both are a `ResidualStack`: the level loop, restricted search, reseeding and index layout they
 share; a subclass says how one level looks up, learns and reseeds its codebook.
 
+Both take ``beam_width``: 1 (the default) encodes greedily,
+level by level; W > 1 searches the levels jointly with a beam of W partial paths
+(`vqtok.quantizers.beam`) whenever the quantizer is not training, which lowers the latent error
+for the same bits (training keeps the greedy path its losses are defined on). A beam-searched
+code decodes like any other; its first k levels are not the k-level code, so a coarser code is
+encoded with ``levels=k`` rather than cut from a full one.
+
 Both accept per-level codebook sizes. Indices carry a trailing level axis (…, L) when L > 1.
 Metrics follow helia_edge's names, levels counted from 1: ``rvq_l{l}_perplexity`` (2**bits),
 ``rvq_l{l}_usage`` (fraction of the level's codes used in the batch), ``rvq_l{l}_bits_per_index``
@@ -37,6 +44,7 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
 )
+from vqtok.quantizers.beam import beam_codes, restricted_beam_codes
 from vqtok.quantizers.ema import mse
 from vqtok.quantizers.search import nearest_codes
 from vqtok.quantizers.usage import kmeans_init, reseed_dead_codes
@@ -61,13 +69,17 @@ class ResidualStack(Quantizer):
     """The residual loop shared by both codebook kinds; subclasses provide one level's step."""
 
     def __init__(
-        self, dim: int, num_levels: int, codebook_sizes: int | list[int], beta: float
+        self, dim: int, num_levels: int, codebook_sizes: int | list[int], beta: float,
+        beam_width: int = 1,
     ) -> None:
         super().__init__()
         if dim < 1:
             raise ConfigError(f"dim must be >= 1, got {dim}")
         if beta < 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
+        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+            raise ConfigError(f"beam_width must be an integer >= 1, got {beam_width!r}")
+        self.beam_width = beam_width
         self.dim = dim
         self.num_levels = num_levels
         self.codebook_sizes = level_sizes(num_levels, codebook_sizes)
@@ -102,6 +114,11 @@ class ResidualStack(Quantizer):
         """
         layout = self._layout(z, channel_last)
         r = layout.to_tokens(z).float()  # (N, D)
+        if self.beam_width > 1:
+            books = [self.level_weight(i) for i in range(self.num_levels)]
+            ids = restricted_beam_codes(r, books, self.check_allowed(allowed, z.device),
+                                        self.beam_width)
+            return self._grid_indices(layout, ids)
         out = []
         for level, ids in enumerate(self.check_allowed(allowed, z.device)):
             weight = self.level_weight(level)
@@ -201,8 +218,17 @@ class ResidualStack(Quantizer):
         q_sum = torch.zeros_like(r, requires_grad=False)
         all_idx, losses = [], []
         per_level: list[dict[str, Tensor]] = []
-        for level in range(self.check_levels(levels)):
-            q, idx, level_loss = self._level_step(level, r, update)
+        count = self.check_levels(levels)
+        searched = None
+        if self.beam_width > 1 and not self.training:
+            searched = self._beam(r.detach(), count)  # (N, k)
+        for level in range(count):
+            if searched is None:
+                q, idx, level_loss = self._level_step(level, r, update)
+            else:
+                idx = searched[:, level]
+                q = F.embedding(idx, self.level_weight(level)).float()
+                level_loss = self.beta * mse(r, q)
             stats = codebook_metrics(idx, self.codebook_sizes[level])
             stats["commitment_loss"] = mse(r, q).detach()
             per_level.append(stats)
@@ -245,6 +271,8 @@ class ResidualStack(Quantizer):
         """
         layout = self._layout(z, channel_last)
         r = layout.to_tokens(z).float()
+        if self.beam_width > 1:
+            return list(map(layout.restore_indices, self._beam(r, self.num_levels).unbind(1)))
         out = []
         for level in range(self.num_levels):
             weight = self.level_weight(level)
@@ -252,6 +280,11 @@ class ResidualStack(Quantizer):
             r = r - F.embedding(idx, weight).float()
             out.append(layout.restore_indices(idx))
         return out
+
+    def _beam(self, r: Tensor, levels: int) -> Tensor:
+        """(N, D) float32 tokens -> (N, levels) indices of the beam search over the first
+        ``levels`` codebooks."""
+        return beam_codes(r, [self.level_weight(i) for i in range(levels)], self.beam_width)
 
     def decode(self, indices: list[Tensor], channel_last: bool | None = None) -> Tensor:
         """Sum of the level codes of per-level index grids (the inverse of `encode`)."""
@@ -319,6 +352,7 @@ class ResidualQuantizer(ResidualStack):
         codebook_sizes: K for every level, or a list of L sizes.
         beta: weight of each level's commitment term.
         generator: optional CPU generator for the U(-1/K_l, 1/K_l) initial codes.
+        beam_width: 1 for greedy encoding, W > 1 for a beam of W paths outside training.
 
     Attributes:
         codebooks: L trainable (K_l, D) parameters.
@@ -333,8 +367,9 @@ class ResidualQuantizer(ResidualStack):
         codebook_sizes: int | list[int],
         beta: float = 0.25,
         generator: torch.Generator | None = None,
+        beam_width: int = 1,
     ) -> None:
-        super().__init__(dim, num_levels, codebook_sizes, beta)
+        super().__init__(dim, num_levels, codebook_sizes, beta, beam_width)
         self.codebooks = nn.ParameterList(
             nn.Parameter((torch.rand(k, dim, generator=generator) * 2 - 1) / k)
             for k in self.codebook_sizes
