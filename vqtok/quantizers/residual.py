@@ -14,12 +14,9 @@ RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
 Both are a `ResidualStack`: the level loop, restricted search, reseeding and index layout they
 share; a subclass says how one level looks up, learns and reseeds its codebook.
 
-Both take ``beam_width``: 1 (the default) encodes greedily,
-level by level; W > 1 searches the levels jointly with a beam of W partial paths
-(`vqtok.quantizers.beam`) whenever the quantizer is not training, which lowers the latent error
-for the same bits (training keeps the greedy path its losses are defined on). A beam-searched
-code decodes like any other; its first k levels are not the k-level code, so a coarser code is
-encoded with ``levels=k`` rather than cut from a full one.
+Both take ``beam_width``: 1 (default) encodes greedily; W > 1 searches the levels jointly with
+a beam of W paths (`vqtok.quantizers.beam`) outside training. A beam code's first k levels are
+not the best k-level code, so ``levels=k`` runs a k-level search.
 
 Both accept per-level codebook sizes. Indices carry a trailing level axis (…, L) when L > 1.
 Metrics follow helia_edge's names, levels counted from 1: ``rvq_l{l}_perplexity`` (2**bits),
