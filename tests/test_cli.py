@@ -74,7 +74,7 @@ def test_encode_decode_round_trip(tmp_path: Path, videos: Path, run) -> None:  #
     assert sidecar["encoded"] == {"fps": "8/1", "frames": 11, "padding": 2, "resize": "none",
                                   "size": [32, 48], "spatial_padding": [0, 0]}
     assert sidecar["settings"] == {"size": None, "short_side": None, "fps": None,
-                                   "max_frames": None, "levels": None}
+                                   "max_frames": None, "levels": None, "beam": None}
     assert sidecar["source"] == {"file": "a.mp4", "fps": "8/1", "frames": 11, "size": [32, 48]}
     assert (sidecar["quantizer"], sidecar["codebook_size"], sidecar["levels"]) == (
         "fsq", 240, [5, 4, 4, 3])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import vqtok
 from tests.clips import make_clip
 from tests.tiny import TINY_CONFIG, save_tiny_model
 from vqtok.cli.app import app
@@ -71,3 +72,27 @@ def test_bad_levels_are_usage_errors(setup: tuple[Path, Path], model: str, level
                  "--levels", levels, code=2)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_beam_option_is_recorded_resumed_and_refused_where_it_means_nothing(
+    setup: tuple[Path, Path]
+) -> None:
+    root, clip = setup
+    cpu = ("-m", "rvq", "--device", "cpu", "-q")
+    run(root, "encode", clip, "-o", root / "b.npy", *cpu, "--beam", "4")
+    beam, meta = load_tokens(root / "b.npy")
+    assert meta.settings.beam == 4
+    assert json.loads((root / "b.json").read_text())["settings"]["beam"] == 4
+    tok = vqtok.load(root / "models" / "rvq", device="cpu").set_beam_width(4)
+    video = vqtok.read_video(clip)
+    assert np.array_equal(beam, tok.encode(video)[0].numpy())
+    again = run(root, "encode", clip, "-o", root / "b.npy", *cpu, "--beam", "4")
+    assert "skipped" in again.stdout
+    greedy = run(root, "encode", clip, "-o", root / "b.npy", *cpu)  # other settings: redone
+    assert "replaced" in greedy.stdout and load_tokens(root / "b.npy")[1].settings.beam is None
+    refused = run(root, "encode", clip, "-o", root / "v.npy", "-m", "vq", "--device", "cpu",
+                  "--beam", "2", code=2)
+    assert refused.stderr.startswith("error: --beam:") and len(refused.stderr.splitlines()) == 1
+    assert not (root / "v.npy").exists()
+    with pytest.raises(vqtok.ConfigError, match="beam width"):
+        tok.set_beam_width(0)

@@ -224,6 +224,22 @@ class Tokenizer:
         except VqtokError as e:
             raise ConfigError(e.message) from None
 
+    def set_beam_width(self, width: int) -> Tokenizer:
+        """Search the residual levels with a beam of ``width`` paths from now on (1: greedy),
+        in place of the model's ``beam_width``; returns the tokenizer.
+
+        Raises:
+            ConfigError: the model has no residual quantizer, or ``width`` is not an int >= 1.
+        """
+        quantizer = getattr(self.model, "quantizer", None)
+        if quantizer is None or not hasattr(quantizer, "beam_width"):
+            raise ConfigError(f"beam search needs a residual-quantizer model; {self.name} "
+                              "is not one")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ConfigError(f"beam width must be an integer >= 1, got {width!r}")
+        quantizer.beam_width = width
+        return self
+
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
         """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
         return self._used_sets(remap).to_full(indices)

@@ -66,7 +66,7 @@ MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N 
 def _encode_options(
     size: str | None, short_side: int | None, fps: str | None, max_frames: int | None,
     chunk: int, fmt: Format = Format.npy, remap: Path | None = None, strict: bool = False,
-    levels: int | None = None,
+    levels: int | None = None, beam: int | None = None,
 ) -> Any:
     from vqtok.io.video import as_fps
     from vqtok.pipeline.encode import EncodeOptions
@@ -78,7 +78,7 @@ def _encode_options(
     if levels is not None and remap is not None:
         raise usage_error("--levels", "cannot be combined with --remap yet; encode all levels")
     return EncodeOptions(
-        parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict, levels
+        parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict, levels, beam
     )
 
 
@@ -106,6 +106,10 @@ def encode(
     levels: Annotated[int | None, typer.Option(
         min=1, metavar="K", help="Residual models: keep the first K levels, a shorter, coarser "
         "code (default: all).")] = None,
+    beam: Annotated[int | None, typer.Option(
+        min=1, metavar="W", help="Residual models: search the levels with a beam of W paths, "
+        "a closer code for the same bits and a slower encode (1: greedy; default: the "
+        "model's own).")] = None,
     overwrite: Annotated[bool, Flag("--overwrite", help="Redo outputs that are complete.")] = False,
     strict: Annotated[bool, Flag("--strict", help="Treat a damaged input as an error.")] = False,
     as_json: JsonOpt = False,
@@ -117,7 +121,8 @@ def encode(
     from vqtok.pipeline.files import EncodeRun
 
     fmt = _index_format(output, format)
-    options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels)
+    options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels,
+                              beam)
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
         run = EncodeRun.plan(inputs, output, model=model, model_dirs=model_dir or [],

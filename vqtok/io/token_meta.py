@@ -92,6 +92,8 @@ class EncodeSettings:
         max_frames: ``--max-frames``.
         levels: ``--levels`` k: the file keeps the first k residual levels (its trailing axis
             has k entries); None: all of the model's levels.
+        beam: ``--beam`` W: the residual levels were searched with a beam of W paths; None:
+            the model's own search (its ``beam_width``, greedy when unset).
     """
 
     size: tuple[int, int] | None = None
@@ -99,6 +101,7 @@ class EncodeSettings:
     fps: str | None = None
     max_frames: int | None = None
     levels: int | None = None
+    beam: int | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ class EncodeOptions:
             with one used set per codebook / level); indices are stored as compact ids.
         strict: a damaged input (truncated, corrupt packets) is an error, not a warning.
         levels: residual models: keep the first k levels (``--levels``); None keeps all.
+        beam: residual models: search the levels with a beam of this many paths (``--beam``;
+            1 is greedy); None keeps the model's own search.
     """
 
     size: tuple[int, int] | None = None
@@ -82,6 +84,7 @@ class EncodeOptions:
     remap: Path | None = None
     strict: bool = False
     levels: int | None = None
+    beam: int | None = None
 
     def settings(self) -> EncodeSettings:
         """What an index file records of these options (a resumed run compares them)."""
@@ -91,6 +94,7 @@ class EncodeOptions:
             fps=None if self.fps is None else _fraction(as_fps(self.fps)),
             max_frames=self.max_frames,
             levels=self.levels,
+            beam=self.beam,
         )
 
 

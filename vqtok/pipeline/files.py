@@ -127,12 +127,17 @@ class EncodeRun:
         return tokenizer
 
     def check(self, tokenizer: Tokenizer) -> None:
-        """Fail once, before any file, for options the model cannot take."""
+        """Fail once, before any file, for options the model cannot take; set ``--beam``."""
         if self.options.levels is not None:
             try:
                 tokenizer.check_levels(self.options.levels)
             except ConfigError as e:
                 raise OptionError("--levels", e.message) from None
+        if self.options.beam is not None:
+            try:
+                tokenizer.set_beam_width(self.options.beam)
+            except ConfigError as e:
+                raise OptionError("--beam", e.message) from None
         if self.options.remap is not None:
             RemapPlan.open(self.options.remap, tokenizer.model)
 
