@@ -231,13 +231,11 @@ class Tokenizer:
         Raises:
             ConfigError: the model has no residual quantizer, or ``width`` is not an int >= 1.
         """
-        quantizer = getattr(self.model, "quantizer", None)
-        if quantizer is None or not hasattr(quantizer, "beam_width"):
+        setter = getattr(getattr(self.model, "quantizer", None), "set_beam_width", None)
+        if setter is None:
             raise ConfigError(f"beam search needs a residual-quantizer model; {self.name} "
                               "is not one")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ConfigError(f"beam width must be an integer >= 1, got {width!r}")
-        quantizer.beam_width = width
+        setter(width)
         return self
 
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
@@ -365,7 +363,7 @@ class EncodeStream(Iterator[Tensor]):
         allowed: Sequence[Tensor] | None = None,
         levels: int | None = None,
     ) -> None:
-        self.tokenizer, self.levels = tokenizer, levels
+        self.tokenizer = tokenizer
         self.frames = 0
         self.padding = 0
         levels = None if levels is None else tokenizer.check_levels(levels)

@@ -74,9 +74,7 @@ class ResidualStack(Quantizer):
             raise ConfigError(f"dim must be >= 1, got {dim}")
         if beta < 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
-        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-            raise ConfigError(f"beam_width must be an integer >= 1, got {beam_width!r}")
-        self.beam_width = beam_width
+        self.set_beam_width(beam_width)
         self.dim = dim
         self.num_levels = num_levels
         self.codebook_sizes = level_sizes(num_levels, codebook_sizes)
@@ -95,6 +93,12 @@ class ResidualStack(Quantizer):
         """(K_l, D) codes of level ``level`` (0-based)."""
         raise NotImplementedError
 
+    def set_beam_width(self, width: int) -> None:
+        """A beam of ``width`` paths outside training (1: greedy); ConfigError if not int >= 1."""
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ConfigError(f"beam width (beam_width) must be an integer >= 1, got {width!r}")
+        self.beam_width = width
+
     @torch.no_grad()
     def restricted_indices(
         self, z: Tensor, allowed: Sequence[Tensor], channel_last: bool | None = None
@@ -102,22 +106,21 @@ class ResidualStack(Quantizer):
         """Residual search where level l looks only at the codes ``allowed[l]``.
 
         Level l quantizes what the allowed codes of the levels before it left, so the
-        residuals are those of the codes really stored. When each level's nearest code is
-        allowed anyway (used sets built from the same videos), the result is exactly the
-        unrestricted one, in compact ids. See `Quantizer.restricted_indices`.
+        residuals are those of the codes really stored. When the unrestricted code is allowed
+        anyway (used sets built from the same videos), the result is exactly it, in compact ids.
 
         Returns:
             int64 (*grid, L) compact ids (just the grid when L = 1), level l's in [0, U_l).
         """
         layout = self._layout(z, channel_last)
         r = layout.to_tokens(z).float()  # (N, D)
+        used = self.check_allowed(allowed, z.device)
         if self.beam_width > 1:
             books = [self.level_weight(i) for i in range(self.num_levels)]
-            ids = restricted_beam_codes(r, books, self.check_allowed(allowed, z.device),
-                                        self.beam_width)
-            return self._grid_indices(layout, ids)
+            found = restricted_beam_codes(r, books, used, self.beam_width)
+            return self._grid_indices(layout, found)
         out = []
-        for level, ids in enumerate(self.check_allowed(allowed, z.device)):
+        for level, ids in enumerate(used):
             weight = self.level_weight(level)
             rows = weight[ids.to(weight.device)]  # (U_l, D) the allowed codes, in order
             idx = nearest_codes(r, rows)
@@ -216,9 +219,7 @@ class ResidualStack(Quantizer):
         all_idx, losses = [], []
         per_level: list[dict[str, Tensor]] = []
         count = self.check_levels(levels)
-        searched = None
-        if self.beam_width > 1 and not self.training:
-            searched = self._beam(r.detach(), count)  # (N, k)
+        searched = None if self.training or self.beam_width == 1 else self._beam(r.detach(), count)
         for level in range(count):
             if searched is None:
                 q, idx, level_loss = self._level_step(level, r, update)
@@ -279,8 +280,7 @@ class ResidualStack(Quantizer):
         return out
 
     def _beam(self, r: Tensor, levels: int) -> Tensor:
-        """(N, D) float32 tokens -> (N, levels) indices of the beam search over the first
-        ``levels`` codebooks."""
+        """(N, D) tokens -> (N, levels) indices, beam-searched over the first levels."""
         return beam_codes(r, [self.level_weight(i) for i in range(levels)], self.beam_width)
 
     def decode(self, indices: list[Tensor], channel_last: bool | None = None) -> Tensor:
