@@ -220,6 +220,22 @@ class FrameGroupNorm(nn.GroupNorm):
         out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
         return rearrange(out, "(b t) c h w -> b c t h w", b=b).contiguous()
 
+    def swish(self, x: Tensor) -> Tensor:
+        """``swish(self(x))``; for float32 CPU inference in two fewer passes over the activations.
+
+        On that path `swish` runs in float64, so the transpose back to (B, C, T, H, W) and the
+        rounding to float32 share one copy. Shapes: (B, C, T, H, W) -> same.
+        """
+        fast = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        if not fast or x.ndim != 5 or x.shape[2] == 0:
+            return swish(self(x))
+        b = x.shape[0]
+        frames = rearrange(x, "b c t h w -> (b t) c h w").contiguous()
+        out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        out = F.silu(out.double(), inplace=True)
+        out = rearrange(out, "(b t) c h w -> b c t h w", b=b)
+        return out.to(torch.float32, memory_format=torch.contiguous_format)
+
 
 class ResBlock(nn.Module):
     """Pre-activation residual block: (norm, swish, causal conv 3x3x3) twice, plus a skip.
@@ -247,8 +263,8 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)), state)
-        h = self.conv2(swish(self.norm2(h)), state)
+        h = self.conv1(self.norm1.swish(x), state)
+        h = self.conv2(self.norm2.swish(h), state)
         skip = x if self.skip is None else self.skip(x, state)
         return skip + h
 
@@ -300,8 +316,9 @@ class Upsample(nn.Module):
             if state is not None:
                 state.put(self, x.new_empty(0))  # marks "stream started"
         if self.spatial:
-            # (B, C, T, H, W) -> (B, C, T, 2H, 2W), frame by frame
-            x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+            # (B, C, T, H, W) -> (B, C, T, H, 2, W, 2) view -> (B, C, T, 2H, 2W): one copy
+            b, c, t, h, w = x.shape
+            x = x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2).reshape(b, c, t, 2 * h, 2 * w)
         return self.conv(x, state)
 
 

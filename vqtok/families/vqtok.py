@@ -37,7 +37,6 @@ from vqtok.families.layers import (
     ResBlock,
     StreamState,
     Upsample,
-    swish,
     zero_init,
 )
 from vqtok.families.shortcut import (
@@ -206,7 +205,7 @@ class Encoder(nn.Module):
         for block in self.blocks:
             h = block(h, state)
         h = self.mid(h, state)
-        z = self.conv_out(swish(self.norm_out(h)), state)
+        z = self.conv_out(self.norm_out.swish(h), state)
         return z if self.shortcut is None else z + self.shortcut(video, state)
 
 
@@ -245,7 +244,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(codes, state), state)
         for block in self.blocks:
             h = block(h, state)
-        out = self.conv_out(swish(self.norm_out(h)), state)
+        out = self.conv_out(self.norm_out.swish(h), state)
         p = self.patch_size
         # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
         video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
