@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.families.layers import CausalConv3d, Downsample, FrameGroupNorm, Upsample
+from vqtok.families.layers import CausalConv3d, Downsample, FrameGroupNorm, Upsample, swish
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.quantizers import KINDS
 
@@ -263,6 +263,29 @@ def test_frame_group_norm_normalises_each_frame_alone() -> None:
         frame = y[:, :2, t].reshape(2, -1)  # group 0 of frame t
         torch.testing.assert_close(frame.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
         torch.testing.assert_close(frame.var(1, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+
+
+def test_fused_norm_swish_is_bit_identical_to_norm_then_swish() -> None:
+    norm = FrameGroupNorm(2, 4)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 4, 3, 5, 7)
+    with torch.inference_mode():  # the fused float64 path
+        assert torch.equal(norm.swish(x), swish(norm(x)))
+        assert norm.swish(x).is_contiguous()
+    x.requires_grad_(True)  # training takes the plain path
+    torch.testing.assert_close(norm.swish(x), swish(norm(x)), rtol=0, atol=0)
+
+
+def test_spatial_upsampling_repeats_each_pixel_into_a_2x2_block() -> None:
+    up = Upsample(1, spatial=True, temporal=False)
+    torch.nn.init.zeros_(up.conv.weight)
+    with torch.no_grad():
+        up.conv.weight[0, 0, -1, 1, 1] = 1.0  # identity: the current frame's centre tap
+        up.conv.bias.zero_()
+    x = torch.arange(12.0).reshape(1, 1, 2, 2, 3)
+    expected = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    assert torch.equal(up(x), expected)
 
 
 @pytest.mark.parametrize("patch", [2, 4])

@@ -318,7 +318,8 @@ class Upsample(nn.Module):
         if self.spatial:
             # (B, C, T, H, W) -> (B, C, T, H, 2, W, 2) view -> (B, C, T, 2H, 2W): one copy
             b, c, t, h, w = x.shape
-            x = x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2).reshape(b, c, t, 2 * h, 2 * w)
+            x = x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2)
+            x = x.reshape(b, c, t, 2 * h, 2 * w)
         return self.conv(x, state)
 
 
