@@ -196,6 +196,21 @@ def test_linear_recipe_starts_fitted_and_keeps_its_best_model(footage_dir, tmp_p
     torch.testing.assert_close(basis @ basis.T, torch.eye(6), atol=1e-5, rtol=0)
 
 
+def test_fine_tune_with_a_new_codebook_shape_starts_from_k_means(footage_dir, tmp_path):
+    source = train(linear_rvq_run(1), [footage_dir], tmp_path / "src", device="cpu").model_dir
+    same, seen = linear_rvq_run(1), []
+    train(same, [footage_dir], tmp_path / "same", device="cpu", init_from=source,
+          on_progress=seen.append)
+    assert "kmeans_samples" not in seen[0]  # the codebooks came with the weights
+    data = same.to_dict()
+    data["model"]["quantizer_options"] = {"num_levels": 2, "codebook_sizes": 16}
+    seen = []
+    train(RunConfig.from_dict(data), [footage_dir], tmp_path / "new", device="cpu",
+          init_from=source, on_progress=seen.append)
+    assert seen[0]["step"] == 0 and seen[0]["kmeans_samples"] > 0
+    assert "shortcut_blocks" not in seen[0]  # the fitted basis came with the backbone
+
+
 def test_linear_recipe_resumes_exactly_with_the_weight_average(footage_dir, tmp_path):
     straight = train(linear_rvq_run(4), [footage_dir], tmp_path / "a", device="cpu")
 

@@ -170,13 +170,18 @@ def _step(
 
 
 def _initialise(
-    model: VideoTokenizer, sampler: ClipSampler, cfg: TrainConfig, fine_tune: bool
+    model: VideoTokenizer,
+    sampler: ClipSampler,
+    cfg: TrainConfig,
+    fine_tune: bool,
+    new_quantizer: bool,
 ) -> dict[str, Any]:
-    """Data-dependent start of a fresh run: shortcut basis, then k-means codebooks."""
+    """Data-dependent start of a run: shortcut basis (fresh runs), then k-means codebooks
+    (fresh runs, and fine-tunes whose quantizer did not come with the weights)."""
     done: dict[str, Any] = {}
     if model.config.shortcut == "linear" and not fine_tune and cfg.fit_shortcut_batches:
         done["shortcut_blocks"] = fit_shortcut(model, sampler, cfg.fit_shortcut_batches)
-    if cfg.kmeans_init_batches and not fine_tune:
+    if cfg.kmeans_init_batches and (new_quantizer or not fine_tune):
         done["kmeans_samples"] = init_codebooks(
             model, sampler, cfg.kmeans_init_batches, seed=cfg.seed
         )
@@ -254,13 +259,13 @@ def _start(
     """(step, elapsed seconds) the run starts from: the checkpoint's when resuming, else 0
     after the data-dependent initialisation; leaves the model on the run's device."""
     model, cfg = state.model, state.cfg
-    if init_from is not None:
-        transfer_weights(model, init_from)
+    untouched = transfer_weights(model, init_from) if init_from is not None else []
     start, elapsed = 0, 0.0
     if resume:
         start, elapsed = state.resume()
     else:
-        setup = _initialise(model, sampler, cfg, fine_tune=init_from is not None)
+        new_quantizer = any(k.startswith("quantizer.") for k in untouched)
+        setup = _initialise(model, sampler, cfg, init_from is not None, new_quantizer)
         if state.ema is not None:
             state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
         if setup and on_progress is not None:
