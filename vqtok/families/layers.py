@@ -75,9 +75,14 @@ def swish(x: Tensor) -> Tensor:
     flattened tensor, i.e. on batch size, chunk length and thread count. Rounded from float64,
     both agree (about 4x the cost of this cheap op; training keeps the fast float32 kernel).
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+    if _exact_cpu_path(x):
         return F.silu(x.double()).float()
     return F.silu(x)
+
+
+def _exact_cpu_path(x: Tensor) -> bool:
+    """Whether ``x`` takes the float64-rounded swish: float32 CPU inference (no autograd)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 def conv3d(
@@ -213,12 +218,8 @@ class FrameGroupNorm(nn.GroupNorm):
             return super().forward(x)
         if x.shape[2] == 0:
             return x
-        b = x.shape[0]
-        # contiguous: for B = 1 the rearrange is a strided view whose layout depends on T, and
-        # group_norm's result would depend on that layout in the last bits
-        frames = rearrange(x, "b c t h w -> (b t) c h w").contiguous()
-        out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
-        return rearrange(out, "(b t) c h w -> b c t h w", b=b).contiguous()
+        out = rearrange(self._norm_frames(x), "(b t) c h w -> b c t h w", b=x.shape[0])
+        return out.contiguous()
 
     def swish(self, x: Tensor) -> Tensor:
         """``swish(self(x))``; for float32 CPU inference in two fewer passes over the activations.
@@ -226,15 +227,18 @@ class FrameGroupNorm(nn.GroupNorm):
         On that path `swish` runs in float64, so the transpose back to (B, C, T, H, W) and the
         rounding to float32 share one copy. Shapes: (B, C, T, H, W) -> same.
         """
-        fast = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-        if not fast or x.ndim != 5 or x.shape[2] == 0:
+        if not _exact_cpu_path(x) or x.ndim != 5 or x.shape[2] == 0:
             return swish(self(x))
-        b = x.shape[0]
-        frames = rearrange(x, "b c t h w -> (b t) c h w").contiguous()
-        out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
-        out = F.silu(out.double(), inplace=True)
-        out = rearrange(out, "(b t) c h w -> b c t h w", b=b)
+        out = F.silu(self._norm_frames(x).double(), inplace=True)
+        out = rearrange(out, "(b t) c h w -> b c t h w", b=x.shape[0])
         return out.to(torch.float32, memory_format=torch.contiguous_format)
+
+    def _norm_frames(self, x: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> the normalised frames, (B·T, C, H, W) contiguous."""
+        # contiguous: for B = 1 the rearrange is a strided view whose layout depends on T, and
+        # group_norm's result would depend on that layout in the last bits
+        frames = rearrange(x, "b c t h w -> (b t) c h w").contiguous()
+        return F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class ResBlock(nn.Module):
