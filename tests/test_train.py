@@ -224,3 +224,30 @@ def test_linear_recipe_resumes_exactly_with_the_weight_average(footage_dir, tmp_
     b = load_pretrained(resumed.model_dir).state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_decoder_only_finish_keeps_the_encoder_and_codebooks(footage_dir, tmp_path):
+    source = train(linear_rvq_run(1), [footage_dir], tmp_path / "src", device="cpu").model_dir
+    data = linear_rvq_run(3).to_dict()
+    data["train"].update(trainable="decoder", dead_code_every=0)
+    finish = RunConfig.from_dict(data)
+    result = train(finish, [footage_dir], tmp_path / "dec", device="cpu", init_from=source)
+    before = load_pretrained(source).state_dict()
+    after = load_pretrained(result.model_dir).state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quantizer."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any("codebooks" in k for k in frozen)  # the EMA codebooks and their statistics
+    decoder = [k for k in before if k.startswith("decoder.") and "shortcut" not in k]
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    with pytest.raises(ConfigError, match="init-from"):
+        train(finish, [footage_dir], tmp_path / "fresh", device="cpu")
+
+
+def test_decoder_only_finish_rejects_codebook_reseeding():
+    data = linear_rvq_run(3).to_dict()
+    data["train"].update(trainable="decoder")
+    with pytest.raises(ConfigError, match="dead_code_every"):
+        RunConfig.from_dict(data)
+    data["train"].update(trainable="encoder", dead_code_every=0)
+    with pytest.raises(ConfigError, match="trainable"):
+        RunConfig.from_dict(data)

@@ -17,6 +17,8 @@ from vqtok.errors import ConfigError
 from vqtok.families.vqtok import TokenizerConfig
 from vqtok.jsonfields import dataclass_from_json
 
+TRAINABLE = ("all", "decoder")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -50,7 +52,11 @@ class TrainConfig:
         quantizer_dropout (probability that a step runs only the first k < L residual levels,
         k uniform, so that every prefix of the levels decodes well).
     Weights:
-        weight_ema (decay of an average of the weights that is evaluated and shipped; 0 = off).
+        weight_ema (decay of an average of the weights that is evaluated and shipped; 0 = off);
+        trainable: ``"all"``, or ``"decoder"`` for a finish that trains the decoder alone: the
+        encoder and the quantizer are frozen (no gradients, no codebook updates), so the codes
+        stay those of the weights it starts from (``--init-from`` / ``--resume``; needs
+        ``dead_code_every`` 0).
     Bookkeeping:
         log_every, eval_every, save_every (steps), seed, prefetch (batches built ahead).
     """
@@ -85,6 +91,7 @@ class TrainConfig:
     fit_shortcut_batches: int = 32
     quantizer_dropout: float = 0.0
     weight_ema: float = 0.0
+    trainable: str = "all"
     log_every: int = 10
     eval_every: int = 500
     save_every: int = 500
@@ -107,6 +114,11 @@ class TrainConfig:
             raise ConfigError(f"train.weight_ema must be in [0, 1), got {self.weight_ema}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"train.trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.trainable == "decoder" and self.dead_code_every:
+            raise ConfigError("train.trainable 'decoder' freezes the codebooks: set "
+                              "train.dead_code_every to 0")
 
 
 @dataclass(frozen=True)

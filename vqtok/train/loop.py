@@ -261,10 +261,13 @@ def _start(
     model, cfg = state.model, state.cfg
     untouched = transfer_weights(model, init_from) if init_from is not None else []
     start, elapsed = 0, 0.0
+    new_quantizer = any(k.startswith("quantizer.") for k in untouched)
+    if cfg.trainable == "decoder" and not resume and (init_from is None or new_quantizer):
+        raise ConfigError("train.trainable 'decoder' trains on a frozen encoder and quantizer: "
+                          "start it with --init-from a model that has both")
     if resume:
         start, elapsed = state.resume()
     else:
-        new_quantizer = any(k.startswith("quantizer.") for k in untouched)
         setup = _initialise(model, sampler, cfg, init_from is not None, new_quantizer)
         if state.ema is not None:
             state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
@@ -318,6 +321,7 @@ def _optimise(state: RunState, batch: Tensor, step: int, base: dict[str, float]
     for group in state.opt.param_groups:
         group["lr"] = learning_rate(cfg, step)
     _schedule_quantizer(state.model, cfg, base, step)
+    state.train_mode()
     logged = _step(state.model, state.opt, batch, cfg, state.dev)
     if state.ema is not None:
         state.ema.update()

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
@@ -30,14 +30,30 @@ class RunState:
     def __init__(self, config: RunConfig, run: Path, dev: torch.device) -> None:
         self.config, self.cfg, self.run, self.dev = config, config.train, run, dev
         self.model = VideoTokenizer(config.model)
+        for part in self.frozen_parts():
+            part.requires_grad_(False)
         self.opt = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=self.cfg.lr,
             betas=(self.cfg.beta1, self.cfg.beta2),
             weight_decay=self.cfg.weight_decay,
         )
         self.ema = WeightEMA(self.model, self.cfg.weight_ema) if self.cfg.weight_ema else None
         self.best_psnr = -math.inf
+
+    def frozen_parts(self) -> list[nn.Module]:
+        """The modules a decoder-only run (``train.trainable == "decoder"``) keeps fixed."""
+        if self.cfg.trainable == "all":
+            return []
+        m = self.model
+        norm = [] if m.pre_quant_norm is None else [m.pre_quant_norm]
+        return [m.encoder, m.quantizer, *norm]
+
+    def train_mode(self) -> None:
+        """Training mode for a step, frozen parts in eval mode (no codebook updates)."""
+        self.model.train()
+        for part in self.frozen_parts():
+            part.eval()
 
     def save(self, done: int, elapsed: float) -> None:
         extra = self.ema.state() if self.ema is not None else None
