@@ -33,7 +33,7 @@ from torch import Tensor
 import vqtok
 from vqtok.quantizers.beam import beam_codes
 from vqtok.quantizers.search import nearest_codes
-from vqtok.quantizers.usage import kmeans_init
+from vqtok.quantizers.usage import kmeans_init, lloyd
 from vqtok.train.dataset import ClipSampler, ClipSpec, load_footage, split_holdout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +85,7 @@ def fitted(layout: list[int], train: Tensor, seed: int, iters: int = 12) -> list
     r, out = train, []
     for k in layout:
         seeds = r[torch.randperm(len(r), generator=g)[: max(20 * k, 4096)]]
-        c = kmeans_init(seeds, k, 3, g)
-        for _ in range(iters):  # Lloyd on all rows; an empty cluster keeps its code
-            a = nearest_codes(r, c)
-            sizes = torch.bincount(a, minlength=k)
-            sums = torch.zeros_like(c).index_add_(0, a, r)
-            c[sizes > 0] = sums[sizes > 0] / sizes[sizes > 0, None].float()
+        c = lloyd(r, kmeans_init(seeds, k, 3, g), iters)  # seeded on a subset, then all rows
         r = r - c[nearest_codes(r, c)]
         out.append(c)
     return out

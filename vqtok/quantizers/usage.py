@@ -139,13 +139,19 @@ def kmeans_init(
             f"{tuple(samples.shape)}, iters={iters}"
         )
     x = samples.float()
-    centroids = _kmeans_pp_seeds(x, codebook_size, generator)
+    return lloyd(x, _kmeans_pp_seeds(x, codebook_size, generator), iters)
+
+
+@torch.no_grad()
+def lloyd(samples: Tensor, centroids: Tensor, iters: int) -> Tensor:
+    """``iters`` Lloyd iterations on ``samples`` (M, D) float32 from ``centroids`` (K, D),
+    updated in place and returned; a cluster that becomes empty keeps its centroid."""
     for _ in range(iters):
-        assign = nearest_codes(x, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        sizes = torch.bincount(assign, minlength=codebook_size)
+        assign = nearest_codes(samples, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
+        sizes = torch.bincount(assign, minlength=centroids.shape[0])
         filled = sizes > 0
-        centroids[filled] = sums[filled] / sizes[filled].unsqueeze(1).to(x.dtype)
+        centroids[filled] = sums[filled] / sizes[filled].unsqueeze(1).to(samples.dtype)
     return centroids
 
 
