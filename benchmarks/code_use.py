@@ -91,9 +91,18 @@ def fitted(layout: list[int], train: Tensor, seed: int, iters: int = 12) -> list
     return out
 
 
-def row(name: str, bits: float, train: Tensor, held: Tensor, cbs: list[Tensor], beam: int) -> dict:
+def row(
+    name: str,
+    bits: float,
+    held: Tensor,
+    cbs: list[Tensor],
+    beam: int,
+    on_train: tuple[float, list[float]],
+) -> dict:
+    """One result line: held-out coding with ``beam``; ``on_train`` is `code` of the training
+    latents (greedy), computed once per set of codebooks."""
     mse, used = code(held, cbs, beam)
-    train_mse, train_used = code(train, cbs, 1)
+    train_mse, train_used = on_train
     print(
         f"{name:22s} {bits:4.0f} {beam:4d}  {mse:.4f}  {train_mse:.4f}  "
         f"{' '.join(f'{u:4.0%}' for u in used):40s} {' '.join(f'{u:4.0%}' for u in train_used)}",
@@ -142,15 +151,19 @@ def main() -> None:
         f"{'codebooks':22s} bits beam  held-out MSE  train MSE  "
         f"{'held-out use per level':40s} training use per level"
     )
-    rows = [row("shipped", sum(math.log2(c.shape[0]) for c in shipped), train, held, shipped, 1)]
+    bits = sum(math.log2(c.shape[0]) for c in shipped)
+    rows = [row("shipped", bits, held, shipped, 1, code(train, shipped))]
     for keep in args.keep:
         cbs = pruned(shipped, train, keep)
-        rows.append(row(f"shipped, top {keep}", len(cbs) * math.log2(keep), train, held, cbs, 1))
+        bits = len(cbs) * math.log2(keep)
+        rows.append(row(f"shipped, top {keep}", bits, held, cbs, 1, code(train, cbs)))
     for text in args.layouts:
         layout = parse_layout(text)
         cbs = fitted(layout, train, seed=0)
+        on_train = code(train, cbs)
         for beam in args.beams:
-            rows.append(row(f"k-means {text}", sum(map(math.log2, layout)), train, held, cbs, beam))
+            bits = sum(map(math.log2, layout))
+            rows.append(row(f"k-means {text}", bits, held, cbs, beam, on_train))
     if args.json:
         args.json.write_text(json.dumps({"model": tok.name, "rows": rows}, indent=1) + "\n")
 
