@@ -21,10 +21,11 @@ KIND_OPTIONS: dict[str, dict[str, Any]] = {
     "lfq": {"codebook_size": 16},
     "rvq": {"num_levels": 2, "codebook_sizes": 16},
     "ema_rvq": {"num_levels": 2, "codebook_sizes": 16},
+    "residual_lfq": {"codebook_size": 16, "num_levels": 2},
     "fsq": {"levels": [5, 4, 4, 3]},
 }
 _MODULES = {"vq": "vq", "ema_vq": "ema", "gumbel": "gumbel", "lfq": "lfq", "rvq": "residual",
-            "ema_rvq": "residual", "fsq": "fsq"}
+            "ema_rvq": "residual", "residual_lfq": "residual_lfq", "fsq": "fsq"}
 
 
 def _present(kind: str) -> bool:

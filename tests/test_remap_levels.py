@@ -1,6 +1,7 @@
 """Remap files for models with several codebooks / residual levels (issue 13): one used set
 per level, built, applied by ``encode --remap`` and checked by ``decode``, through the CLI
-(Typer's CliRunner) on tiny real models: residual VQ (3 levels), LFQ and FSQ (2 codebooks)."""
+(Typer's CliRunner) on tiny real models: residual VQ (3 levels), LFQ and FSQ (2 codebooks),
+residual LFQ (2 levels)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from vqtok.quantizers.used_sets import UsedSets
 KINDS = {
     "ema_rvq": ({"num_levels": 3, "codebook_sizes": 16}, 3),
     "lfq": ({"codebook_size": 4, "num_codebooks": 2}, 2),
+    "residual_lfq": ({"codebook_size": 4, "num_levels": 2}, 2),
     "fsq": ({"levels": [4, 4], "num_codebooks": 2}, 2),
 }
 
@@ -142,7 +144,7 @@ def test_decode_checks_the_remap_file(tmp_path: Path, videos: Path, encoded: dic
     assert info["used_per_level"] == list(load_used_sets(tmp_path / "used.safetensors").sizes)
 
 
-@pytest.mark.parametrize("kind", ["lfq", "fsq"])
+@pytest.mark.parametrize("kind", ["lfq", "residual_lfq", "fsq"])
 def test_a_missing_code_is_one_error_naming_the_level(
     kind: str, tmp_path: Path, videos: Path, encoded: dict[str, Path], run  # type: ignore[no-untyped-def]
 ) -> None:

@@ -10,6 +10,7 @@ Core quantizers (uniform contract, see `base.py`):
 | ``lfq``    | `LookupFreeQuantizer`   | `lfq.py`      |
 | ``rvq``    | `ResidualQuantizer`     | `residual.py` |
 | ``ema_rvq``| `EMAResidualQuantizer`  | `ema_residual.py` |
+| ``residual_lfq`` | `ResidualLFQ`     | `residual_lfq.py` |
 | ``fsq``    | `FiniteScalarQuantizer` | `fsq.py`      |
 
 Compatibility classes with the reference names, signatures and return structures, one module
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from vqtok.quantizers.gumbel import GumbelQuantizer
     from vqtok.quantizers.lfq import LookupFreeQuantizer
     from vqtok.quantizers.residual import ResidualQuantizer
+    from vqtok.quantizers.residual_lfq import ResidualLFQ
     from vqtok.quantizers.vq import VectorQuantizer
 
 # public name -> module that defines it (imported on first use, PEP 562)
@@ -52,6 +54,7 @@ _HOMES = {
     "GumbelQuantizer": "gumbel",
     "LookupFreeQuantizer": "lfq",
     "ResidualQuantizer": "residual",
+    "ResidualLFQ": "residual_lfq",
     "EMAResidualQuantizer": "ema_residual",
     "FiniteScalarQuantizer": "fsq",
     "VectorQuantizer2": "compat.vq",
@@ -72,6 +75,7 @@ KINDS = {
     "lfq": "LookupFreeQuantizer",
     "rvq": "ResidualQuantizer",
     "ema_rvq": "EMAResidualQuantizer",
+    "residual_lfq": "ResidualLFQ",
     "fsq": "FiniteScalarQuantizer",
 }
 
@@ -126,6 +130,7 @@ __all__ = [
     "GumbelQuantizer",
     "LFQ",
     "LookupFreeQuantizer",
+    "ResidualLFQ",
     "ResidualQuantizer",
     "ResidualVectorQuantizer",
     "VectorQuantizer",

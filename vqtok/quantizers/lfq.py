@@ -219,7 +219,7 @@ class LookupFreeQuantizer(Quantizer):
     ) -> None:
         super().__init__()
         self.bits = check_power_of_two(codebook_size)
-        _validate(
+        check_options(
             num_codebooks,
             codebook_scale,
             inv_temperature,
@@ -339,7 +339,7 @@ def token_mask(mask: Tensor | None, num_tokens: int) -> Tensor | None:
     return mask.reshape(-1)
 
 
-def _validate(
+def check_options(
     num_codebooks: int,
     scale: float,
     inv_temperature: float,
@@ -349,10 +349,12 @@ def _validate(
     chunk: int,
     bit_order: str,
     bits: int,
+    count_name: str = "num_codebooks",
 ) -> None:
-    """ConfigError for every constructor argument out of its range."""
+    """ConfigError for every constructor argument out of its range (``count_name``: what the
+    caller calls its number of codebooks, in the message)."""
     checks = [
-        (num_codebooks >= 1, f"num_codebooks must be >= 1, got {num_codebooks}"),
+        (num_codebooks >= 1, f"{count_name} must be >= 1, got {num_codebooks}"),
         (scale > 0, f"codebook_scale must be > 0, got {scale}"),
         (inv_temperature > 0, f"inv_temperature must be > 0, got {inv_temperature}"),
         (0 < frac <= 1, f"frac_per_sample_entropy must be in (0, 1], got {frac}"),
