@@ -8,6 +8,10 @@ measures every prefix of the levels (the quality ladder of one model).
     .venv/bin/python benchmarks/quality.py --model vqtok-ema [--levels all] \
         [--samples models/vqtok-ema/samples] [--json out.json]
 
+"seams" is a block-grid measure: the mean absolute difference between neighbouring pixels
+(grey, all frames) across an 8-pixel block boundary divided by the same inside a block,
+horizontally and vertically; 1.0 means no grid (the sources measure 0.97-1.05).
+
 ``--samples DIR`` writes one side-by-side PNG per source (source | reconstruction, the middle
 frame of a video), the pictures committed with the model cards.
 """
@@ -53,6 +57,19 @@ def usage(indices: torch.Tensor, tok: vqtok.Tokenizer) -> list[np.ndarray]:
             for i in range(flat.shape[1])]
 
 
+def block_seams(frames: np.ndarray, period: int = 8) -> tuple[float, float]:
+    """(horizontal, vertical) ratio of neighbour differences across / inside period-pixel
+    blocks of uint8-valued frames (T, H, W, 3); about 1.0 without a block grid."""
+    grey = np.asarray(frames, dtype=np.float64).mean(-1)  # (T, H, W)
+    ratios = []
+    for axis in (2, 1):
+        d = np.abs(np.diff(grey, axis=axis))  # position i: pixel i vs i + 1
+        at = [np.take(d, np.arange(o, d.shape[axis], period), axis=axis).mean()
+              for o in range(period)]
+        ratios.append(float(at[period - 1] / np.mean(at[: period - 1])))
+    return ratios[0], ratios[1]
+
+
 def measure(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dict:
     video = to_tensor(frames)
     indices = tok.encode(video, levels=levels)
@@ -61,6 +78,7 @@ def measure(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dic
     return {
         "psnr": float(psnr(ref, out)),
         "ssim": float(ssim_per_frame(ref, out).mean()),
+        "seams": block_seams(out.numpy()),
         "counts": usage(indices, tok),
         "recon": out.to(torch.uint8).numpy(),
     }
@@ -101,7 +119,8 @@ def main() -> None:
         for name, frames in sources.items():
             m = measure(tok, frames, levels)
             used = [float((c > 0).mean()) for c in m["counts"]]
-            rows[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "usage": used}
+            rows[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "seams": m["seams"],
+                          "usage": used}
             counts = m["counts"] if counts is None else [
                 a + b for a, b in zip(counts, m["counts"], strict=True)
             ]
@@ -120,6 +139,7 @@ def main() -> None:
               f"codes used per level (all sources) {', '.join(f'{u:.1%}' for u in pooled)}")
         for name, r in rows.items():
             print(f"  {name:28s} {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}  "
+                  f"seams {r['seams'][0]:.2f}/{r['seams'][1]:.2f}  "
                   f"used {', '.join(f'{u:.1%}' for u in r['usage'])}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

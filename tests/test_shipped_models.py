@@ -25,7 +25,7 @@ SHIPPED = sorted(p for p in REPO_MODELS.iterdir() if (p / "config.json").exists(
 
 def test_an_lfq_and_an_ema_vq_model_are_shipped_and_the_default_is_one_of_them() -> None:
     kinds = {json.loads((p / "config.json").read_text())["config"]["quantizer"] for p in SHIPPED}
-    assert "lfq" in kinds and kinds & {"ema_vq", "ema_rvq"}
+    assert kinds & {"lfq", "residual_lfq"} and kinds & {"ema_vq", "ema_rvq"}
     assert DEFAULT_MODEL in {p.name for p in SHIPPED}
 
 
