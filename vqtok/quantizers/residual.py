@@ -62,6 +62,27 @@ def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ..
     return sizes
 
 
+def level_count(levels: int | None, num_levels: int) -> int:
+    """The number of leading levels to run: ``levels`` (1..L) or all L when None."""
+    if levels is None:
+        return num_levels
+    if not 1 <= levels <= num_levels:
+        raise QuantizerError(f"levels must be in 1..{num_levels}, got {levels}")
+    return levels
+
+
+def level_columns(indices: Tensor, num_levels: int) -> Tensor:
+    """Indices of the first k <= L levels as (..., k): a trailing axis added when L = 1."""
+    if num_levels == 1:
+        indices = indices.unsqueeze(-1)
+    if indices.ndim < 2 or not 1 <= indices.shape[-1] <= num_levels:
+        raise QuantizerError(
+            f"expected indices (..., k) with k in 1..{num_levels} levels, "
+            f"got shape {tuple(indices.shape)}"
+        )
+    return indices
+
+
 class ResidualStack(Quantizer):
     """The residual loop shared by both codebook kinds; subclasses provide one level's step."""
 
@@ -193,11 +214,7 @@ class ResidualStack(Quantizer):
 
     def check_levels(self, levels: int | None) -> int:
         """The number of levels to run: ``levels`` (1..L) or all of them when None."""
-        if levels is None:
-            return self.num_levels
-        if not 1 <= levels <= self.num_levels:
-            raise QuantizerError(f"levels must be in 1..{self.num_levels}, got {levels}")
-        return levels
+        return level_count(levels, self.num_levels)
 
     def quantize_tokens(
         self, tokens: Tensor, update: bool, levels: int | None = None
@@ -301,13 +318,7 @@ class ResidualStack(Quantizer):
             float32 codes (B, D, *S) for a rank-3/4 grid unless ``channel_last``, else
             (*grid, D).
         """
-        if self.num_levels == 1:
-            indices = indices.unsqueeze(-1)
-        if indices.ndim < 2 or not 1 <= indices.shape[-1] <= self.num_levels:
-            raise QuantizerError(
-                f"expected indices (..., k) with k in 1..{self.num_levels} levels, "
-                f"got shape {tuple(indices.shape)}"
-            )
+        indices = level_columns(indices, self.num_levels)
         layout = Layout.for_indices(indices, 2, channel_last)
         levels = indices.shape[-1]
         flat = indices.reshape(-1, levels)  # (N, k)

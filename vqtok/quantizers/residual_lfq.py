@@ -44,6 +44,7 @@ from vqtok.quantizers.lfq import (
     linear_f32,
     unpack_codes,
 )
+from vqtok.quantizers.residual import level_columns, level_count
 
 
 class ResidualLFQ(Quantizer):
@@ -91,11 +92,7 @@ class ResidualLFQ(Quantizer):
 
     def check_levels(self, levels: int | None) -> int:
         """The number of levels to run: ``levels`` (1..L) or all of them when None."""
-        if levels is None:
-            return self.num_levels
-        if not 1 <= levels <= self.num_levels:
-            raise QuantizerError(f"levels must be in 1..{self.num_levels}, got {levels}")
-        return levels
+        return level_count(levels, self.num_levels)
 
     def forward(
         self, z: Tensor, channel_last: bool | None = None, levels: int | None = None
@@ -159,14 +156,7 @@ class ResidualLFQ(Quantizer):
         Returns:
             float32 codes, (B, D, *S) or (*grid, D).
         """
-        indices = check_indices(indices, self.codebook_size)
-        if self.num_levels == 1:
-            indices = indices.unsqueeze(-1)
-        if indices.ndim < 2 or not 1 <= indices.shape[-1] <= self.num_levels:
-            raise QuantizerError(
-                f"expected indices (..., k) with k in 1..{self.num_levels} levels, "
-                f"got shape {tuple(indices.shape)}"
-            )
+        indices = level_columns(check_indices(indices, self.codebook_size), self.num_levels)
         layout = Layout.for_indices(indices, 2, channel_last)
         flat = indices.reshape(-1, indices.shape[-1])  # (N, k)
         total = torch.zeros(flat.shape[0], self.dim, device=indices.device)
