@@ -121,6 +121,27 @@ def check_indices(indices: Tensor, codebook_size: int) -> Tensor:
     return indices
 
 
+def level_count(levels: int | None, num_levels: int) -> int:
+    """The number of leading levels to run: ``levels`` (1..L) or all L when None."""
+    if levels is None:
+        return num_levels
+    if not 1 <= levels <= num_levels:
+        raise QuantizerError(f"levels must be in 1..{num_levels}, got {levels}")
+    return levels
+
+
+def level_columns(indices: Tensor, num_levels: int) -> Tensor:
+    """Indices of the first k <= L levels as (..., k): a trailing axis added when L = 1."""
+    if num_levels == 1:
+        indices = indices.unsqueeze(-1)
+    if indices.ndim < 2 or not 1 <= indices.shape[-1] <= num_levels:
+        raise QuantizerError(
+            f"expected indices (..., k) with k in 1..{num_levels} levels, "
+            f"got shape {tuple(indices.shape)}"
+        )
+    return indices
+
+
 def codebook_metrics(indices: Tensor, codebook_size: int, prefix: str = "") -> dict[str, Tensor]:
     """Usage statistics of a batch of indices over one codebook.
 

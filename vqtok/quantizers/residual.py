@@ -40,6 +40,8 @@ from vqtok.quantizers.base import (
     QuantizerOutput,
     check_indices,
     codebook_metrics,
+    level_columns,
+    level_count,
 )
 from vqtok.quantizers.beam import beam_codes, restricted_beam_codes
 from vqtok.quantizers.ema import mse
@@ -60,27 +62,6 @@ def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ..
     if min(sizes) < 1:
         raise ConfigError(f"codebook sizes must be >= 1, got {sizes}")
     return sizes
-
-
-def level_count(levels: int | None, num_levels: int) -> int:
-    """The number of leading levels to run: ``levels`` (1..L) or all L when None."""
-    if levels is None:
-        return num_levels
-    if not 1 <= levels <= num_levels:
-        raise QuantizerError(f"levels must be in 1..{num_levels}, got {levels}")
-    return levels
-
-
-def level_columns(indices: Tensor, num_levels: int) -> Tensor:
-    """Indices of the first k <= L levels as (..., k): a trailing axis added when L = 1."""
-    if num_levels == 1:
-        indices = indices.unsqueeze(-1)
-    if indices.ndim < 2 or not 1 <= indices.shape[-1] <= num_levels:
-        raise QuantizerError(
-            f"expected indices (..., k) with k in 1..{num_levels} levels, "
-            f"got shape {tuple(indices.shape)}"
-        )
-    return indices
 
 
 class ResidualStack(Quantizer):

@@ -34,7 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.errors import QuantizerError
-from vqtok.quantizers.base import Layout, Quantizer, QuantizerOutput, check_indices
+from vqtok.quantizers.base import (
+    Layout,
+    Quantizer,
+    QuantizerOutput,
+    check_indices,
+    level_columns,
+    level_count,
+)
 from vqtok.quantizers.base import codebook_metrics as dense_codebook_metrics
 from vqtok.quantizers.entropy import EntropySettings
 from vqtok.quantizers.lfq import (
@@ -44,7 +51,6 @@ from vqtok.quantizers.lfq import (
     linear_f32,
     unpack_codes,
 )
-from vqtok.quantizers.residual import level_columns, level_count
 
 
 class ResidualLFQ(Quantizer):
