@@ -50,6 +50,12 @@ class LossTerms(NamedTuple):
     codebook_entropy: Tensor
     commitment: Tensor
 
+    def weighted(self, entropy_weight: float, gamma: float, commitment_weight: float) -> Tensor:
+        """LFQ's loss: entropy_weight · (per_sample − gamma · codebook) + commitment_weight ·
+        commitment."""
+        entropy = self.per_sample_entropy - gamma * self.codebook_entropy
+        return entropy_weight * entropy + commitment_weight * self.commitment
+
 
 class LFQStep(NamedTuple):
     """`lfq_step`'s result on flat tokens."""
@@ -292,10 +298,8 @@ class LookupFreeQuantizer(Quantizer):
         if z.is_floating_point():
             codes = codes.to(z.dtype)
         terms = step.terms
-        loss = (
-            self.entropy_loss_weight
-            * (terms.per_sample_entropy - self.diversity_gamma * terms.codebook_entropy)
-            + self.commitment_loss_weight * terms.commitment
+        loss = terms.weighted(
+            self.entropy_loss_weight, self.diversity_gamma, self.commitment_loss_weight
         )
         indices = step.indices if self.num_codebooks > 1 else step.indices[:, 0]
         metrics = {name: value.detach() for name, value in terms._asdict().items()}

@@ -80,8 +80,13 @@ class ResidualLFQ(Quantizer):
     ) -> None:
         super().__init__()
         self.bits = check_power_of_two(codebook_size)
-        check_options(num_levels, codebook_scale, inv_temperature, 1.0, "exact", 9, 4096,
-                      bit_order, self.bits, count_name="num_levels")
+        self.settings = EntropySettings(
+            inv_temperature=inv_temperature, scale=codebook_scale, mode="exact", group_bits=9,
+            chunk=4096,
+        )
+        check_options(num_levels, codebook_scale, inv_temperature, 1.0, self.settings.mode,
+                      self.settings.group_bits, self.settings.chunk, bit_order, self.bits,
+                      count_name="num_levels")
         self.dim = dim
         self.codebook_size = codebook_size
         self.num_levels = self.num_codebooks = num_levels
@@ -89,10 +94,6 @@ class ResidualLFQ(Quantizer):
         self.commitment_loss_weight = commitment_loss_weight
         self.diversity_gamma = diversity_gamma
         self.bit_order = bit_order
-        self.settings = EntropySettings(
-            inv_temperature=inv_temperature, scale=codebook_scale, mode="exact", group_bits=9,
-            chunk=4096,
-        )
         self.project_in = nn.ModuleList(nn.Linear(dim, self.bits) for _ in range(num_levels))
         self.project_out = nn.ModuleList(nn.Linear(self.bits, dim) for _ in range(num_levels))
 
@@ -131,12 +132,11 @@ class ResidualLFQ(Quantizer):
             y = linear_f32(self.project_out[level], step.codes[:, 0])  # (N, D)
             codes = codes + y
             r = r - y.detach()  # r_{l+1} = r_l - sg(y_l)
-            terms = step.terms
-            loss = loss + self.entropy_loss_weight * (
-                terms.per_sample_entropy - self.diversity_gamma * terms.codebook_entropy
-            ) + self.commitment_loss_weight * terms.commitment
+            loss = loss + step.terms.weighted(
+                self.entropy_loss_weight, self.diversity_gamma, self.commitment_loss_weight
+            )
             indices.append(step.indices[:, 0])
-            metrics.update(level_metrics(level + 1, step.indices, terms, self.codebook_size))
+            metrics.update(level_metrics(level + 1, step.indices, step.terms, self.codebook_size))
         metrics["usage"] = torch.stack([metrics[f"lfq_l{i}_usage"] for i in
                                         range(1, count + 1)]).mean()
         metrics["perplexity"] = torch.stack([metrics[f"lfq_l{i}_perplexity"] for i in
