@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vqtok.metrics import psnr, psnr_per_frame, ssim_loss, ssim_per_frame
+from vqtok.metrics import psnr, psnr_per_frame, seam_loss, ssim_loss, ssim_per_frame
 
 
 def test_psnr_known_value():
@@ -46,3 +46,21 @@ def test_ssim_loss_is_one_minus_the_frame_ssim_and_differentiable():
     loss.backward()
     assert test.grad is not None and test.grad.abs().sum() > 0
     assert float(ssim_loss(ref, ref)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_seam_loss_sees_a_block_grid_and_nothing_else():
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand(1, 3, 2, 16, 16, generator=g) * 2 - 1
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    grid = (((rows // 8) + (cols // 8)) % 2).float() * 0.1  # a checkerboard of 8x8 blocks
+    smooth = (cols.float() / 15) * 0.3  # a ramp: no step anywhere
+    assert float(seam_loss(ref, ref + 0.1, 8)) == pytest.approx(0.0, abs=1e-6)
+    # the ramp changes every difference by 0.02, those across the boundary as much as the rest
+    assert float(seam_loss(ref, ref + smooth, 8)) == pytest.approx(0.01, rel=1e-4)
+    # each boundary difference is off by 0.1
+    assert float(seam_loss(ref, ref + grid, 8)) == pytest.approx(0.1, rel=1e-4)
+    # 4-pixel blocks: boundaries after pixels 3, 7 and 11, and only the middle one has a step
+    assert float(seam_loss(ref, ref + grid, 4)) == pytest.approx(0.1 / 3, rel=1e-4)
+    gridded = (ref + grid).requires_grad_()
+    seam_loss(ref, gridded, 8).backward()
+    assert gridded.grad is not None and gridded.grad.abs().sum() > 0

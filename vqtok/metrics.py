@@ -83,6 +83,27 @@ def ssim_loss(reference: Tensor, test: Tensor) -> Tensor:
     return 1.0 - _ssim_map(x, y, 2.0).mean()
 
 
+def seam_loss(reference: Tensor, test: Tensor, period: int) -> Tensor:
+    """Mean absolute error of the neighbour differences that cross a block boundary.
+
+    Args:
+        reference, test: videos (B, C, T, H, W) in [-1, 1].
+        period: block side in pixels; the boundaries lie between pixels ``k * period - 1``
+            and ``k * period`` of each row and column, as in a tokenizer whose ``period x
+            period`` blocks start at the clip's corner.
+
+    Returns:
+        float32 scalar, differentiable: ``|dx(test) - dx(reference)|`` over the boundary
+        columns and the same for rows, averaged over both. A block grid is a step of a few
+        levels at exactly these places, which pixel losses spread over all pixels barely see.
+    """
+    x, y = reference.float(), test.float()
+    cut = slice(period - 1, None, period)
+    dx = (y.diff(dim=-1) - x.diff(dim=-1))[..., cut].abs().mean()
+    dy = (y.diff(dim=-2) - x.diff(dim=-2))[..., cut, :].abs().mean()
+    return (dx + dy) / 2
+
+
 def psnr_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:
     """(T,) float64 PSNR of each frame of (T, H, W, C) inputs."""
     mse = (reference.double() - test.double()).square().flatten(1).mean(1)

@@ -33,7 +33,7 @@ from torch import Tensor
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import load_pretrained, parameter_count, save_pretrained
-from vqtok.metrics import ssim_loss
+from vqtok.metrics import seam_loss, ssim_loss
 from vqtok.runtime import resolve_device
 from vqtok.train.config import RunConfig, TrainConfig
 from vqtok.train.data_init import fit_shortcut, init_codebooks
@@ -145,7 +145,9 @@ def _step(
     l1, mse = F.l1_loss(recon, batch), F.mse_loss(recon, batch)
     loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.quantizer_weight * out.loss
     ssim_term = ssim_loss(batch, recon) if cfg.ssim_weight else torch.zeros(())
-    loss = loss + cfg.ssim_weight * ssim_term
+    seam_term = (seam_loss(batch, recon, model.config.spatial_factor) if cfg.seam_weight
+                 else torch.zeros(()))
+    loss = loss + cfg.ssim_weight * ssim_term + cfg.seam_weight * seam_term
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (
@@ -160,6 +162,7 @@ def _step(
         l1=l1.item(),
         mse=mse.item(),
         ssim_loss=ssim_term.item(),
+        seam_loss=seam_term.item(),
         q_loss=out.loss.item(),
         grad_norm=float(grad_norm),
         psnr=float(10 * torch.log10(4 / mse.detach())),
