@@ -107,9 +107,10 @@ def test_encode_stream_first_chunk_of_one_frame_yields_the_first_latent_frame() 
     assert torch.equal(torch.cat(pieces, dim=1), one_shot)
 
 
+@pytest.mark.parametrize("deblock", [0.0, 0.2])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_decode_stream_matches_one_shot_decode(chunk: int) -> None:
-    model = tiny()
+def test_decode_stream_matches_one_shot_decode(chunk: int, deblock: float) -> None:
+    model = tiny(deblock=deblock)
     with torch.no_grad():
         indices = model.encode(clip(1, 13))
         one_shot = model.decode(indices)
