@@ -1,7 +1,7 @@
 """The pretrained models in models/: loadable, within the size budget, and really trained.
 
 Each shipped directory holds config.json + model.safetensors + README.md (the card) +
-train.json (the exact `vqtok train` config that made it).
+train.json (the exact `vqtok train` config that made it) and the configs of any later stages.
 """
 
 from __future__ import annotations
@@ -46,13 +46,18 @@ def test_shipped_model_is_causal_4x8x8_small_and_reconstructs(directory: Path) -
     assert params <= 20_000_000
     card = (directory / "README.md").read_text()
     assert f"| parameters | {params:,} (" in card, "the card states the exact parameter count"
-    run = RunConfig.from_file(directory / "train.json")
-    assert run.model == model.config and run.name == directory.name
-    if (directory / "finetune.json").exists():  # a second stage: --init-from the first's model
-        stage2 = RunConfig.from_file(directory / "finetune.json")
-        assert stage2.model == model.config and stage2.name == directory.name
-        assert f"vqtok train models/{directory.name}/finetune.json" in card
-    assert f"vqtok train models/{directory.name}/train.json" in card
+    # train.json and any later stage (--init-from the previous one's model): each is in the
+    # card's commands and builds exactly the shipped parameters; one is the shipped config
+    stages = [p for p in sorted(directory.glob("*.json")) if p.name != "config.json"]
+    assert directory / "train.json" in stages
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for stage in stages:
+        run = RunConfig.from_file(stage)
+        assert run.name == directory.name
+        assert f"vqtok train models/{directory.name}/{stage.name}" in card
+        built = VideoTokenizer(run.model).state_dict()
+        assert {k: v.shape for k, v in built.items()} == shapes, stage.name
+    assert model.config in {RunConfig.from_file(stage).model for stage in stages}
     video = smooth_clip()
     torch.manual_seed(0)
     untrained = VideoTokenizer(model.config).eval()
