@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vqtok
+from vqtok import runtime
 from vqtok.api import Tokenizer
 from vqtok.errors import CheckpointError, ConfigError, VqtokError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
@@ -139,6 +140,14 @@ def test_decode_stream_trims_to_frames(tok: Tokenizer) -> None:
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture
+def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the bf16 path whatever this CPU has (emulated bf16 is only slow; the fallback to
+    fp32 on CPUs without it is tested in test_usability)."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+
+
+@pytest.mark.usefixtures("native_bf16")
 def test_bf16_autocast_on_cpu_keeps_valid_indices(model_dir: Path) -> None:
     tok = vqtok.load(model_dir, device="cpu", dtype="bf16")
     assert tok.dtype == torch.bfloat16
@@ -148,6 +157,7 @@ def test_bf16_autocast_on_cpu_keeps_valid_indices(model_dir: Path) -> None:
     assert tok.decode(indices).dtype == torch.float32
 
 
+@pytest.mark.usefixtures("native_bf16")
 def test_device_and_dtype_resolution() -> None:
     cpu = torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
