@@ -50,6 +50,7 @@ def _soften(x: Tensor, strength: float, period: int, dim: int) -> Tensor:
     def at(index: Tensor) -> Tensor:
         return x.index_select(dim, index.clamp(0, n - 1))
 
-    beside = (at(left) - at(left - 1) + at(right + 1) - at(right)) / 2
-    excess = (at(right) - at(left) - beside) * strength
+    before, after = at(left), at(right)  # the two pixels at each boundary
+    beside = (before - at(left - 1) + at(right + 1) - after) / 2
+    excess = (after - before - beside) * strength
     return x.index_add(dim, left, excess).index_add(dim, right, -excess)
