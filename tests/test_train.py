@@ -197,13 +197,18 @@ def test_linear_recipe_starts_fitted_and_keeps_its_best_model(footage_dir, tmp_p
     torch.testing.assert_close(basis @ basis.T, torch.eye(6), atol=1e-5, rtol=0)
 
 
-def test_fine_tune_with_a_new_codebook_shape_starts_from_k_means(footage_dir, tmp_path):
+def test_fine_tune_keeps_the_codebooks_unless_their_shape_changes(footage_dir, tmp_path):
     source = train(linear_rvq_run(1), [footage_dir], tmp_path / "src", device="cpu").model_dir
     same, seen = linear_rvq_run(1), []
     train(same, [footage_dir], tmp_path / "same", device="cpu", init_from=source,
           on_progress=seen.append)
     assert "kmeans_samples" not in seen[0]  # the codebooks came with the weights
     data = same.to_dict()
+    data["model"]["quantizer_options"]["beta"] = 0.1  # a loss weight: the same codebooks
+    seen = []
+    train(RunConfig.from_dict(data), [footage_dir], tmp_path / "beta", device="cpu",
+          init_from=source, on_progress=seen.append)
+    assert "kmeans_samples" not in seen[0]
     data["model"]["quantizer_options"] = {"num_levels": 2, "codebook_sizes": 16}
     seen = []
     train(RunConfig.from_dict(data), [footage_dir], tmp_path / "new", device="cpu",

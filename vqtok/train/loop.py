@@ -73,9 +73,10 @@ def transfer_weights(model: VideoTokenizer, source: str | Path) -> list[str]:
     """Start ``model`` from the weights of the model directory (or name) ``source``.
 
     The encoder and decoder must match exactly (same keys and shapes). The quantizer's state
-    (and the pre-quantizer norm's) is copied too when the quantizer config is the same;
-    otherwise it is left as initialised, so a backbone trained with one quantizer can be
-    fine-tuned with another (EMA VQ -> LFQ).
+    (and the pre-quantizer norm's) is copied too when the quantizer is of the same kind and
+    its state has the same keys and shapes (so its loss weights may change); otherwise it is
+    left as initialised, so a backbone trained with one quantizer can be fine-tuned with
+    another (EMA VQ -> LFQ) or a new codebook shape.
 
     Returns:
         The keys left at their initial values (the quantizer's, when it changed).
@@ -86,14 +87,15 @@ def transfer_weights(model: VideoTokenizer, source: str | Path) -> list[str]:
     src = load_pretrained(source)
     if not isinstance(src, VideoTokenizer):
         raise ConfigError(f"--init-from needs a vqtok-family model, not {src.family!r}", source)
-    theirs = src.state_dict()
-    same_q = (src.config.quantizer, src.config.quantizer_options) == (
-        model.config.quantizer,
-        model.config.quantizer_options,
-    )
+    theirs, ours = src.state_dict(), model.state_dict()
+
+    def quantizer_side(state: dict[str, Tensor]) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in state.items() if k.startswith(_QUANTIZER_SIDE)}
+
+    same_q = (src.config.quantizer == model.config.quantizer
+              and quantizer_side(theirs) == quantizer_side(ours))
     if not same_q:
         theirs = {k: v for k, v in theirs.items() if not k.startswith(_QUANTIZER_SIDE)}
-    ours = model.state_dict()
     backbone = {k for k in ours if same_q or not k.startswith(_QUANTIZER_SIDE)}
     bad = sorted(backbone ^ set(theirs)) + sorted(
         k for k in backbone & set(theirs) if ours[k].shape != theirs[k].shape
