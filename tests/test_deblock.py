@@ -69,3 +69,35 @@ def test_a_model_with_deblock_decodes_its_own_decoder_output_softened():
     with torch.no_grad():
         torch.testing.assert_close(soft.decode(indices), deblock(plain.decode(indices), 0.2, 8))
     assert TokenizerConfig.from_dict(soft.config.to_dict()) == soft.config
+
+
+def _residual(deblock):
+    options = {"num_levels": 2, "codebook_sizes": 16}
+    return TokenizerConfig(channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
+                           latent_dim=4, norm_groups=4, quantizer="ema_rvq",
+                           quantizer_options=options, deblock=deblock)
+
+
+def test_a_strength_per_level_count_softens_coarser_codes_more():
+    torch.manual_seed(0)
+    plain = VideoTokenizer(_residual(0.0)).eval()
+    ladder = VideoTokenizer(_residual((0.4, 0.1))).eval()
+    ladder.load_state_dict(plain.state_dict())
+    video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        for levels, strength in ((1, 0.4), (2, 0.1)):
+            indices = plain.encode(video, levels=levels)
+            expected = deblock(plain.decode(indices), strength, 8)
+            torch.testing.assert_close(ladder.decode(indices), expected)
+            streamed = torch.cat(list(ladder.decode_stream(indices.split(1, dim=1))), dim=2)
+            torch.testing.assert_close(streamed, expected)
+            trained, _ = ladder(video, levels=levels)
+            torch.testing.assert_close(trained, expected)
+    config = TokenizerConfig.from_dict(ladder.config.to_dict())
+    assert config == ladder.config and config.deblock == (0.4, 0.1)
+
+
+@pytest.mark.parametrize("deblock", [(0.2,), (0.2, 0.1, 0.1), (0.2, 0.7), ()])
+def test_a_strength_list_needs_one_valid_entry_per_level_count(deblock):
+    with pytest.raises(ConfigError, match="deblock"):
+        VideoTokenizer(_residual(deblock))

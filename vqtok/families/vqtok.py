@@ -23,7 +23,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vqtok.errors import VqtokError
+from vqtok.errors import ConfigError, VqtokError
 from vqtok.families.base import TokenizerModel
 from vqtok.families.deblock import deblock
 from vqtok.families.layers import (
@@ -112,7 +112,8 @@ class Decoder(nn.Module):
                 self.blocks.append(Upsample(prev, spatial=True, temporal=temporal))
         self.norm_out = FrameGroupNorm(groups, prev)
         self.patch_size = config.patch_size
-        self.deblock, self.spatial_factor = config.deblock, config.spatial_factor
+        deblock, self.spatial_factor = config.deblock, config.spatial_factor
+        self.deblock = deblock if isinstance(deblock, tuple) else (deblock,)  # per level count
         self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
         self.shortcut: nn.Module | None = None
         sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)
@@ -122,7 +123,11 @@ class Decoder(nn.Module):
         elif config.shortcut == "both":
             self.shortcut = UnpoolShortcut(*sizes)
 
-    def forward(self, codes: Tensor, state: StreamState | None = None) -> Tensor:
+    def forward(
+        self, codes: Tensor, state: StreamState | None = None, levels: int | None = None
+    ) -> Tensor:
+        """``levels``: how many residual levels made ``codes`` (None: all); it picks the
+        deblocking strength."""
         h = self.mid(self.conv_in(codes, state), state)
         for block in self.blocks:
             h = block(h, state)
@@ -132,7 +137,8 @@ class Decoder(nn.Module):
         video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
         if self.shortcut is not None:
             video = video + self.shortcut(codes, state)
-        return deblock(video, self.deblock, self.spatial_factor)
+        strength = self.deblock[-1 if levels is None else min(levels, len(self.deblock)) - 1]
+        return deblock(video, strength, self.spatial_factor)
 
 
 class VideoTokenizer(TokenizerModel):
@@ -162,6 +168,9 @@ class VideoTokenizer(TokenizerModel):
             config.quantizer, config.latent_dim, **config.quantizer_options
         )
         self.decoder = Decoder(config)
+        if isinstance(config.deblock, tuple) and len(config.deblock) != (self.max_levels or 1):
+            raise ConfigError(f"deblock lists one strength per count of residual levels kept, "
+                              f"so needs {self.max_levels or 1}, got {len(config.deblock)}")
 
     def _as_video(self, video: Tensor) -> Tensor:
         """Validate a clip; (B, 3, H, W) images become one-frame videos (B, 3, 1, H, W)."""
@@ -229,7 +238,11 @@ class VideoTokenizer(TokenizerModel):
 
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, h*f, w*f), unclamped."""
-        return self.decoder(self._codes(indices), None)
+        return self.decoder(self._codes(indices), None, self._levels_in(indices))
+
+    def _levels_in(self, indices: Tensor) -> int | None:
+        """The number of residual levels in (B, t, h, w, k) indices; None otherwise."""
+        return indices.shape[-1] if self.max_levels is not None and indices.ndim == 5 else None
 
     def _codes(self, indices: Tensor) -> Tensor:
         rank = 5 if self.quantizer.num_codebooks > 1 else 4
@@ -249,7 +262,8 @@ class VideoTokenizer(TokenizerModel):
         video = self._as_video(video)
         self._check_frames(video.shape[2])
         out = self._quantize(self._latents(video, None), levels)
-        return self.decoder(out.codes.to(self.decoder.conv_in.weight.dtype), None), out
+        codes = out.codes.to(self.decoder.conv_in.weight.dtype)
+        return self.decoder(codes, None, levels), out
 
     def encode_stream(
         self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
@@ -279,4 +293,4 @@ class VideoTokenizer(TokenizerModel):
         for chunk in chunks:
             if chunk.shape[1] == 0:
                 continue
-            yield self.decoder(self._codes(chunk), state)
+            yield self.decoder(self._codes(chunk), state, self._levels_in(chunk))

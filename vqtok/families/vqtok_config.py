@@ -48,7 +48,9 @@ class TokenizerConfig:
             last convolutions then start at zero, so an untrained model is that linear
             tokenizer) or "none".
         deblock: strength in [0, 0.5] of the fixed filter that softens the decoder's output at
-            block boundaries (`vqtok.families.deblock`); 0 (default) leaves it as is.
+            block boundaries (`vqtok.families.deblock`); 0 (default) leaves it as is. With a
+            residual quantizer it may be a list, one strength per count of levels kept
+            (entry k-1 for codes of the first k levels; coarser codes leave larger steps).
     """
 
     channels: int = 64
@@ -65,7 +67,7 @@ class TokenizerConfig:
     pre_quant_norm: bool | None = None
     norm_groups: int = 32
     shortcut: str = "none"
-    deblock: float = 0.0
+    deblock: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         for name in ("channels", "num_res_blocks", "latent_dim", "norm_groups"):
@@ -100,8 +102,10 @@ class TokenizerConfig:
             )
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if not 0.0 <= self.deblock <= 0.5:
-            raise ConfigError(f"deblock must be in [0, 0.5], got {self.deblock}")
+        strengths = self.deblock if isinstance(self.deblock, tuple) else (self.deblock,)
+        if not strengths or not all(0.0 <= s <= 0.5 for s in strengths):
+            raise ConfigError(f"deblock must be in [0, 0.5] (or a list of such), "
+                              f"got {self.deblock}")
         if "dim" in self.quantizer_options:
             raise ConfigError("quantizer_options must not set 'dim'; it is latent_dim")
 
@@ -133,4 +137,6 @@ class TokenizerConfig:
         """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
         out = dataclasses.asdict(self)
         out["channel_multipliers"] = list(self.channel_multipliers)
+        if isinstance(self.deblock, tuple):
+            out["deblock"] = list(self.deblock)
         return out
