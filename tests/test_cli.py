@@ -160,6 +160,7 @@ def test_info_models_reconstruct_json(tmp_path: Path, videos: Path, models: Path
     assert (index["kind"], index["shape"], index["model"]) == ("index", [4, 4, 6], "tiny-fsq")
     model = json.loads(run("info", models / "tiny-fsq", "--json").stdout)
     assert model["kind"] == "model" and model["parameters"] > 0
+    assert json.loads(run("info", "tiny-fsq", "--json").stdout) == model  # a model's name
     assert "frames" in run("info", videos / "a.mp4").stdout  # the table form
     listed = json.loads(run("models", "--json").stdout)
     assert {"tiny-fsq", "tiny-ema_vq"} <= {m["name"] for m in listed}

@@ -115,13 +115,14 @@ def _levels_table(levels: Any) -> Table:
 
 def info(
     path: Annotated[
-        Path, typer.Argument(help="A model directory, an index file, a token dataset or a video.")
+        Path, typer.Argument(help="A model directory or name, an index file, a token dataset "
+                                  "or a video.")
     ],
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Describe a model directory, an index file, a token dataset or a video."""
+    """Describe a model (directory or name), an index file, a token dataset or a video."""
     from vqtok.pipeline.describe import describe_path
 
     with handle_errors(debug):

@@ -8,6 +8,7 @@ models found in the search directories.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from vqtok.errors import CheckpointError, VqtokError
 from vqtok.io.checkpoint import list_models, parameter_count, read_info, weights_sha256
 from vqtok.io.digest import file_sha256
-from vqtok.io.model_dirs import CONFIG_FILE
+from vqtok.io.model_dirs import CONFIG_FILE, resolve_model
 from vqtok.io.shards import describe_dataset, looks_like_dataset
 from vqtok.io.tokens import index_dtype, load_tokens, sidecar_path
 from vqtok.io.usedsets import is_remap_file, load_used_sets
@@ -29,12 +30,18 @@ INDEX_SUFFIXES = (".npy", ".safetensors", ".json")
 def describe_path(path: str | Path) -> dict[str, Any]:
     """What ``path`` is: ``{"kind": "model" | "index" | "remap" | "dataset" | "video", ...}``.
 
+    A ``path`` that does not exist but names a model (``vqtok-ema``) describes that model.
+
     Raises:
         VqtokError: the path does not exist or is none of the three (the message says why).
     """
     path = Path(path)
     if not path.exists():
-        raise VqtokError("no such file or directory; check the path", path)
+        named = _named_model(str(path))
+        if named is None:
+            raise VqtokError("no such file or directory (nor a model name); check the path",
+                             path)
+        return describe_model(named)
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file() and looks_like_dataset(path):
             return describe_dataset(path)
@@ -47,6 +54,16 @@ def describe_path(path: str | Path) -> dict[str, Any]:
     if path.suffix in INDEX_SUFFIXES:
         return describe_index(path)
     return describe_video(path)
+
+
+def _named_model(text: str) -> Path | None:
+    """The directory of the model called ``text`` (shipped or on $VQTOK_MODELS), if any."""
+    if "/" in text or os.sep in text:
+        return None  # a path, or a Hub reference: never fetched here
+    try:
+        return resolve_model(text)
+    except CheckpointError:
+        return None
 
 
 def _loads_as_remap(path: Path) -> bool:
