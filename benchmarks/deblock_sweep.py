@@ -18,9 +18,9 @@ import argparse
 
 import numpy as np
 import torch
+from quality import HELDOUT, block_seams, load_source, to_tensor, to_uint8
 
 import vqtok
-from quality import HELDOUT, block_seams, load_source, to_tensor, to_uint8
 from vqtok.families.deblock import deblock
 from vqtok.metrics import psnr
 
