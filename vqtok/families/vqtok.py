@@ -112,8 +112,7 @@ class Decoder(nn.Module):
                 self.blocks.append(Upsample(prev, spatial=True, temporal=temporal))
         self.norm_out = FrameGroupNorm(groups, prev)
         self.patch_size = config.patch_size
-        deblock, self.spatial_factor = config.deblock, config.spatial_factor
-        self.deblock = deblock if isinstance(deblock, tuple) else (deblock,)  # per level count
+        self.deblock, self.spatial_factor = config.deblock_strengths, config.spatial_factor
         self.conv_out = CausalConv3d(prev, 3 * config.patch_size**2, 3)
         self.shortcut: nn.Module | None = None
         sizes = (config.latent_dim, config.spatial_factor, config.temporal_factor)

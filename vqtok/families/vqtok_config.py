@@ -102,7 +102,7 @@ class TokenizerConfig:
             )
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        strengths = self.deblock if isinstance(self.deblock, tuple) else (self.deblock,)
+        strengths = self.deblock_strengths
         if not strengths or not all(0.0 <= s <= 0.5 for s in strengths):
             raise ConfigError(f"deblock must be in [0, 0.5] (or a list of such), "
                               f"got {self.deblock}")
@@ -122,6 +122,11 @@ class TokenizerConfig:
     def temporal_stages(self) -> int:
         """Number of stages that halve time (log2 tau)."""
         return int(math.log2(self.temporal_factor))
+
+    @property
+    def deblock_strengths(self) -> tuple[float, ...]:
+        """``deblock`` as a tuple: one strength, or one per count of residual levels kept."""
+        return self.deblock if isinstance(self.deblock, tuple) else (self.deblock,)
 
     @property
     def uses_pre_quant_norm(self) -> bool:
