@@ -138,6 +138,30 @@ def test_sampler_is_reproducible_per_step_and_holds_out_the_tail():
     assert steps == [3, 4, 5]
 
 
+def test_image_steps_cut_one_frame_crops_at_native_scale(footage_dir, tmp_path):
+    frames = np.random.default_rng(1).integers(0, 255, (12, 20, 24, 3), dtype=np.uint8)
+    still = np.random.default_rng(2).integers(0, 255, (1, 18, 22, 3), dtype=np.uint8)
+    sources = [Footage("v", frames), Footage("still", still)]
+    sampler = ClipSampler(sources, ClipSpec(5, 8, flip=False), batch_size=2, seed=3,
+                          image_every=3)
+    assert [sampler.is_image_step(s) for s in range(-3, 6)] == [False] * 5 + [1, 0, 0, 1]
+    assert sampler.sample_batch(0).shape == (2, 3, 5, 8, 8)
+    images = sampler.sample_batch(2)
+    assert images.shape == (10, 3, 1, 8, 8)
+    # every crop is an unscaled 8x8 window of one source frame (no pan, no zoom)
+    windows = {}
+    for name, src in (("v", frames), ("still", still)):
+        clip = torch.from_numpy(src).permute(3, 0, 1, 2).float() / 127.5 - 1
+        windows[name] = clip.unfold(2, 8, 1).unfold(3, 8, 1)  # (3, T, y, x, 8, 8)
+    for crop in images[:, :, 0]:
+        hits = [(w.permute(1, 2, 3, 0, 4, 5) - crop).abs().amax(dim=(-3, -2, -1)).min()
+                for w in windows.values()]
+        assert min(hits) < 1e-5
+    train(tiny_run(4, image_every=2), [footage_dir], tmp_path / "run", device="cpu")
+    records = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert len(records) == 4 and all(np.isfinite(r["loss"]) for r in records)
+
+
 def test_residual_ema_model_trains_with_dead_code_reseeding(footage_dir, tmp_path):
     model = {**TINY_MODEL, "quantizer": "ema_rvq",
              "quantizer_options": {"num_levels": 2, "codebook_sizes": [16, 8]}}

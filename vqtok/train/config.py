@@ -32,6 +32,10 @@ class TrainConfig:
         short_side: footage is decoded so that its short side has this many pixels.
         holdout_frames: the last frames of every video, never trained on, for evaluation.
         eval_size: side of the centre crop used for held-out evaluation.
+        image_every: every N-th step (0 = never) is an image step: its batch is
+            batch_size * clip_frames one-frame crops at native scale, from every source
+            (video frames and stills), so the causal first-frame path that encodes a photograph
+            or a video's first frame is trained on as many pixels as a clip step.
     Optimisation:
         steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
         weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
@@ -70,6 +74,7 @@ class TrainConfig:
     short_side: int = 256
     holdout_frames: int = 25
     eval_size: int = 256
+    image_every: int = 0
     steps: int = 10_000
     batch_size: int = 4
     lr: float = 1e-3
@@ -106,6 +111,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_every < 0:
+            raise ConfigError(f"train.image_every must be >= 0, got {self.image_every}")
         if not self.temporal_strides or min(self.temporal_strides) < 1:
             raise ConfigError(f"train.temporal_strides must be >= 1, got {self.temporal_strides}")
         if len(self.gumbel_temperature) != 2 or min(self.gumbel_temperature) <= 0:

@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +188,11 @@ def _pan_still_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor
 def sample_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor:
     """One random clip (3, F, size, size) float32 in [-1, 1] from ``item``."""
     clip = _pan_still_clip(item, spec, g) if item.is_still else _crop_video_clip(item, spec, g)
+    return _flip(clip, spec, g)
+
+
+def _flip(clip: Tensor, spec: ClipSpec, g: torch.Generator) -> Tensor:
+    """``clip`` mirrored left-right with probability 1/2 when ``spec.flip``."""
     if spec.flip and bool(torch.randint(2, (1,), generator=g)):
         clip = clip.flip(-1)
     return clip
@@ -204,6 +209,9 @@ class ClipSampler:
         spec: clip shape.
         batch_size: clips per batch.
         seed: base seed; batch ``step`` depends only on (seed, step).
+        image_every: > 0: batch ``step`` is an image batch when ``(step + 1) % image_every ==
+            0``: ``batch_size * spec.frames`` one-frame crops (B', 3, 1, size, size), cut at
+            native scale from a random frame of a video or from a still (not panned).
     """
 
     def __init__(
@@ -213,16 +221,29 @@ class ClipSampler:
         batch_size: int,
         seed: int = 0,
         still_weight: float = 32.0,
+        image_every: int = 0,
     ) -> None:
         if not footage:
             raise ConfigError("no training footage")
         self.footage, self.spec, self.batch_size, self.seed = footage, spec, batch_size, seed
+        self.image_every = image_every
         weights = [still_weight if f.is_still else float(f.frames.shape[0]) for f in footage]
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
+    def is_image_step(self, step: int) -> bool:
+        """Whether batch ``step`` is made of one-frame crops (see ``image_every``)."""
+        return self.image_every > 0 and step >= 0 and (step + 1) % self.image_every == 0
+
     def sample_batch(self, step: int) -> Tensor:
-        """Batch for training step ``step``: (B, 3, F, size, size) float32 in [-1, 1]."""
+        """Batch for training step ``step``: (B, 3, F, size, size) float32 in [-1, 1]
+        (an image step: (B * F, 3, 1, size, size))."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        if self.is_image_step(step):
+            spec = replace(self.spec, frames=1, strides=(1,))
+            count = self.batch_size * self.spec.frames
+            picks = torch.multinomial(self.weights, count, replacement=True, generator=g)
+            return torch.stack([_flip(_crop_video_clip(self.footage[int(i)], spec, g), spec, g)
+                                for i in picks])
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
         return torch.stack([sample_clip(self.footage[int(i)], self.spec, g) for i in picks])
 
