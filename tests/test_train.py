@@ -144,7 +144,8 @@ def test_image_steps_cut_one_frame_crops_at_native_scale(footage_dir, tmp_path):
     sources = [Footage("v", frames), Footage("still", still)]
     sampler = ClipSampler(sources, ClipSpec(5, 8, flip=False), batch_size=2, seed=3,
                           image_every=3)
-    assert [sampler.is_image_step(s) for s in range(-3, 6)] == [False] * 5 + [1, 0, 0, 1]
+    flags = [sampler.is_image_step(s) for s in range(-3, 6)]
+    assert flags == [False] * 5 + [True, False, False, True]  # steps 2 and 5; init batches never
     assert sampler.sample_batch(0).shape == (2, 3, 5, 8, 8)
     images = sampler.sample_batch(2)
     assert images.shape == (10, 3, 1, 8, 8)
