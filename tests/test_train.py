@@ -158,7 +158,13 @@ def test_image_steps_cut_one_frame_crops_at_native_scale(footage_dir, tmp_path):
         hits = [(w.permute(1, 2, 3, 0, 4, 5) - crop).abs().amax(dim=(-3, -2, -1)).min()
                 for w in windows.values()]
         assert min(hits) < 1e-5
-    train(tiny_run(4, image_every=2), [footage_dir], tmp_path / "run", device="cpu")
+    # larger image crops: fewer of them, about the pixels of a clip step
+    wide = ClipSampler(sources, ClipSpec(5, 8, flip=False), batch_size=2, seed=3,
+                       image_every=3, image_size=16)
+    assert wide.sample_batch(2).shape == (2, 3, 1, 16, 16)  # round(2 * 5 * 64 / 256) = 2
+    assert wide.sample_batch(0).shape == (2, 3, 5, 8, 8)
+    train(tiny_run(4, image_every=2, image_crop_size=32), [footage_dir], tmp_path / "run",
+          device="cpu")
     records = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert len(records) == 4 and all(np.isfinite(r["loss"]) for r in records)
 

@@ -36,6 +36,9 @@ class TrainConfig:
             batch_size * clip_frames one-frame crops at native scale, from every source
             (video frames and stills), so the causal first-frame path that encodes a photograph
             or a video's first frame is trained on as many pixels as a clip step.
+        image_crop_size: side of an image step's crops (0 = crop_size); fewer, larger crops
+            keep the step's pixel count, so the network sees more context per crop at the
+            same cost.
     Optimisation:
         steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
         weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
@@ -75,6 +78,7 @@ class TrainConfig:
     holdout_frames: int = 25
     eval_size: int = 256
     image_every: int = 0
+    image_crop_size: int = 0
     steps: int = 10_000
     batch_size: int = 4
     lr: float = 1e-3
@@ -111,6 +115,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_crop_size < 0:
+            raise ConfigError(f"train.image_crop_size must be >= 0, got {self.image_crop_size}")
         if self.image_every < 0:
             raise ConfigError(f"train.image_every must be >= 0, got {self.image_every}")
         if not self.temporal_strides or min(self.temporal_strides) < 1:

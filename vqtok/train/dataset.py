@@ -210,8 +210,11 @@ class ClipSampler:
         batch_size: clips per batch.
         seed: base seed; batch ``step`` depends only on (seed, step).
         image_every: > 0: batch ``step`` is an image batch when ``(step + 1) % image_every ==
-            0``: ``batch_size * spec.frames`` one-frame crops (B', 3, 1, size, size), cut at
-            native scale from a random frame of a video or from a still (not panned).
+            0``: one-frame crops (B', 3, 1, S, S), cut at native scale from a random frame of a
+            video or from a still (not panned).
+        image_size: side S of an image step's crops (0 = ``spec.size``); B' is
+            ``batch_size * spec.frames * (spec.size / S) ** 2`` rounded (at least 1), so an image
+            step holds about as many pixels as a clip step.
     """
 
     def __init__(
@@ -222,11 +225,15 @@ class ClipSampler:
         seed: int = 0,
         still_weight: float = 32.0,
         image_every: int = 0,
+        image_size: int = 0,
     ) -> None:
         if not footage:
             raise ConfigError("no training footage")
         self.footage, self.spec, self.batch_size, self.seed = footage, spec, batch_size, seed
         self.image_every = image_every
+        self.image_size = image_size or spec.size
+        pixels = batch_size * spec.frames * spec.size**2
+        self.image_count = max(1, round(pixels / self.image_size**2))
         weights = [still_weight if f.is_still else float(f.frames.shape[0]) for f in footage]
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
@@ -236,12 +243,11 @@ class ClipSampler:
 
     def sample_batch(self, step: int) -> Tensor:
         """Batch for training step ``step``: (B, 3, F, size, size) float32 in [-1, 1]
-        (an image step: (B * F, 3, 1, size, size))."""
+        (an image step: (B', 3, 1, S, S), see ``image_size``)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         if self.is_image_step(step):
-            spec = replace(self.spec, frames=1, strides=(1,))
-            count = self.batch_size * self.spec.frames
-            picks = torch.multinomial(self.weights, count, replacement=True, generator=g)
+            spec = replace(self.spec, frames=1, strides=(1,), size=self.image_size)
+            picks = torch.multinomial(self.weights, self.image_count, replacement=True, generator=g)
             return torch.stack([_flip(_crop_video_clip(self.footage[int(i)], spec, g), spec, g)
                                 for i in picks])
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)

@@ -251,7 +251,7 @@ def _footage(
     )
     run.mkdir(parents=True, exist_ok=True)
     sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed,
-                           image_every=cfg.image_every)
+                           image_every=cfg.image_every, image_size=cfg.image_crop_size)
     return sampler, heldout_clips(held, cfg.clip_frames, cfg.eval_size)
 
 
