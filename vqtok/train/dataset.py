@@ -231,9 +231,9 @@ class ClipSampler:
             raise ConfigError("no training footage")
         self.footage, self.spec, self.batch_size, self.seed = footage, spec, batch_size, seed
         self.image_every = image_every
-        self.image_size = image_size or spec.size
+        self.image_spec = replace(spec, frames=1, strides=(1,), size=image_size or spec.size)
         pixels = batch_size * spec.frames * spec.size**2
-        self.image_count = max(1, round(pixels / self.image_size**2))
+        self.image_count = max(1, round(pixels / self.image_spec.size**2))
         weights = [still_weight if f.is_still else float(f.frames.shape[0]) for f in footage]
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
@@ -246,7 +246,7 @@ class ClipSampler:
         (an image step: (B', 3, 1, S, S), see ``image_size``)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         if self.is_image_step(step):
-            spec = replace(self.spec, frames=1, strides=(1,), size=self.image_size)
+            spec = self.image_spec
             picks = torch.multinomial(self.weights, self.image_count, replacement=True, generator=g)
             return torch.stack([_flip(_crop_video_clip(self.footage[int(i)], spec, g), spec, g)
                                 for i in picks])
