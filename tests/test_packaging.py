@@ -83,7 +83,7 @@ def test_build_gives_no_deprecation_warning_and_an_spdx_license(built: tuple[Pat
 
 def test_wheel_carries_every_shipped_model_file_unchanged(built: tuple[Path, str]) -> None:
     wheel, _ = built
-    assert "vqtok-ema" in SHIPPED and "vqtok-lfq" in SHIPPED
+    assert {"vqtok-ema", "vqtok-ema-8x32", "vqtok-lfq"} <= set(SHIPPED)
     with zipfile.ZipFile(wheel) as z:
         packaged = {n.removeprefix("vqtok/_models/") for n in z.namelist()
                     if n.startswith("vqtok/_models/")}
@@ -109,7 +109,8 @@ def test_installed_wheel_loads_the_default_model_outside_the_clone(
         "from vqtok.io.checkpoint import resolve_model\n"
         "tok = vqtok.load(device='cpu')\n"
         "video = torch.zeros(1, 3, 1, 16, 16)\n"
-        "print(json.dumps({'module': vqtok.__file__, 'model': str(resolve_model('vqtok-ema')),\n"
+        "print(json.dumps({'module': vqtok.__file__,\n"
+        "                  'model': str(resolve_model('vqtok-ema-8x32')),\n"
         "                  'indices': list(tok.encode(video).shape)}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -119,9 +120,10 @@ def test_installed_wheel_loads_the_default_model_outside_the_clone(
     assert run.returncode == 0, run.stderr[-3000:]
     facts = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(facts["module"]).is_relative_to(site)  # the installed copy, not the clone
-    assert Path(facts["model"]) == site / "vqtok" / "_models" / "vqtok-ema"
+    assert Path(facts["model"]) == site / "vqtok" / "_models" / "vqtok-ema-8x32"
     assert facts["indices"][:4] == [1, 1, 2, 2]
     listed = subprocess.run([sys.executable, "-m", "vqtok", "models", "--json"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
-    assert {row["name"] for row in json.loads(listed.stdout)} >= {"vqtok-ema", "vqtok-lfq"}
+    names = {row["name"] for row in json.loads(listed.stdout)}
+    assert names >= {"vqtok-ema", "vqtok-ema-8x32", "vqtok-lfq"}
