@@ -49,7 +49,7 @@ from clips import (
 from tests.tiny import save_tiny_model
 from vqtok.api import load
 from vqtok.cli.runs import run_jobs
-from vqtok.io.tokens import load_tokens
+from vqtok.io.tokens import fps_from_text, load_tokens
 from vqtok.io.video import VideoReader
 from vqtok.pipeline.batching import encode_jobs
 from vqtok.pipeline.encode import EncodeOptions
@@ -202,7 +202,9 @@ def test_damaged_files_are_encoded_with_a_warning(runs: dict[str, Any]) -> None:
         _, meta = load_tokens(out / f"{Path(name).stem}.npy")
         assert 0 < meta.encoded.frames < meta.source.frames, name
     assert len(warnings) == sum(w.count("warning: ") for w in warnings)  # one per line
-    assert not [w for w in warnings if "vfr" in w], warnings  # VFR is not damage
+    for name in VFR:  # VFR is not damage: one line says it was resampled, nothing else
+        mine = [w for w in warnings if w.startswith(f"warning: {damaged / name}: ")]
+        assert len(mine) == 1 and "variable frame rate" in mine[0], mine
 
 
 def test_strict_refuses_damaged_files(runs: dict[str, Any]) -> None:
@@ -221,12 +223,14 @@ def test_strict_refuses_damaged_files(runs: dict[str, Any]) -> None:
         Path(name).stem + suffix for name in VFR for suffix in (".json", ".npy"))
 
 
-def test_variable_frame_rate_keeps_every_frame(runs: dict[str, Any]) -> None:
-    """A VFR clip encodes every decoded frame (no --fps), in both runs, without a warning."""
+def test_variable_frame_rate_keeps_its_duration(runs: dict[str, Any]) -> None:
+    """A VFR clip (no --fps) is resampled to its average rate, so frames / fps is its 1.75 s
+    and a decode plays for as long as the source; in both runs (--strict does not refuse it)."""
     for key in ("lenient", "strict"):
         for name in VFR:
             _, meta = load_tokens(runs["root"] / key / f"{Path(name).stem}.npy")
-            assert meta.encoded.frames == len(VFR_GAPS_MS), (key, name)
+            seconds = meta.encoded.frames / fps_from_text(meta.encoded.fps)
+            assert abs(seconds - sum(VFR_GAPS_MS) / 1000) < 1 / fps_from_text(meta.encoded.fps)
 
 
 @pytest.mark.parametrize("container", ["matroska", "mp4"])
@@ -239,9 +243,15 @@ def test_variable_frame_rate_resamples_by_timestamp(tmp_path: Path, container: s
     reader = VideoReader(path, fps=8)
     frames = np.concatenate(list(reader))
     assert [frame_index(f) for f in frames] == expected
-    assert reader.warnings == []
-    whole = VideoReader(path)
-    assert sum(len(w) for w in whole) == len(VFR_GAPS_MS) and whole.warnings == []
+    assert reader.warnings == [] and reader.notes == []
+    whole = VideoReader(path)  # no --fps: the average rate, every slot the frame on screen then
+    frames = np.concatenate(list(whole))
+    step, ends = 1000 / whole.fps, [*starts[1:], sum(VFR_GAPS_MS)]
+    for k, frame in enumerate(frames):  # on screen within half a frame of k / fps
+        i = frame_index(frame)
+        assert starts[i] <= k * step + step / 2 and ends[i] > k * step - step / 2, (k, i)
+    assert len(frames) == round(sum(VFR_GAPS_MS) / step)
+    assert whole.warnings == [] and len(whole.notes) == 1, whole.notes
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -312,7 +312,7 @@ def test_failed_write_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monkey
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("vqtok.io.tokens.os.replace", broken_replace)
+    monkeypatch.setattr("vqtok.atomic.os.replace", broken_replace)
     with pytest.raises(TokenFileError, match="disk full"):
         save_tokens(path, indices_for(meta, 2), meta)
     assert path.read_bytes() == before
@@ -326,14 +326,14 @@ def test_crash_between_array_and_sidecar_is_incomplete(
     path = save_tokens(tmp_path / "c.npy", indices_for(meta, 1), meta)
     import vqtok.io.tokens as tokens
 
-    real = tokens._atomic_write
+    real = tokens.atomic_bytes
 
     def crash_on_sidecar(target: Path, data: bytes) -> None:
         if target.suffix == ".json":
             raise OSError("killed")
         real(target, data)
 
-    monkeypatch.setattr(tokens, "_atomic_write", crash_on_sidecar)
+    monkeypatch.setattr(tokens, "atomic_bytes", crash_on_sidecar)
     with pytest.raises(TokenFileError):
         save_tokens(path, indices_for(meta, 2), meta)
     # the new array is there but its sidecar is gone, never the old sidecar with the new array

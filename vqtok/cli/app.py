@@ -19,6 +19,7 @@ from vqtok.cli.files import decode, encode, reconstruct
 from vqtok.cli.help import Command, Group
 from vqtok.cli.inspect import info, models, remap_app
 from vqtok.cli.pack import pack
+from vqtok.cli.support import stop_on_sigterm
 from vqtok.cli.train_convert import convert, train
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ def main(
     ] = False,
 ) -> None:
     """Turn video into discrete tokens and back."""
+    stop_on_sigterm()
 
 
 app.add_typer(remap_app, name="remap")

@@ -40,8 +40,8 @@ from vqtok.cli.support import (
     shard_option,
     usage_error,
 )
-from vqtok.io.tokens import format_of, sidecar_path
-from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
+from vqtok.io.tokens import format_of
+from vqtok.pipeline.plan import Job
 
 Flag = typer.Option  # a bool option given by its one name is a plain flag (no --no-x)
 SizeOpt = Annotated[
@@ -183,40 +183,25 @@ def decode(
     debug: DebugOpt = False,
 ) -> None:
     """Decode index files into MP4 videos, with the model each file names (or --model)."""
-    from vqtok.io.tokens import load_metadata
     from vqtok.io.video import as_fps
-    from vqtok.pipeline.decode import decode_file
+    from vqtok.pipeline.files import DecodeRun
 
     rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
-    loaded: dict[str, Any] = {}
-    compute: str | None = None
-
-    def tokenizer_for(path: Path) -> Any:
-        name = model or load_metadata(path).model
-        if name not in loaded:
-            loaded[name] = load_tokenizer(name, model_dir, device, compute)
-        return loaded[name]
-
-    def work(job: Any, progress: Any) -> Any:
-        return decode_file(job.source, job.target, tokenizer_for(job.source), fps=rate,
-                           remap=remap, force=force, chunk=chunk, progress=progress)
-
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
-        jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
-                           select=_is_index_file, overwrite=overwrite)
-        jobs = shard_jobs(jobs, shard_option(shard))
-        outcomes = run_jobs(jobs, one_by_one(jobs, work), quiet or as_json, debug)
+        run = DecodeRun.plan(codes, output, model=model, model_dirs=model_dir or [], fps=rate,
+                             remap=remap, force=force, chunk=chunk, overwrite=overwrite,
+                             shard=shard_option(shard))
+        outcomes = run_jobs(
+            run.jobs,
+            lambda bar: run.results(
+                lambda name: load_tokenizer(str(name), model_dir, device, compute), bar.advance,
+                lambda group: bar.start([j.source.name for j in group])),
+            quiet or as_json,
+            debug,
+        )
     print_summary(outcomes, _describe_decoded, as_json)
     exit_for(outcomes)
-
-
-def _is_index_file(path: Path) -> bool:
-    from vqtok.io.usedsets import is_remap_file
-
-    if path.suffix == ".safetensors":
-        return not is_remap_file(path)
-    return sidecar_path(path).is_file()
 
 
 def _describe_decoded(result: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,6 +110,30 @@ def fail_line(error: BaseException, path: Path | None = None) -> str:
     return "error: " + " ".join(text.split())  # always one line
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (`stop_on_sigterm`)."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM, what schedulers send to pre-empt a job, stop a command as Ctrl-C does:
+    the file being written is abandoned (its temporary file removed; what was finished
+    stays), training saves a checkpoint, and the exit status is 143 (128 + 15; Ctrl-C: 130).
+    Only the main thread can set a handler; elsewhere SIGTERM keeps its default."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (vqtok's CLI called from an embedding program)
+        pass
+
+
+def interrupted_exit(error: BaseException | None) -> typer.Exit:
+    """The exit of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    return typer.Exit(143 if isinstance(error, Terminated) else 130)
+
+
 @contextmanager
 def handle_errors(debug: bool) -> Iterator[None]:
     """Turn library errors into one stderr line and exit 1 (a traceback with ``--debug``)."""
@@ -118,9 +143,10 @@ def handle_errors(debug: bool) -> Iterator[None]:
         raise
     except OptionError as e:  # an option the model or the inputs cannot take: a usage error
         raise usage_error(e.option, e.cli_message) from None
-    except KeyboardInterrupt:
-        err.print("error: interrupted", markup=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"error: {why}", markup=False)
+        raise interrupted_exit(e) from None
     except Exception as e:  # a bug gets one line too; --debug shows it
         if debug:
             raise

@@ -25,6 +25,7 @@ from vqtok.cli.support import (
     emit_json,
     err,
     handle_errors,
+    interrupted_exit,
     out,
     usage_error,
 )
@@ -130,7 +131,7 @@ def train(
             f"{output / 'checkpoint'} (continue with --resume)",
             markup=False,
         )
-        raise typer.Exit(130)
+        raise interrupted_exit(result.interruption)
     if as_json:
         emit_json({"model_dir": str(result.model_dir), "steps": result.step})
         return

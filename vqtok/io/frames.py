@@ -8,7 +8,9 @@ duration, (H, W, 3) uint8 RGB); everything after that lives here, so none of it 
   torchvision's ``Resize((H, W))``; or ``short_side=N`` keeping the aspect), then centre-crop H
   and W down to multiples of ``crop_multiple`` (the model's spatial factor);
 - frame rate (`_FrameRateResampler`, `as_fps`): resample to ``fps`` by timestamp, dropping or
-  repeating frames;
+  repeating frames; without ``fps``, every frame is kept while the stream keeps its nominal
+  (average) rate, and a variable-frame-rate stream is resampled to that rate from its first
+  gap that is off by more than half a frame, so the clip keeps its duration (a note says so);
 - `WindowedFrames`, the base of `vqtok.io.video.VideoReader`: stops after ``max_frames``, yields
   uint8 RGB windows (T_i, H, W, 3) of at most ``window`` frames and warns when the file ends
   early: fewer frames than its exact frame count, or (no exact count, e.g. MKV; or resampled)
@@ -170,8 +172,10 @@ class WindowedFrames:
     window: int
     on_warning: Callable[[str], None] | None
     warnings: list[str]
+    notes: list[str]
     frames_read: int
-    _resample: bool  # resample to ``fps`` by timestamp; else keep every decoded frame
+    _resample: bool  # resample to ``fps`` by timestamp; else keep frames at the nominal rate
+    _variable: bool  # the last iteration found a variable frame rate and resampled it
     _decoded_until: Fraction  # seconds from the first frame to the end of the last decoded one
 
     @property
@@ -184,14 +188,15 @@ class WindowedFrames:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield (T_i, H, W, 3) uint8 arrays, T_i <= window, in display order."""
-        self.warnings = []
+        self.warnings, self.notes = [], []
         self.frames_read = 0
         batch: list[np.ndarray] = []
         self._decoded_until = Fraction(0)
+        self._variable = False
         # closing() shuts the container as soon as max_frames is reached or the caller stops
         with closing(self._decoded()) as decoded:
             timed = self._timed(decoded)
-            frames = self._resampled(timed) if self._resample else (f for _, _, f in timed)
+            frames = self._resampled(timed) if self._resample else self._steady(timed)
             for frame in islice(frames, self.max_frames):
                 batch.append(frame)
                 self.frames_read += 1
@@ -220,6 +225,35 @@ class WindowedFrames:
             yield from resampler.push(time, frame)
         yield from resampler.flush(self._decoded_until)
 
+    def _steady(
+        self, decoded: Iterator[tuple[Fraction, Fraction, np.ndarray]]
+    ) -> Iterator[np.ndarray]:
+        """Every frame while frame k shows within half a frame of k / fps (fps: the nominal
+        rate); from the first that does not (variable frame rate), frames resampled by timestamp
+        to that rate, so that the clip keeps its duration and decodes at the right speed."""
+        step = 1 / self.info.fps
+        resampler: _FrameRateResampler | None = None
+        kept, last, origin = 0, None, Fraction(0)
+        for time, _, frame in decoded:
+            if resampler is None and self.warnings:
+                origin = time - kept * step  # frames lost to damage leave a gap, not a new rate
+            if resampler is None and abs(time - origin - kept * step) > step / 2:
+                resampler = _FrameRateResampler(self.info.fps, self.info.fps)
+                resampler.slot, resampler.previous = kept, last  # slot k shows time k * step
+                self._variable = True
+                self.notes.append(
+                    f"variable frame rate (from {float(time):.2f} s on): resampled by timestamp "
+                    f"to its average {float(self.info.fps):.4g} fps, so it keeps its duration "
+                    "(pass --fps to choose the rate)"
+                )
+            if resampler is not None:
+                yield from resampler.push(time - origin, frame)
+                continue
+            kept, last = kept + 1, frame
+            yield frame
+        if resampler is not None:
+            yield from resampler.flush(self._decoded_until - origin)
+
     def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:
         """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
         raise NotImplementedError
@@ -228,7 +262,7 @@ class WindowedFrames:
         info = self.info
         if self.max_frames is not None and self.frames_read >= self.max_frames:
             return
-        if info.frames_exact and not self._resample:
+        if info.frames_exact and not self._resample and not self._variable:
             if self.frames_read < info.frames:
                 self._warn(
                     f"decoded {self.frames_read} frames but the file says it has {info.frames}; "

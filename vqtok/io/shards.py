@@ -25,13 +25,10 @@ from typing import Any
 import numpy as np
 
 from vqtok import __version__
+from vqtok.atomic import atomic_bytes
 from vqtok.errors import VqtokError
 from vqtok.io.digest import file_sha256
-from vqtok.io.tokens import (
-    TokenMetadata,
-    _atomic_write,  # the index files' atomic write (temp, fsync, rename)
-    index_dtype,
-)
+from vqtok.io.tokens import TokenMetadata, index_dtype
 
 MANIFEST = "manifest.json"
 DATASET_FORMAT = "vqtok-dataset"
@@ -229,7 +226,7 @@ def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, 
         "bytes": sum(s["bytes"] for s in shards), "shards": shards,
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / MANIFEST, text.encode())
+    atomic_bytes(directory / MANIFEST, text.encode())
     return manifest
 
 

@@ -24,10 +24,9 @@ every problem is a `TokenFileError` naming the file and saying what to do.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import os
-import uuid
 import zipfile
 from pathlib import Path
 from tokenize import TokenError
@@ -37,7 +36,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from vqtok.atomic import atomic_bytes
 from vqtok.errors import TokenFileError
+from vqtok.io.digest import file_sha256
 from vqtok.io.sniff import file_kind
 from vqtok.io.token_meta import (
     FORMAT_VERSION,
@@ -67,6 +68,7 @@ __all__ = [
     "fps_to_text",
     "index_dtype",
     "index_path",
+    "index_sha256",
     "is_complete",
     "load_metadata",
     "load_tokens",
@@ -131,12 +133,12 @@ def save_tokens(
     try:
         if format == "safetensors":
             data = safetensors.numpy.save({TENSOR_NAME: array}, metadata={SAFETENSORS_KEY: text})
-            _atomic_write(target, data)
+            atomic_bytes(target, data)
         else:
             # the old sidecar must not outlive its array: remove it first, write the new one last
             sidecar_path(target).unlink(missing_ok=True)
-            _atomic_write(target, _npy_bytes(array))
-            _atomic_write(sidecar_path(target), text.encode())
+            atomic_bytes(target, _npy_bytes(array))
+            atomic_bytes(sidecar_path(target), text.encode())
     except OSError as e:
         raise TokenFileError(f"cannot write the index file: {e}", target) from e
     return target
@@ -185,17 +187,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def index_sha256(path: str | Path) -> str:
+    """The SHA-256 of what an index file says: a ``.safetensors`` file's bytes; for a ``.npy``
+    (or its ``.json`` sidecar) the SHA-256 of both files' hashes, indices then sidecar.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return file_sha256(path)
+    parts = (path.with_suffix(".npy"), sidecar_path(path))
+    return hashlib.sha256("".join(file_sha256(p) for p in parts).encode()).hexdigest()
 
 
 def load_tokens(path: str | Path) -> tuple[np.ndarray, TokenMetadata]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import safetensors
 import safetensors.numpy
 
+from vqtok.atomic import atomic_bytes
 from vqtok.errors import RemapError
 from vqtok.quantizers.remap import load_used, save_used
 from vqtok.quantizers.used_sets import UsedSets
@@ -72,17 +73,10 @@ def save_used_sets(
               "codebook_size": int(codebook_size)}
     tensors = {f"level{i}": level.numpy() for i, level in enumerate(sets.levels)}
     data = safetensors.numpy.save(tensors, metadata={METADATA_KEY: json.dumps(header)})
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
+        atomic_bytes(target, data)
     except OSError as e:
         raise RemapError(f"cannot write the remap file: {e}", target) from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

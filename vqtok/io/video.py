@@ -37,8 +37,20 @@ __all__ = [
     "VideoReader",
     "as_fps",
     "probe",
+    "read_comment",
     "read_frames",
 ]
+
+
+def read_comment(path: str | Path) -> str | None:
+    """The container's ``comment`` tag (what `VideoWriter` stores from ``comment=``); None
+    when the file has none or cannot be opened as a video."""
+    try:
+        with av.open(str(path), "r") as container:
+            tags = {key.lower(): value for key, value in container.metadata.items()}
+    except (av.FFmpegError, OSError):
+        return None
+    return tags.get("comment")
 
 def probe(path: str | Path) -> VideoInfo:
     """Describe a video file, decoding only its first frame (for rotation and to prove it decodes).
@@ -101,6 +113,7 @@ class VideoReader(WindowedFrames):
         fps: frame rate of the frames yielded (``info.fps`` unless resampled).
         warnings: messages about damaged input from the last iteration (truncated, corrupt
             packets); empty when the file read cleanly.
+        notes: what the last iteration did that is not damage (a variable frame rate resampled).
         frames_read: frames yielded by the last iteration.
 
     Raises:
@@ -138,6 +151,7 @@ class VideoReader(WindowedFrames):
         self.threads = threads
         self.on_warning = on_warning
         self.warnings: list[str] = []
+        self.notes: list[str] = []
         self.frames_read = 0
 
     def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:

@@ -10,7 +10,6 @@ FFmpeg failure becomes a `VideoError` naming the file. Reading is `vqtok.io.vide
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +18,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from vqtok.atomic import temp_path
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.frames import as_fps
 
@@ -39,6 +39,7 @@ class VideoWriter:
         codec: encoder name; default `default_codec()` (libx264, else mpeg4).
         crf: libx264 constant rate factor (0 lossless ... 51 worst; 18 is visually lossless).
         threads: encoder threads; 0 lets FFmpeg choose.
+        comment: stored as the container's ``comment`` tag (`vqtok.io.video.read_comment`).
 
     Attributes:
         encoded_size: (H, W) stored in the file (the given size rounded up to even).
@@ -59,6 +60,7 @@ class VideoWriter:
         codec: str | None = None,
         crf: int = 18,
         threads: int = 0,
+        comment: str | None = None,
     ) -> None:
         self.path = Path(path)
         muxer = _MUXERS.get(self.path.suffix.lower())
@@ -73,9 +75,11 @@ class VideoWriter:
         self.size = (height, width)
         self.encoded_size = (height + height % 2, width + width % 2)
         self.frames_written = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._tmp = temp_path(self.path)
         try:
             self._container = av.open(str(self._tmp), "w", format=muxer)
+            if comment is not None:
+                self._container.metadata["comment"] = comment
             stream = self._container.add_stream(codec or default_codec(), rate=self.fps)
             assert isinstance(stream, av.VideoStream)  # a video encoder gives a video stream
             self._stream = stream

@@ -3,14 +3,17 @@
 This is what ``vqtok decode`` runs for each file. The index file must have been made by the
 model given (`vqtok.pipeline.matching.check_model_matches`); remapped indices go back to full
 codebook ids with the remap file they name. Frames stream out chunk by chunk, so memory is
-bounded by the chunk length, and the padding added at encode time is trimmed off.
+bounded by the chunk length, and the padding added at encode time is trimmed off. The video
+records what it was made from (`DecodeRecord`, in its ``comment`` tag), so that a resumed run
+keeps it only when the index file, the model and the frame rate are still the same.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,13 +24,59 @@ from torch import Tensor
 from vqtok.api import Tokenizer
 from vqtok.errors import TokenFileError
 from vqtok.io.pixels import video_to_frames
-from vqtok.io.tokens import TokenMetadata, load_tokens
-from vqtok.io.video import as_fps
+from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_tokens
+from vqtok.io.video import as_fps, read_comment
 from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
 from vqtok.pipeline.matching import check_model_matches, load_remap_for
 
-__all__ = ["DecodeResult", "decode_file", "decode_frames"]
+__all__ = ["DecodeRecord", "DecodeResult", "decode_file", "decode_frames"]
+
+RECORD_FORMAT = "vqtok-decode/1"
+
+
+@dataclass(frozen=True)
+class DecodeRecord:
+    """What a decoded video was made from, stored as JSON in its ``comment`` tag.
+
+    Attributes:
+        index_sha256: `vqtok.io.tokens.index_sha256` of the index file (indices + sidecar).
+        model_sha256: SHA-256 of the decoding model's weights (None: unsaved weights).
+        fps: the video's frame rate, ``"num/den"``.
+    """
+
+    index_sha256: str
+    model_sha256: str | None
+    fps: str
+
+    def to_text(self) -> str:
+        return json.dumps({"format": RECORD_FORMAT, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def read(cls, video: str | Path) -> DecodeRecord | None:
+        """The record of a video `decode_file` wrote; None for any other file."""
+        try:
+            data = json.loads(read_comment(video) or "")
+            if data.pop("format") != RECORD_FORMAT:
+                return None
+            record = cls(**data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        types_ok = isinstance(record.index_sha256, str) and isinstance(record.fps, str)
+        return record if types_ok else None
+
+    def differences(self, made: DecodeRecord) -> list[str]:
+        """How the video ``made`` differs from what this record asks for, one phrase each."""
+        out = []
+        if made.index_sha256 != self.index_sha256:
+            out.append(f"from other indices ({made.index_sha256[:12]}..., this run: "
+                       f"{self.index_sha256[:12]}...)")
+        if made.model_sha256 != self.model_sha256:
+            out.append(f"with other model weights ({(made.model_sha256 or 'unknown')[:12]}..., "
+                       f"this run: {(self.model_sha256 or 'unknown')[:12]}...)")
+        if made.fps != self.fps:
+            out.append(f"at {made.fps} fps (this run: {self.fps})")
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,9 +168,10 @@ def decode_file(
     if used is not None:
         full = used.to_full(full)
     rate = as_fps(fps if fps is not None else meta.encoded.fps)
+    record = DecodeRecord(index_sha256(source), tokenizer.weights_sha256, fps_to_text(rate))
     height, width = meta.encoded.size
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(target, rate, width, height) as writer:
+    with VideoWriter(target, rate, width, height, comment=record.to_text()) as writer:
         for frames in decode_frames(full, meta, tokenizer, chunk):
             writer.write(frames)
             if progress is not None:

@@ -206,7 +206,8 @@ def encode_indices(
 
     Returns:
         (indices, meta, warnings): int64 (t, h, w[, L]) indices (compact ids under a remap),
-        their metadata, and the reader's warnings about a damaged input.
+        their metadata, and the reader's warnings about a damaged input (and its notes, such
+        as a variable frame rate resampled).
 
     Raises:
         VideoError: unreadable input, or (``strict``) a damaged one.
@@ -249,7 +250,7 @@ def finish_indices(
     if plan is not None:
         indices = plan.to_compact(indices, source)
     meta = build_metadata(tokenizer, reader, frames, tuple(indices.shape[:3]), options, plan)
-    return indices.numpy(), meta, tuple(reader.warnings)
+    return indices.numpy(), meta, (*reader.warnings, *reader.notes)
 
 
 def build_metadata(

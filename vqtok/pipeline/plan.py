@@ -4,7 +4,8 @@ A run (``vqtok encode``, ``vqtok decode``) is a list of `Job` s, one per input f
 
 - `plan_inputs` expands files and directories (recursively, keeping only known extensions inside
   directories), mirrors each input's name into the output directory and marks outputs that are
-  already complete so a rerun skips them (resume);
+  already complete so a rerun skips them (resume), and removes the temporary files a killed
+  earlier run left in the output folders (`vqtok.atomic.remove_stale`);
 - `shard` splits a job list between the processes of a distributed run (``--shard i/n``, or the
   ``RANK`` / ``WORLD_SIZE`` variables torchrun sets) deterministically and balanced by input size,
   so every file is done by exactly one process;
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vqtok.atomic import remove_stale
 from vqtok.errors import ConfigError, VqtokError
 
 # What a directory walk picks up; files named explicitly are attempted whatever their suffix.
@@ -114,6 +116,7 @@ def plan_inputs(
             pairs += [(p, base / p.relative_to(item).with_suffix(suffix)) for p in found]
         else:
             pairs.append((item, out / (item.stem + suffix)))
+    remove_stale(dst.parent for _, dst in pairs)  # what a killed earlier run left behind
     clashes = collisions(pairs)
     check = is_complete or (lambda p: p.exists())
     return [

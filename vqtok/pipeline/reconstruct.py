@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vqtok.api import Tokenizer
+from vqtok.atomic import remove_stale
 from vqtok.errors import ConfigError
 from vqtok.io.video import VideoReader, as_fps
 from vqtok.io.video_writer import VideoWriter
@@ -77,6 +78,7 @@ def reconstruct_file(
     start = time.perf_counter()
     if target is not None:  # like encode and decode; and fail before the work, not after
         Path(target).parent.mkdir(parents=True, exist_ok=True)
+        remove_stale([Path(target).parent])
     plain = replace(options, remap=None)
     reader = open_reader(source, tokenizer.model, plain)
     if min(reader.size) < SSIM_WINDOW:

@@ -17,8 +17,8 @@ Deliberate fixes over the reference (quantizers.md Part 1):
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vqtok.atomic import atomic_bytes
 from vqtok.errors import ConfigError, QuantizerError, RemapError
 
 UsedLike = Tensor | np.ndarray | str | os.PathLike
@@ -128,16 +129,9 @@ def save_used(path: str | os.PathLike, used: Tensor | np.ndarray) -> None:
     """
     arr = validate_used(used, path=path).numpy()
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, arr, allow_pickle=False)
+    atomic_bytes(target, buffer.getvalue())
 
 
 def build_used(

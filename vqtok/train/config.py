@@ -52,7 +52,9 @@ class TrainConfig:
     Quantizer machinery:
         gumbel_temperature (start, end) annealed exponentially over gumbel_anneal_steps;
         init_codebook_from_data (after the first step, every code of a learned codebook is
-        re-seeded from that batch's latents, the cheap form of k-means initialisation),
+        re-seeded from that batch's latents, the cheap form of k-means initialisation; None,
+        the default: only a codebook the run starts fresh, never one inherited with
+        ``--init-from``; true: an inherited one too; false: never),
         dead_code_every (steps between re-seeding codes unused since the last time; 0 = off),
         dead_code_threshold; kmeans_init_batches (> 0: before training, residual k-means of
         the latents of that many batches becomes the codebooks, replacing
@@ -96,7 +98,7 @@ class TrainConfig:
     entropy_warmup_steps: int = 0
     gumbel_temperature: tuple[float, ...] = (1.0, 0.5)
     gumbel_anneal_steps: int = 0
-    init_codebook_from_data: bool = True
+    init_codebook_from_data: bool | None = None
     dead_code_every: int = 200
     dead_code_threshold: float = 1.0
     kmeans_init_batches: int = 0

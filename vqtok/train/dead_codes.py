@@ -2,8 +2,9 @@
 
 A code no batch has used for ``dead_code_every`` steps restarts at a random recent quantizer
 input (`LatentTap`); with ``init_codebook_from_data`` (and no k-means start) every code restarts
-from the first batch's latents. The draws are seeded from (seed, step), so a resumed run
-re-seeds exactly as an uninterrupted one.
+from the first batch's latents: by default only in a codebook the run starts fresh, never in one
+inherited with ``--init-from`` (re-seeding it would throw the trained codes away). The draws
+are seeded from (seed, step), so a resumed run re-seeds exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ class LatentTap:
 class DeadCodes:
     """Counts the codes a run uses and re-seeds the unused ones when it is their turn."""
 
-    def __init__(self, model: VideoTokenizer, cfg: TrainConfig) -> None:
+    def __init__(self, model: VideoTokenizer, cfg: TrainConfig, inherited: bool = False) -> None:
+        """``inherited``: the quantizer's codebooks came with the weights (``--init-from``)."""
         self.quantizer: Any = model.quantizer
         self.cfg = cfg
         self.tap = LatentTap(model)
         q = self.quantizer
         self.counts = torch.zeros(q.num_codebooks, q.codebook_size, dtype=torch.long)
-        self.reseed_first = cfg.init_codebook_from_data and not cfg.kmeans_init_batches
+        wanted = cfg.init_codebook_from_data
+        wanted = not inherited if wanted is None else wanted
+        self.reseed_first = wanted and not cfg.kmeans_init_batches
 
     def after_step(self, indices: Tensor | None, done: int) -> dict[str, Any]:
         """Count a step's indices (None: a quantizer-dropout step, not counted) and re-seed

@@ -55,6 +55,7 @@ class TrainResult:
     step: int
     last_eval: dict[str, float]
     interrupted: bool
+    interruption: KeyboardInterrupt | None = None  # what stopped it (Ctrl-C, or the CLI's SIGTERM)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -230,9 +231,9 @@ def train(
     sampler, eval_clips = _footage(cfg, data, run, on_progress)
     torch.manual_seed(cfg.seed)
     state = RunState(config, run, resolve_device(device))
-    start, elapsed = _start(state, sampler, resume, init_from, on_progress)
+    start, elapsed, inherited = _start(state, sampler, resume, init_from, on_progress)
     run.mkdir(parents=True, exist_ok=True)
-    return _loop(state, sampler, eval_clips, start, elapsed, on_progress)
+    return _loop(state, sampler, eval_clips, (start, elapsed, inherited), on_progress)
 
 
 def _footage(
@@ -261,9 +262,10 @@ def _start(
     resume: bool,
     init_from: str | Path | None,
     on_progress: ProgressFn | None,
-) -> tuple[int, float]:
+) -> tuple[int, float, bool]:
     """(step, elapsed seconds) the run starts from: the checkpoint's when resuming, else 0
-    after the data-dependent initialisation; leaves the model on the run's device."""
+    after the data-dependent initialisation; and whether the quantizer came with the weights
+    of ``init_from``. Leaves the model on the run's device."""
     model, cfg = state.model, state.cfg
     untouched = transfer_weights(model, init_from) if init_from is not None else []
     start, elapsed = 0, 0.0
@@ -282,24 +284,24 @@ def _start(
     model.to(state.dev).train()
     if state.ema is not None:
         state.ema.shadow = {k: v.to(state.dev) for k, v in state.ema.shadow.items()}
-    return start, elapsed
+    return start, elapsed, init_from is not None and not new_quantizer
 
 
 def _loop(
     state: RunState,
     sampler: ClipSampler,
     eval_clips: list[Tensor],
-    start: int,
-    elapsed: float,
+    begin: tuple[int, float, bool],
     on_progress: ProgressFn | None,
 ) -> TrainResult:
-    """The optimisation loop from step ``start`` to ``steps``, then the final model."""
-    cfg = state.cfg
+    """The optimisation loop from step ``start`` to ``steps``, then the final model; ``begin``
+    is what `_start` returns."""
+    cfg, (start, elapsed, inherited) = state.cfg, begin
     quantizer = state.model.quantizer
     base = {k: float(getattr(quantizer, k)) for k in ("entropy_loss_weight",)
             if hasattr(quantizer, k)}
-    dead_codes = DeadCodes(state.model, cfg)
-    done, last_eval, interrupted, t0 = start, {}, False, time.monotonic() - elapsed
+    dead_codes = DeadCodes(state.model, cfg, inherited)
+    done, last_eval, stop, t0 = start, {}, None, time.monotonic() - elapsed
     with (state.run / "metrics.jsonl").open("a") as log:
         try:
             for step, batch in sampler.prefetch(start, cfg.steps, cfg.prefetch):
@@ -311,11 +313,11 @@ def _loop(
                 result = _log_eval_save(state, log, on_progress, record, eval_clips, t0)
                 if result is not None:
                     last_eval = result
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as e:
+            stop = e
             state.save(done, time.monotonic() - t0)
-    model_dir = None if interrupted else _ship(state, done, time.monotonic() - t0, last_eval)
-    return TrainResult(state.run, model_dir, done, last_eval, interrupted)
+    model_dir = None if stop else _ship(state, done, time.monotonic() - t0, last_eval)
+    return TrainResult(state.run, model_dir, done, last_eval, stop is not None, stop)
 
 
 def _optimise(state: RunState, batch: Tensor, step: int, base: dict[str, float]
