@@ -1,18 +1,25 @@
 """Beam search over residual levels (`vqtok.quantizers.beam`): optimality when the beam holds
-every path, never worse than greedy on average, ties, and independence of batch and block."""
+every path, never worse than greedy on average, ties, and independence of batch and block; the
+beam as a per-call setting, and every encode setting recorded as used."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from clips import make_clip
 from tiny import TINY_CONFIG
 
-from vqtok.api import Tokenizer
+from vqtok.api import Tokenizer, load
 from vqtok.errors import ConfigError, QuantizerError
 from vqtok.families.vqtok import VideoTokenizer
+from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.tokens import load_tokens
+from vqtok.io.videotensor import read_video
+from vqtok.pipeline.encode import EncodeOptions, encode_file
 from vqtok.quantizers.beam import beam_codes
 from vqtok.quantizers.ema_residual import EMAResidualQuantizer
 from vqtok.quantizers.residual import ResidualQuantizer
@@ -154,3 +161,62 @@ def test_a_beam_model_encodes_the_same_in_one_shot_and_in_chunks() -> None:
     batch = tok.encode(torch.cat([video, video.flip(3)]))
     assert torch.equal(batch[:1], whole)
     assert tok.encode(video, levels=2).shape[-1] == 2
+
+
+def _beam_model(directory):
+    torch.manual_seed(0)
+    config = replace(TINY_CONFIG, quantizer="ema_rvq",
+                     quantizer_options={"num_levels": 3, "codebook_sizes": 16})
+    return save_pretrained(VideoTokenizer(config), directory)
+
+
+def test_beam_is_a_per_call_setting_that_never_changes_the_model() -> None:
+    torch.manual_seed(0)
+    config = replace(TINY_CONFIG, quantizer="ema_rvq",
+                     quantizer_options={"num_levels": 3, "codebook_sizes": 16})
+    tok = Tokenizer(VideoTokenizer(config).eval(), name="tiny")
+    video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    greedy, wide = tok.encode(video), tok.encode(video, beam=8)
+    assert not torch.equal(greedy, wide)  # the beam finds other codes here
+    assert tok.model.quantizer.beam_width == 1 and torch.equal(tok.encode(video), greedy)
+    # two streams with different beams, interleaved in one process: each gets its own result
+    a = tok.encode_stream(video.split(3, dim=2), beam=8)
+    b = tok.encode_stream(video.split(3, dim=2))
+    pieces_a, pieces_b = [], []
+    for x, y in zip(a, b, strict=True):
+        pieces_a.append(x)
+        pieces_b.append(y)
+    assert torch.equal(torch.cat(pieces_a, 1), wide) and torch.equal(torch.cat(pieces_b, 1), greedy)
+    with pytest.raises(ConfigError):
+        tok.encode(video, beam=0)
+
+
+SETTINGS = {  # EncodeOptions field -> (value, the read_video / Tokenizer.encode arguments)
+    "size": ((24, 40), {"size": (24, 40)}),
+    "short_side": (24, {"short_side": 24}),
+    "fps": (4, {"fps": 4}),
+    "max_frames": (5, {"max_frames": 5}),
+    "levels": (2, {"levels": 2}),
+    "beam": (8, {"beam": 8}),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_the_sidecar_records_the_settings_the_indices_were_made_with(tmp_path, setting) -> None:
+    """encode_file with one setting = the Python API asked for the same thing directly; the
+    sidecar records exactly that setting."""
+    model_dir = _beam_model(tmp_path / "model")
+    clip = make_clip(tmp_path / "clip.mp4", frames=9, size=(32, 48), fps=8)
+    value, direct = SETTINGS[setting]
+    tok = load(model_dir, device="cpu")
+    result = encode_file(clip, tmp_path / "c.npy", tok, EncodeOptions(**{setting: value}))
+    stored, meta = load_tokens(result.target)
+    reading = {k: v for k, v in direct.items() if k in ("size", "short_side", "fps", "max_frames")}
+    coding = {k: v for k, v in direct.items() if k in ("levels", "beam")}
+    expected = tok.encode(read_video(clip, **reading), **coding)[0].numpy()
+    np.testing.assert_array_equal(stored, expected)
+    recorded = getattr(meta.settings, setting)
+    wanted = f"{value}/1" if setting == "fps" else value
+    assert recorded == wanted and tok.model.quantizer.beam_width == 1
+    others = {f: getattr(meta.settings, f) for f in SETTINGS if f != setting}
+    assert set(others.values()) == {None}

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from vqtok.clips import check_video, crop_padding
+from vqtok.encode_stream import EncodeStream
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import load_pretrained, read_info, weights_sha256
@@ -116,6 +118,7 @@ class Tokenizer:
         self.path = path
         self.dtype = dtype
         self._sha256: str | None = None
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (f"Tokenizer(name={self.name!r}, family={self.model.family!r}, "
@@ -183,7 +186,8 @@ class Tokenizer:
     # ------------------------------------------------------------ one-shot
 
     def encode(
-        self, video: Tensor, remap: RemapLike | None = None, levels: int | None = None
+        self, video: Tensor, remap: RemapLike | None = None, levels: int | None = None,
+        beam: int | None = None,
     ) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
@@ -199,6 +203,8 @@ class Tokenizer:
                 look only at the used codes, level by level.
             levels: residual models: keep the first k levels, (..., k); a coarser code of
                 k * log2(K) bits per position that `decode` takes as it is.
+            beam: residual models: search the levels with a beam of this many paths for this
+                call (1: greedy); None: the model's own ``beam_width``.
 
         Raises:
             VqtokError: not a float tensor of that shape, or values clearly outside [-1, 1]
@@ -208,7 +214,7 @@ class Tokenizer:
         """
         video = self._prepare(video)
         allowed = self._allowed(remap)
-        with self._running():
+        with self._running(beam):
             # a k-level search, not the first k columns of an L-level one (a beam-searched
             # code's prefix is not the best k-level code)
             levels = None if levels is None else self.check_levels(levels)
@@ -226,17 +232,25 @@ class Tokenizer:
 
     def set_beam_width(self, width: int) -> Tokenizer:
         """Search the residual levels with a beam of ``width`` paths from now on (1: greedy),
-        in place of the model's ``beam_width``; returns the tokenizer.
+        in place of the model's ``beam_width``; returns the tokenizer. For one call, pass
+        ``beam=`` to `encode` / `encode_stream` instead.
 
         Raises:
             ConfigError: the model has no residual quantizer, or ``width`` is not an int >= 1.
         """
-        setter = getattr(getattr(self.model, "quantizer", None), "set_beam_width", None)
-        if setter is None:
+        quantizer: Any = self.model.quantizer
+        quantizer.set_beam_width(self.check_beam(width))
+        return self
+
+    def check_beam(self, width: int) -> int:
+        """``width`` if the model can search its residual levels with that beam, else a
+        `ConfigError`."""
+        if not hasattr(getattr(self.model, "quantizer", None), "set_beam_width"):
             raise ConfigError(f"beam search needs a residual-quantizer model; {self.name} "
                               "is not one")
-        setter(width)
-        return self
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ConfigError(f"beam width must be an integer >= 1, got {width!r}")
+        return width
 
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
         """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
@@ -265,16 +279,18 @@ class Tokenizer:
     # ------------------------------------------------------------ streaming
 
     def encode_stream(
-        self, chunks: Iterable[Tensor], remap: RemapLike | None = None, levels: int | None = None
+        self, chunks: Iterable[Tensor], remap: RemapLike | None = None, levels: int | None = None,
+        beam: int | None = None,
     ) -> EncodeStream:
         """Encode a long video given as consecutive chunks (B, 3, T_i, H, W), any T_i >= 1.
 
         Returns an iterator of index chunks (B, t_i, h, w[, L]) whose concatenation along
-        dim 1 equals ``encode`` of the whole video (with the same ``remap``), exactly; the end
-        is padded like ``encode`` does. After exhaustion its ``frames`` and ``padding`` say how
-        many real frames it read and how many copies of the last one it appended.
+        dim 1 equals ``encode`` of the whole video (with the same ``remap``, ``levels`` and
+        ``beam``), exactly; the end is padded like ``encode`` does. After exhaustion its
+        ``frames`` and ``padding`` say how many real frames it read and how many copies of the
+        last one it appended.
         """
-        return EncodeStream(self, chunks, self._allowed(remap), levels)
+        return EncodeStream(self, chunks, self._allowed(remap), levels, beam)
 
     def decode_stream(
         self,
@@ -339,53 +355,16 @@ class Tokenizer:
         return video
 
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
-        """inference_mode, plus autocast to ``dtype`` when it is not float32."""
-        with contextlib.ExitStack() as stack:
+    def _running(self, beam: int | None = None) -> Iterator[None]:
+        """inference_mode, plus autocast to ``dtype`` when it is not float32, and the beam
+        width ``beam`` (None: the model's) for this step only. One step at a time (a lock), so
+        threads sharing the tokenizer never see each other's beam."""
+        with self._lock, contextlib.ExitStack() as stack:
+            if beam is not None:
+                quantizer: Any = self.model.quantizer
+                stack.callback(quantizer.set_beam_width, quantizer.beam_width)
+                quantizer.set_beam_width(self.check_beam(beam))
             stack.enter_context(torch.inference_mode())
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
             yield
-
-
-class EncodeStream(Iterator[Tensor]):
-    """Iterator of index chunks from `Tokenizer.encode_stream`; pads the video's end.
-
-    Attributes:
-        frames: real frames read so far.
-        padding: frames appended after the last real one (set once the input is exhausted).
-    """
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        chunks: Iterable[Tensor],
-        allowed: Sequence[Tensor] | None = None,
-        levels: int | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.frames = 0
-        self.padding = 0
-        levels = None if levels is None else tokenizer.check_levels(levels)
-        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed, levels)
-
-    def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
-        last = None
-        for chunk in chunks:
-            chunk = self.tokenizer._prepare(chunk)
-            if chunk.shape[2] == 0:
-                continue
-            self.frames += chunk.shape[2]
-            last = chunk[:, :, -1:]
-            yield chunk
-        if last is None:
-            raise VqtokError("the video has no frames")
-        self.padding = self.tokenizer.padded_frames(self.frames) - self.frames
-        if self.padding:
-            yield last.expand(-1, -1, self.padding, -1, -1)
-
-    def __next__(self) -> Tensor:
-        # enter inference/autocast per step: a generator holding the context across ``yield``
-        # would leak it into the caller's code between chunks
-        with self.tokenizer._running():
-            return next(self._inner)

@@ -160,7 +160,8 @@ def encode_batch(
     try:
         steps = _lockstep(streams, counts, tokenizer.device, progress, expected)
         search = None if plan is None else plan.search
-        encoded = tokenizer.encode_stream(steps, remap=search, levels=options.levels)
+        encoded = tokenizer.encode_stream(steps, remap=search, levels=options.levels,
+                                          beam=options.beam)
         pieces = [piece.cpu() for piece in encoded]
     finally:
         for stream in streams:

@@ -221,7 +221,8 @@ def encode_indices(
     try:
         chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
         stream = tokenizer.encode_stream(
-            chunks, remap=None if plan is None else plan.search, levels=options.levels
+            chunks, remap=None if plan is None else plan.search, levels=options.levels,
+            beam=options.beam,
         )
         pieces = [piece.cpu() for piece in stream]
     finally:

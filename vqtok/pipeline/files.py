@@ -139,7 +139,7 @@ class EncodeRun:
         return tokenizer
 
     def check(self, tokenizer: Tokenizer) -> None:
-        """Fail once, before any file, for options the model cannot take; set ``--beam``."""
+        """Fail once, before any file, for options the model cannot take."""
         if self.options.levels is not None:
             try:
                 tokenizer.check_levels(self.options.levels)
@@ -147,7 +147,7 @@ class EncodeRun:
                 raise OptionError("--levels", e.message) from None
         if self.options.beam is not None:
             try:
-                tokenizer.set_beam_width(self.options.beam)
+                tokenizer.check_beam(self.options.beam)
             except ConfigError as e:
                 raise OptionError("--beam", e.message) from None
         if self.options.remap is not None:
