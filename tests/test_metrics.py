@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from vqtok.metrics import psnr, psnr_per_frame, seam_loss, ssim_loss, ssim_per_frame
+from vqtok.metrics import (
+    psnr,
+    psnr_per_frame,
+    seam_loss,
+    ssim_loss,
+    ssim_per_frame,
+    temporal_loss,
+)
 
 
 def test_psnr_known_value():
@@ -64,3 +71,16 @@ def test_seam_loss_sees_a_block_grid_and_nothing_else():
     gridded = (ref + grid).requires_grad_()
     seam_loss(ref, gridded, 8).backward()
     assert gridded.grad is not None and gridded.grad.abs().sum() > 0
+
+
+def test_temporal_loss_sees_flicker_and_not_a_constant_error():
+    ref = torch.rand(2, 3, 9, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert float(temporal_loss(ref, ref + 0.1)) == pytest.approx(0.0, abs=1e-6)
+    flicker = torch.zeros_like(ref)
+    flicker[:, :, 5::4] = 0.2  # every 4th frame jumps: two changes of 0.2 per jump
+    expected = 0.2 * 2 / 8  # 2 of the 8 frame-to-frame changes of each pixel are off
+    assert float(temporal_loss(ref, ref + flicker)) == pytest.approx(expected, rel=1e-5)
+    assert float(temporal_loss(ref[:, :, :1], ref[:, :, :1] + 1)) == 0.0
+    moving = (ref + flicker).requires_grad_()
+    temporal_loss(ref, moving).backward()
+    assert moving.grad is not None and moving.grad.abs().sum() > 0

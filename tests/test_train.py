@@ -204,7 +204,7 @@ def linear_rvq_run(steps: int) -> RunConfig:
     model = {**TINY_MODEL, "quantizer": "ema_rvq", "latent_dim": 6, "shortcut": "linear",
              "quantizer_options": {"num_levels": 3, "codebook_sizes": 8}}
     options = {**tiny_run(steps).to_dict()["train"], "ssim_weight": 0.5,
-               "seam_weight": 1.0, "kmeans_init_batches": 4, "fit_shortcut_batches": 4,
+               "seam_weight": 1.0, "temporal_weight": 1.0, "kmeans_init_batches": 4, "fit_shortcut_batches": 4,
                "quantizer_dropout": 0.5, "weight_ema": 0.9, "eval_every": 2,
                "dead_code_every": 2}  # a multiple of save_every: resume is exact
     return RunConfig.from_dict({"name": "lin", "model": model, "train": options})
@@ -220,6 +220,7 @@ def test_linear_recipe_starts_fitted_and_keeps_its_best_model(footage_dir, tmp_p
     assert {r["levels"] for r in steps} - {0} <= {1, 2}  # dropout runs a prefix of 3 levels
     assert all(0 <= r["ssim_loss"] <= 2 for r in steps)
     assert all(r["seam_loss"] > 0 for r in steps)
+    assert all(r["temporal_loss"] > 0 for r in steps)
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     evals = [r["eval_psnr"] for r in read_metrics(tmp_path / "run") if "eval_psnr" in r]
     assert best["eval_psnr"] == max(evals)

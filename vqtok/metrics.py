@@ -103,6 +103,20 @@ def seam_loss(reference: Tensor, test: Tensor, period: int) -> Tensor:
     return (columns.abs().mean() + rows.abs().mean()) / 2
 
 
+def temporal_loss(reference: Tensor, test: Tensor) -> Tensor:
+    """Mean absolute error of the frame-to-frame changes of two videos (B, C, T, H, W).
+
+    Returns:
+        float32 scalar, differentiable: ``|dt(test) - dt(reference)|``, 0 for one-frame clips.
+        A reconstruction that changes where the source does not (flicker at temporal group
+        boundaries, a doubled moving edge) pays here even when each frame alone is close.
+    """
+    if reference.shape[2] < 2:
+        return test.float().sum() * 0.0
+    error = test.float() - reference.float()  # dt(test) - dt(reference) is dt(error)
+    return (error[:, :, 1:] - error[:, :, :-1]).abs().mean()
+
+
 def psnr_per_frame(reference: Tensor, test: Tensor, data_range: float = 255.0) -> Tensor:
     """(T,) float64 PSNR of each frame of (T, H, W, C) inputs."""
     mse = (reference.double() - test.double()).square().flatten(1).mean(1)

@@ -46,7 +46,9 @@ class TrainConfig:
         l1_weight, mse_weight, ssim_weight: reconstruction terms (SSIM as 1 - SSIM, on
         every channel of every frame); seam_weight: L1 between the reconstruction's and the clip's
         neighbour differences across the tokenizer's block boundaries (`seam_loss`: it
-        penalises a block grid, which pixel losses barely see); quantizer_weight multiplies the
+        penalises a block grid, which pixel losses barely see); temporal_weight: L1 between
+        the reconstruction's and the clip's frame-to-frame changes (`temporal_loss`: flicker
+        and doubled moving edges); quantizer_weight multiplies the
         quantizer's own loss (commitment / codebook / entropy / KL); entropy_warmup_steps
         ramps an LFQ entropy weight linearly from 0.
     Quantizer machinery:
@@ -94,6 +96,7 @@ class TrainConfig:
     mse_weight: float = 1.0
     ssim_weight: float = 0.0
     seam_weight: float = 0.0
+    temporal_weight: float = 0.0
     quantizer_weight: float = 1.0
     entropy_warmup_steps: int = 0
     gumbel_temperature: tuple[float, ...] = (1.0, 0.5)

@@ -33,7 +33,7 @@ from torch import Tensor
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import load_pretrained, parameter_count, save_pretrained
-from vqtok.metrics import seam_loss, ssim_loss
+from vqtok.metrics import seam_loss, ssim_loss, temporal_loss
 from vqtok.runtime import resolve_device
 from vqtok.train.config import RunConfig, TrainConfig
 from vqtok.train.data_init import fit_shortcut, init_codebooks
@@ -150,7 +150,9 @@ def _step(
     ssim_term = ssim_loss(batch, recon) if cfg.ssim_weight else torch.zeros(())
     seam_term = (seam_loss(batch, recon, model.config.spatial_factor) if cfg.seam_weight
                  else torch.zeros(()))
-    loss = loss + cfg.ssim_weight * ssim_term + cfg.seam_weight * seam_term
+    time_term = temporal_loss(batch, recon) if cfg.temporal_weight else torch.zeros(())
+    loss = (loss + cfg.ssim_weight * ssim_term + cfg.seam_weight * seam_term
+            + cfg.temporal_weight * time_term)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (
@@ -166,6 +168,7 @@ def _step(
         mse=mse.item(),
         ssim_loss=ssim_term.item(),
         seam_loss=seam_term.item(),
+        temporal_loss=time_term.item(),
         q_loss=out.loss.item(),
         grad_norm=float(grad_norm),
         psnr=float(10 * torch.log10(4 / mse.detach())),
