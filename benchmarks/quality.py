@@ -1,19 +1,26 @@
-"""Held-out reconstruction quality of a model: PSNR, SSIM and codebook use per source.
+"""Held-out reconstruction quality on video: whole clips with motion, per-frame figures.
 
-The held-out sources are the files ``tests/data/*heldout*`` (the last second of every training
-video and photographs never trained on, all 256x256; see tests/data/README.md). Videos are
-encoded whole; photographs as one-frame clips. For residual quantizers ``--levels all`` also
-measures every prefix of the levels (the quality ladder of one model).
+The held-out videos are whole sources no shipped model was trained on, fetched by
+``make footage`` into ``.data/footage-heldout/`` (the list and licences: ``models/footage.py``,
+``tests/data/README.md``). Each is read from its start, ``--frames`` frames (33 by default), and
+measured twice: at native resolution (centre-cropped to a multiple of 8) and as a 256x256 centre
+crop (the short side scaled up to 256 first where it is shorter). Per source and as a mean over
+sources: PSNR, SSIM, and the figures of `vqtok.video_figures` (the first frame against the later
+ones and each position in a temporal group, high-motion frames, flicker at group boundaries,
+chroma spread of grey sources, the cost of a scene cut). The photographs (``tests/data/
+heldout-*.png``, one-frame clips) are reported on their own line, never in the video mean.
+Several ``--model`` s are measured in one run, on the same frames.
 
-    .venv/bin/python benchmarks/quality.py --model vqtok-ema [--levels all] \
+    .venv/bin/python benchmarks/quality.py --model vqtok-ema --model vqtok-ema-8x32 \
         [--samples models/vqtok-ema/samples] [--json out.json]
 
-"seams" is a block-grid measure: the mean absolute difference between neighbouring pixels
-(grey, all frames) across an 8-pixel block boundary divided by the same inside a block,
-horizontally and vertically; 1.0 means no grid (the sources measure 0.97-1.05).
-
 ``--samples DIR`` writes one side-by-side PNG per source (source | reconstruction, the middle
-frame of a video), the pictures committed with the model cards.
+frame at native size) and a side-by-side MP4 of the highest-motion source, for the model card
+(of the first model given). ``--levels k`` measures a residual model's first k levels.
+
+`block_seams` (a block-grid measure: neighbour differences across 8-pixel block boundaries over
+those inside; 1.0 = no grid), `usage` and the loaders are shared with ``deblock_sweep.py`` and
+``code_use.py``, which still measure the older stills-and-tails set (``tests/data/*heldout*``).
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ import torch
 
 import vqtok
 from vqtok.io.video import read_frames
+from vqtok.io.video_writer import write_video
 from vqtok.metrics import psnr, ssim_per_frame
+from vqtok.video_figures import video_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = sorted((ROOT / "tests" / "data").glob("*heldout*"))
+PHOTOS = sorted((ROOT / "tests" / "data").glob("heldout-*.png"))
+HELDOUT_VIDEOS = ROOT / ".data" / "footage-heldout"
+CROP = 256
 
 
 def load_source(path: Path) -> np.ndarray:
@@ -99,50 +111,138 @@ def bits_per_position(tok: vqtok.Tokenizer, levels: int) -> float:
     return levels * math.log2(tok.codebook_size)
 
 
+def native(frames: np.ndarray, multiple: int = 8) -> np.ndarray:
+    """Centre crop (T, H, W, 3) to multiples of ``multiple``."""
+    h, w = frames.shape[1] // multiple * multiple, frames.shape[2] // multiple * multiple
+    top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
+    return frames[:, top : top + h, left : left + w]
+
+
+def read_clip(path: Path, frames: int, crop: bool) -> np.ndarray:
+    """The first ``frames`` frames of ``path``: native (cropped to a multiple of 8) or, with
+    ``crop``, the centre CROP x CROP (short side scaled up to CROP where it is shorter)."""
+    probe = next(iter(read_frames(path, max_frames=1)))
+    short = min(probe.shape[1:3]) < CROP
+    clip = np.concatenate(list(read_frames(path, max_frames=frames, window=64,
+                                           short_side=CROP if crop and short else None)))
+    if not crop:
+        return native(clip)
+    top, left = (clip.shape[1] - CROP) // 2, (clip.shape[2] - CROP) // 2
+    return clip[:, top : top + CROP, left : left + CROP]
+
+
+def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> np.ndarray:
+    """uint8-valued float64 reconstruction (T, H, W, 3) of uint8 frames (T, H, W, 3)."""
+    recon = tok.decode(tok.encode(to_tensor(frames), levels=levels), frames=frames.shape[0])
+    return to_uint8(recon).numpy()
+
+
+def score(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dict:
+    """PSNR, SSIM and the video figures of one clip, and the reconstruction."""
+    recon = reconstruct(tok, frames, levels)
+    ref = torch.from_numpy(frames).double()
+    figures = video_figures(frames, recon, tok.temporal_factor).to_dict()
+    return {"psnr": float(psnr(ref, torch.from_numpy(recon))),
+            "ssim": float(ssim_per_frame(ref, torch.from_numpy(recon)).mean()),
+            "seams": block_seams(recon), **figures, "recon": recon}
+
+
+SUMMARY = ("psnr", "ssim", "first_frame_psnr", "later_frames_psnr", "high_motion_psnr",
+           "flicker_boundary", "flicker_inside")
+
+
+def mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def show(value: float | None, digits: int = 2) -> str:
+    return "   —" if value is None else f"{value:.{digits}f}"
+
+
+def print_rows(title: str, rows: dict[str, dict]) -> None:
+    print(f"  {title}")
+    print(f"    {'source':22s} {'PSNR':>6s} {'SSIM':>6s} {'first':>6s} {'later':>6s} "
+          f"{'motion':>6s} {'flick@b':>7s} {'flick@i':>7s}  extra")
+    for name, r in rows.items():
+        extra = []
+        if r["grey"]:
+            extra.append(f"grey: chroma {r['chroma_spread']:.2f}")
+        if r["cuts"]:
+            extra.append(f"cut at {r['cuts']}: -{r['cut_drop']:.2f} dB")
+        print(f"    {name:22s} {r['psnr']:6.2f} {r['ssim']:6.4f} {show(r['first_frame_psnr']):>6s} "
+              f"{show(r['later_frames_psnr']):>6s} {show(r['high_motion_psnr']):>6s} "
+              f"{show(r['flicker_boundary']):>7s} {show(r['flicker_inside']):>7s}  "
+              + "; ".join(extra))
+    values = list(rows.values())
+    means = {k: mean_of(values, k) for k in SUMMARY}
+    positions = [mean_of([{"p": r["position_psnr"][i]} for r in values], "p")
+                 for i in range(len(values[0]["position_psnr"]))]
+    print(f"    {'mean':22s} {show(means['psnr']):>6s} {show(means['ssim'], 4):>6s} "
+          f"{show(means['first_frame_psnr']):>6s} {show(means['later_frames_psnr']):>6s} "
+          f"{show(means['high_motion_psnr']):>6s} {show(means['flicker_boundary']):>7s} "
+          f"{show(means['flicker_inside']):>7s}  group positions "
+          + " / ".join(show(p) for p in positions))
+
+
+def write_samples(directory: Path, name: str, frames: np.ndarray, recon: np.ndarray) -> None:
+    t = frames.shape[0] // 2
+    pair = np.concatenate([frames[t], recon[t]], axis=1).astype(np.uint8)
+    write_png(directory / f"{name}.png", pair)
+
+
+def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argparse.Namespace,
+                  samples: Path | None) -> dict:
+    """Every held-out clip at both sizes and the photographs; prints the tables."""
+    report: dict = {"model": tok.name, "sha256": tok.weights_sha256, "levels": args.levels}
+    print(f"{tok.name} ({bits_per_position(tok, args.levels or tok.num_codebooks):.0f} "
+          f"bits/position)")
+    for size in ("native", "crop"):
+        rows = {}
+        for name, pair in clips.items():
+            rows[name] = score(tok, pair[size], args.levels)
+            if samples is not None and size == "native":
+                write_samples(samples, name, pair[size], rows[name]["recon"])
+        print_rows(f"videos, {'native size' if size == 'native' else f'{CROP}² centre crops'}"
+                   f", {args.frames} frames", rows)
+        if samples is not None and size == "native":
+            busiest = max(rows, key=lambda n: len(rows[n]["high_motion_frames"]))
+            pair = np.concatenate([clips[busiest]["native"], rows[busiest]["recon"]], axis=2)
+            write_video(samples / f"{busiest}-side-by-side.mp4", pair.astype(np.uint8), fps=8)
+        report[size] = {n: {k: v for k, v in r.items() if k != "recon"} for n, r in rows.items()}
+    stills = {n: score(tok, f, args.levels) for n, f in photos.items()}
+    print(f"  photographs ({len(stills)}, one-frame clips, not in the video mean): "
+          + ", ".join(f"{n} {r['psnr']:.2f} dB / {r['ssim']:.4f}" for n, r in stills.items()))
+    report["photos"] = {n: {"psnr": r["psnr"], "ssim": r["ssim"]} for n, r in stills.items()}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="name or directory (default model)")
-    parser.add_argument("--levels", default=None, help="k, or 'all' for every prefix")
-    parser.add_argument("--samples", type=Path, default=None, help="write side-by-side PNGs")
+    parser.add_argument("--model", action="append", default=None,
+                        help="name or directory; repeat to compare (default: the default model)")
+    parser.add_argument("--heldout", type=Path, default=HELDOUT_VIDEOS,
+                        help="folder of held-out videos (make footage)")
+    parser.add_argument("--frames", type=int, default=33, help="frames per clip")
+    parser.add_argument("--levels", type=int, default=None, help="residual models: first k")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="write side-by-side PNGs and the busiest clip (first model)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tok = vqtok.load(args.model, device="cpu")
-    top = tok.num_codebooks
-    ladder = (list(range(1, top + 1)) if args.levels == "all"
-              else [int(args.levels)] if args.levels else [None])
-    sources = {p.name: load_source(p) for p in HELDOUT}
-    report: dict = {"model": tok.name, "sha256": tok.weights_sha256, "rungs": []}
-    for levels in ladder:
-        k = levels or top
-        rows, counts = {}, None
-        for name, frames in sources.items():
-            m = measure(tok, frames, levels)
-            used = [float((c > 0).mean()) for c in m["counts"]]
-            rows[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "seams": m["seams"],
-                          "usage": used}
-            counts = m["counts"] if counts is None else [
-                a + b for a, b in zip(counts, m["counts"], strict=True)
-            ]
-            if args.samples and levels in (None, top):
-                t = frames.shape[0] // 2
-                pair = np.concatenate([frames[t], m["recon"][t]], axis=1)
-                write_png(args.samples / f"{Path(name).stem}.png", pair)
-        mean_psnr = sum(r["psnr"] for r in rows.values()) / len(rows)
-        mean_ssim = sum(r["ssim"] for r in rows.values()) / len(rows)
-        pooled = [float((c > 0).mean()) for c in counts or []]
-        report["rungs"].append({"levels": k, "bits": bits_per_position(tok, k),
-                                "mean_psnr": mean_psnr, "mean_ssim": mean_ssim,
-                                "usage_pooled": pooled, "sources": rows})
-        print(f"levels {k} ({bits_per_position(tok, k):.0f} bits/position): "
-              f"mean PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.4f}, "
-              f"codes used per level (all sources) {', '.join(f'{u:.1%}' for u in pooled)}")
-        for name, r in rows.items():
-            print(f"  {name:28s} {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}  "
-                  f"seams {r['seams'][0]:.2f}/{r['seams'][1]:.2f}  "
-                  f"used {', '.join(f'{u:.1%}' for u in r['usage'])}")
+    videos = sorted(p for p in args.heldout.iterdir() if p.is_file())
+    if not videos:
+        raise SystemExit(f"error: {args.heldout}: no held-out videos; run make footage first")
+    clips = {p.stem: {"native": read_clip(p, args.frames, False),
+                      "crop": read_clip(p, args.frames, True)} for p in videos}
+    photos = {p.stem: load_source(p) for p in PHOTOS}
+    reports = []
+    for index, model in enumerate(args.model or [None]):
+        tok = vqtok.load(model, device="cpu")
+        reports.append(measure_model(tok, clips, photos, args,
+                                     args.samples if index == 0 else None))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        args.json.write_text(json.dumps(reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":
