@@ -138,6 +138,14 @@ def test_sampler_is_reproducible_per_step_and_holds_out_the_tail():
     assert steps == [3, 4, 5]
 
 
+def test_frame_cap_limits_a_long_source_s_share():
+    frames = np.zeros((400, 8, 8, 3), dtype=np.uint8)
+    sources = [Footage("film", frames), Footage("short", frames[:40])]
+    spec = ClipSpec(5, 8)
+    assert ClipSampler(sources, spec, 1).weights.tolist() == [400.0, 40.0]
+    assert ClipSampler(sources, spec, 1, frame_cap=100).weights.tolist() == [100.0, 40.0]
+
+
 def test_image_steps_cut_one_frame_crops_at_native_scale(footage_dir, tmp_path):
     frames = np.random.default_rng(1).integers(0, 255, (12, 20, 24, 3), dtype=np.uint8)
     still = np.random.default_rng(2).integers(0, 255, (1, 18, 22, 3), dtype=np.uint8)

@@ -39,6 +39,8 @@ class TrainConfig:
         image_crop_size: side of an image step's crops (0 = crop_size); fewer, larger crops
             keep the step's pixel count, so the network sees more context per crop at the
             same cost.
+        source_frame_cap: sources are drawn in proportion to their frames, each counting at
+            most this many (0 = no cap), so one long film does not fill most batches.
     Optimisation:
         steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
         weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
@@ -83,6 +85,7 @@ class TrainConfig:
     eval_size: int = 256
     image_every: int = 0
     image_crop_size: int = 0
+    source_frame_cap: int = 0
     steps: int = 10_000
     batch_size: int = 4
     lr: float = 1e-3
@@ -120,6 +123,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.source_frame_cap < 0:
+            raise ConfigError(f"train.source_frame_cap must be >= 0, got {self.source_frame_cap}")
         if self.image_crop_size < 0:
             raise ConfigError(f"train.image_crop_size must be >= 0, got {self.image_crop_size}")
         if self.image_every < 0:

@@ -202,7 +202,8 @@ class ClipSampler:
     """Random training batches, reproducible per step.
 
     Sources are drawn in proportion to their frame count (stills count as ``still_weight``
-    frames), so a long video is not drowned by many photos.
+    frames), so a long video is not drowned by many photos; with ``frame_cap`` > 0 a source
+    counts at most that many frames, so one long film does not drown the other videos.
 
     Args:
         footage: training sources.
@@ -215,6 +216,7 @@ class ClipSampler:
         image_size: side S of an image step's crops (0 = ``spec.size``); B' is
             ``batch_size * spec.frames * (spec.size / S) ** 2`` rounded (at least 1), so an image
             step holds about as many pixels as a clip step.
+        frame_cap: > 0: the most frames a source counts for when drawing sources.
     """
 
     def __init__(
@@ -226,6 +228,7 @@ class ClipSampler:
         still_weight: float = 32.0,
         image_every: int = 0,
         image_size: int = 0,
+        frame_cap: int = 0,
     ) -> None:
         if not footage:
             raise ConfigError("no training footage")
@@ -234,7 +237,9 @@ class ClipSampler:
         self.image_spec = replace(spec, frames=1, strides=(1,), size=image_size or spec.size)
         pixels = batch_size * spec.frames * spec.size**2
         self.image_count = max(1, round(pixels / self.image_spec.size**2))
-        weights = [still_weight if f.is_still else float(f.frames.shape[0]) for f in footage]
+        cap = frame_cap or float("inf")
+        weights = [still_weight if f.is_still else float(min(f.frames.shape[0], cap))
+                   for f in footage]
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
     def is_image_step(self, step: int) -> bool:

@@ -254,8 +254,8 @@ def _footage(
         load_footage(data, cfg.short_side, on_skip=skipped), cfg.holdout_frames
     )
     run.mkdir(parents=True, exist_ok=True)
-    sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed,
-                           image_every=cfg.image_every, image_size=cfg.image_crop_size)
+    sampler = ClipSampler(footage, spec, cfg.batch_size, cfg.seed, image_every=cfg.image_every,
+                          image_size=cfg.image_crop_size, frame_cap=cfg.source_frame_cap)
     return sampler, heldout_clips(held, cfg.clip_frames, cfg.eval_size)
 
 
