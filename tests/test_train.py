@@ -212,7 +212,8 @@ def linear_rvq_run(steps: int) -> RunConfig:
     model = {**TINY_MODEL, "quantizer": "ema_rvq", "latent_dim": 6, "shortcut": "linear",
              "quantizer_options": {"num_levels": 3, "codebook_sizes": 8}}
     options = {**tiny_run(steps).to_dict()["train"], "ssim_weight": 0.5,
-               "seam_weight": 1.0, "temporal_weight": 1.0, "kmeans_init_batches": 4, "fit_shortcut_batches": 4,
+               "seam_weight": 1.0, "temporal_weight": 1.0, "kmeans_init_batches": 4,
+               "fit_shortcut_batches": 4,
                "quantizer_dropout": 0.5, "weight_ema": 0.9, "eval_every": 2,
                "dead_code_every": 2}  # a multiple of save_every: resume is exact
     return RunConfig.from_dict({"name": "lin", "model": model, "train": options})
@@ -297,3 +298,18 @@ def test_decoder_only_finish_rejects_codebook_reseeding():
     data["train"].update(trainable="encoder", dead_code_every=0)
     with pytest.raises(ConfigError, match="trainable"):
         RunConfig.from_dict(data)
+
+
+def test_grey_clips_have_equal_channels_and_other_clips_are_unchanged():
+    frames = np.random.default_rng(1).integers(0, 255, (30, 20, 24, 3), dtype=np.uint8)
+    sources = [Footage("v", frames)]
+    plain = ClipSampler(sources, ClipSpec(5, 16), batch_size=1, seed=2).sample_batch(3)
+    grey = ClipSampler(sources, ClipSpec(5, 16, grey=1.0), batch_size=1, seed=2).sample_batch(3)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    luma = (plain * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1, 1)).sum(1)
+    assert torch.allclose(grey[:, 0], luma, atol=1e-6)
+    none = ClipSampler(sources, ClipSpec(5, 16, grey=0.0), batch_size=1, seed=2).sample_batch(3)
+    assert torch.equal(none, plain)
+    half = ClipSampler(sources, ClipSpec(5, 16, grey=0.5), batch_size=64, seed=2).sample_batch(0)
+    greyed = sum(bool(torch.equal(c[0], c[2])) for c in half)
+    assert 16 <= greyed <= 48

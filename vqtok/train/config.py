@@ -41,6 +41,8 @@ class TrainConfig:
             same cost.
         source_frame_cap: sources are drawn in proportion to their frames, each counting at
             most this many (0 = no cap), so one long film does not fill most batches.
+        grey_fraction: the share of clips made grey (luma in every channel), so grey footage
+            comes back grey.
     Optimisation:
         steps, batch_size, lr (peak), warmup_steps (linear), min_lr_ratio (cosine floor),
         weight_decay, beta1, beta2 (AdamW), grad_clip (global norm; 0 = off).
@@ -86,6 +88,7 @@ class TrainConfig:
     image_every: int = 0
     image_crop_size: int = 0
     source_frame_cap: int = 0
+    grey_fraction: float = 0.0
     steps: int = 10_000
     batch_size: int = 4
     lr: float = 1e-3
@@ -123,6 +126,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.grey_fraction <= 1.0:
+            raise ConfigError(f"train.grey_fraction must be in [0, 1], got {self.grey_fraction}")
         if self.source_frame_cap < 0:
             raise ConfigError(f"train.source_frame_cap must be >= 0, got {self.source_frame_cap}")
         if self.image_crop_size < 0:

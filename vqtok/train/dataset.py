@@ -41,12 +41,15 @@ class ClipSpec:
         size: side of the square crop, pixels.
         strides: temporal strides to draw from (2 = every other frame).
         flip: random horizontal flips.
+        grey: probability that a clip is made grey (its luma in every channel), so that the
+            model learns to give grey footage back without colour.
     """
 
     frames: int
     size: int
     strides: tuple[int, ...] = (1,)
     flip: bool = True
+    grey: float = 0.0
 
 
 @dataclass
@@ -188,7 +191,18 @@ def _pan_still_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor
 def sample_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tensor:
     """One random clip (3, F, size, size) float32 in [-1, 1] from ``item``."""
     clip = _pan_still_clip(item, spec, g) if item.is_still else _crop_video_clip(item, spec, g)
-    return _flip(clip, spec, g)
+    return _grey(_flip(clip, spec, g), spec, g)
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)  # BT.601, as video decoders use
+
+
+def _grey(clip: Tensor, spec: ClipSpec, g: torch.Generator) -> Tensor:
+    """``clip`` (3, F, H, W) with its luma in all three channels, with probability
+    ``spec.grey`` (no random draw at all when it is 0, so other runs' batches stay the same)."""
+    if spec.grey > 0 and float(torch.rand((), generator=g)) < spec.grey:
+        clip = (clip * _LUMA).sum(0, keepdim=True).expand_as(clip).contiguous()
+    return clip
 
 
 def _flip(clip: Tensor, spec: ClipSpec, g: torch.Generator) -> Tensor:

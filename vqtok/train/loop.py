@@ -249,7 +249,8 @@ def _footage(
         if on_progress is not None:
             on_progress({"warning": line})
 
-    spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip)
+    spec = ClipSpec(cfg.clip_frames, cfg.crop_size, cfg.temporal_strides, cfg.flip,
+                    cfg.grey_fraction)
     footage, held = split_holdout(
         load_footage(data, cfg.short_side, on_skip=skipped), cfg.holdout_frames
     )
