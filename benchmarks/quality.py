@@ -132,9 +132,12 @@ def read_clip(path: Path, frames: int, crop: bool) -> np.ndarray:
 
 
 def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> np.ndarray:
-    """uint8-valued float64 reconstruction (T, H, W, 3) of uint8 frames (T, H, W, 3)."""
-    recon = tok.decode(tok.encode(to_tensor(frames), levels=levels), frames=frames.shape[0])
-    return to_uint8(recon).numpy()
+    """uint8-valued float64 reconstruction (T, H, W, 3) of uint8 frames (T, H, W, 3), streamed
+    in chunks of 8 frames (the indices of a one-shot encode, in bounded memory)."""
+    video = to_tensor(frames)
+    indices = torch.cat(list(tok.encode_stream(video.split(8, dim=2), levels=levels)), dim=1)
+    pieces = tok.decode_stream(indices.split(2, dim=1), frames=frames.shape[0])
+    return to_uint8(torch.cat(list(pieces), dim=2)).numpy()
 
 
 def score(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dict:
@@ -197,7 +200,7 @@ def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argpars
     report: dict = {"model": tok.name, "sha256": tok.weights_sha256, "levels": args.levels}
     print(f"{tok.name} ({bits_per_position(tok, args.levels or tok.num_codebooks):.0f} "
           f"bits/position)")
-    for size in ("native", "crop"):
+    for size in args.sizes:
         rows = {}
         for name, pair in clips.items():
             rows[name] = score(tok, pair[size], args.levels)
@@ -228,13 +231,16 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, default=None,
                         help="write side-by-side PNGs and the busiest clip (first model)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--sizes", default="native,crop",
+                        help="which measurements: native, crop or both (default)")
     args = parser.parse_args()
+    args.sizes = args.sizes.split(",")
     torch.set_num_threads(2)
     videos = sorted(p for p in args.heldout.iterdir() if p.is_file())
     if not videos:
         raise SystemExit(f"error: {args.heldout}: no held-out videos; run make footage first")
-    clips = {p.stem: {"native": read_clip(p, args.frames, False),
-                      "crop": read_clip(p, args.frames, True)} for p in videos}
+    clips = {p.stem: {size: read_clip(p, args.frames, size == "crop") for size in args.sizes}
+             for p in videos}
     photos = {p.stem: load_source(p) for p in PHOTOS}
     reports = []
     for index, model in enumerate(args.model or [None]):

@@ -32,7 +32,8 @@ def test_flicker_at_group_boundaries() -> None:
     assert f.flicker_boundary == pytest.approx(3.5 / 0.5)
     assert f.flicker_inside is not None and f.flicker_inside > 1  # the way back down
     still = video_figures(src, src, tau=4)
-    assert still.flicker_boundary == pytest.approx(1.0) and still.flicker_inside == pytest.approx(1.0)
+    assert still.flicker_boundary == pytest.approx(1.0)
+    assert still.flicker_inside == pytest.approx(1.0)
 
 
 def test_grey_high_motion_and_cuts() -> None:
