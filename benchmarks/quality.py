@@ -2,13 +2,16 @@
 
 The held-out videos are whole sources no shipped model was trained on, fetched by
 ``make footage`` into ``.data/footage-heldout/`` (the list and licences: ``models/footage.py``,
-``tests/data/README.md``). Each is read from its start, ``--frames`` frames (33 by default), and
+``tests/data/README.md``). Each is read from its first frame that is not blank (a fade from
+black, see `BLANK`), ``--frames`` frames (33 by default), and
 measured twice: at native resolution (centre-cropped to a multiple of 8) and as a 256x256 centre
 crop (the short side scaled up to 256 first where it is shorter). Per source and as a mean over
 sources: PSNR, SSIM, and the figures of `vqtok.video_figures` (the first frame against the later
 ones and each position in a temporal group, high-motion frames, flicker at group boundaries,
-chroma spread of grey sources, the cost of a scene cut). The photographs (``tests/data/
-heldout-*.png``, one-frame clips) are reported on their own line, never in the video mean.
+chroma spread of grey sources). Sources with a scene cut are also measured on 17 frames at 256²
+with the cut inside a temporal group: how far the frames around it fall below the clip's mean.
+The photographs (``tests/data/heldout-*.png``, one-frame clips) are reported on their own line,
+never in the video mean.
 Several ``--model`` s are measured in one run, on the same frames.
 
     .venv/bin/python benchmarks/quality.py --model vqtok-ema --model vqtok-ema-8x32 \
@@ -38,7 +41,7 @@ import vqtok
 from vqtok.io.video import read_frames
 from vqtok.io.video_writer import write_video
 from vqtok.metrics import psnr, ssim_per_frame
-from vqtok.video_figures import video_figures
+from vqtok.video_figures import CUT, frame_changes, video_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = sorted((ROOT / "tests" / "data").glob("*heldout*"))
@@ -118,17 +121,36 @@ def native(frames: np.ndarray, multiple: int = 8) -> np.ndarray:
     return frames[:, top : top + h, left : left + w]
 
 
+BLANK = 4.0
+"""A frame whose pixels vary by less than this (standard deviation, levels) is blank: a fade
+from black or a title card. Clips start at their first frame that is not."""
+
+
 def read_clip(path: Path, frames: int, crop: bool) -> np.ndarray:
-    """The first ``frames`` frames of ``path``: native (cropped to a multiple of 8) or, with
-    ``crop``, the centre CROP x CROP (short side scaled up to CROP where it is shorter)."""
+    """``frames`` frames of ``path`` from its first frame that is not blank: native (cropped
+    to a multiple of 8) or, with ``crop``, the centre CROP x CROP (short side scaled up to CROP
+    where it is shorter)."""
     probe = next(iter(read_frames(path, max_frames=1)))
     short = min(probe.shape[1:3]) < CROP
-    clip = np.concatenate(list(read_frames(path, max_frames=frames, window=64,
-                                           short_side=CROP if crop and short else None)))
+    window = np.concatenate(list(read_frames(path, max_frames=frames + 250, window=64,
+                                             short_side=CROP if crop and short else None)))
+    start = next((i for i, f in enumerate(window) if f.std() >= BLANK), 0)
+    clip = window[start : start + frames]
     if not crop:
         return native(clip)
     top, left = (clip.shape[1] - CROP) // 2, (clip.shape[2] - CROP) // 2
     return clip[:, top : top + CROP, left : left + CROP]
+
+
+def cut_clip(path: Path) -> np.ndarray | None:
+    """17 frames around the first scene cut of ``path`` (in its first 300 frames, at the 256²
+    crop), placed so the cut falls inside a temporal group (frame 7: third of frames 5-8);
+    None without a cut."""
+    window = read_clip(path, 300, True)
+    change = frame_changes(window)
+    cut = (change >= CUT) & (change >= 4 * np.median(change))
+    starts = [int(i) + 1 for i in np.flatnonzero(cut) if i + 1 >= 7 and i + 1 + 10 <= len(window)]
+    return None if not starts else window[starts[0] - 7 : starts[0] + 10]
 
 
 def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> np.ndarray:
@@ -202,7 +224,7 @@ def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argpars
           f"bits/position)")
     for size in args.sizes:
         rows = {}
-        for name, pair in clips.items():
+        for name, pair in clips.items():  # pair: the clip at each size (and around a cut)
             rows[name] = score(tok, pair[size], args.levels)
             if samples is not None and size == "native":
                 write_samples(samples, name, pair[size], rows[name]["recon"])
@@ -213,6 +235,12 @@ def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argpars
             pair = np.concatenate([clips[busiest]["native"], rows[busiest]["recon"]], axis=2)
             write_video(samples / f"{busiest}-side-by-side.mp4", pair.astype(np.uint8), fps=8)
         report[size] = {n: {k: v for k, v in r.items() if k != "recon"} for n, r in rows.items()}
+    cuts = {n: score(tok, pair["cut"], args.levels) for n, pair in clips.items()
+            if pair.get("cut") is not None}
+    for name, r in cuts.items():
+        print(f"  scene cut, {name} (17 frames at {CROP}², the cut at frame {r['cuts']}): frames "
+              f"around it {r['cut_drop']:.2f} dB below the clip's mean {r['psnr']:.2f} dB")
+    report["cuts"] = {n: {k: v for k, v in r.items() if k != "recon"} for n, r in cuts.items()}
     stills = {n: score(tok, f, args.levels) for n, f in photos.items()}
     print(f"  photographs ({len(stills)}, one-frame clips, not in the video mean): "
           + ", ".join(f"{n} {r['psnr']:.2f} dB / {r['ssim']:.4f}" for n, r in stills.items()))
@@ -241,6 +269,8 @@ def main() -> None:
         raise SystemExit(f"error: {args.heldout}: no held-out videos; run make footage first")
     clips = {p.stem: {size: read_clip(p, args.frames, size == "crop") for size in args.sizes}
              for p in videos}
+    for p in videos:
+        clips[p.stem]["cut"] = cut_clip(p)
     photos = {p.stem: load_source(p) for p in PHOTOS}
     reports = []
     for index, model in enumerate(args.model or [None]):
