@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned. Where pip finds it decides the build (README, Set-up commands):
 	# TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the CPU-only build on Linux.
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e '.[dev]'
+	# torch named again: litdata (dev extra) needs torchvision, and pip would otherwise upgrade
+	# torch to the newest torchvision's
+	$(BIN)/pip install -q -e '.[dev]' torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	touch $(STAMP)
 
 install: $(STAMP)

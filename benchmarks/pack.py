@@ -1,8 +1,9 @@
-"""Throughput of ``vqtok pack`` and random access into `vqtok.io.datasets.TokenDataset`, run by
-hand.
+"""Throughput of ``vqtok pack`` and random access into `vqtok.data.TokenDataset`, and of every
+other ``--format`` (pack, then read with the format's own reader), run by hand.
 
     .venv/bin/python benchmarks/pack.py [--files 10000] [--grid 5x16x16] [--levels 4]
-        [--vocab 1024] [--shard-size 256] [--items 5000] [--results FILE]
+        [--vocab 1024] [--shard-size 256] [--items 5000]
+        [--formats parquet,megatron,mds,litdata,webdataset] [--results FILE]
 
 Writes ``--files`` synthetic index files (random indices of shape grid (+ levels), written with
 `vqtok.io.tokens.save_tokens`, as ``vqtok encode`` would), then measures:
@@ -17,7 +18,13 @@ of
 - peers in the same run, 0 workers: the same files packed in row groups of ``--peer-group-kb``
   (1 MB, the size before 2026-12-02), and Hugging Face ``datasets`` reading our shards
   (``load_dataset("parquet")``, which first converts them to its own Arrow cache; ``ds[i]``
-  with the indices as int64 tensors), when it is installed.
+  with the indices as int64 tensors), when it is installed;
+- every other format of ``--formats`` (its default flattening: ``interleave`` for Megatron and
+  LitData, ``levels`` for MDS and WebDataset): pack rows/s and MB/s, size, and ``--items``
+  reads through the format's own reader: megatron-core's ``IndexedDataset`` and
+  ``litdata.StreamingDataset`` in a random order, MDS through vqtok's reader (mosaicml-streaming
+  cannot be installed beside vqtok) in a random order, WebDataset's ``WebDataset`` in order (tar
+  streams have no random access). A format whose library is missing is a line saying so.
 
 With ``--results`` the table becomes the ``## Pack`` section of that file.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -43,7 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import loadavg, write_section  # noqa: E402
 
 import vqtok.io.shards  # noqa: E402
-from vqtok.io.datasets import TokenDataset  # noqa: E402
+from vqtok.data import TokenDataset  # noqa: E402
+from vqtok.data.formats import DEFAULT_FLATTEN, layout_module  # noqa: E402
+from vqtok.errors import MissingDependencyError  # noqa: E402
 from vqtok.io.tokens import (  # noqa: E402
     EncodedInfo,
     SourceInfo,
@@ -116,6 +126,68 @@ def peer_hf_datasets(work: Path, items: int) -> tuple[float, float] | None:
     return items / (time.perf_counter() - start), load_s
 
 
+def read_format(directory: Path, layout: str, items: int) -> tuple[float, str]:
+    """(items/s, how) of ``items`` reads with the format's own reader; every read is checked
+    to hold the clip's token count."""
+    clips = [json.loads(line) for line in (directory / "_vqtok_clips.jsonl").open()]
+    order = np.random.default_rng(1).integers(0, len(clips), items).tolist()
+    if layout == "megatron":
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        data, how = IndexedDataset(str(directory / "tokens")), "IndexedDataset, random"
+        get = data.__getitem__
+    elif layout == "litdata":
+        from litdata import StreamingDataset
+
+        data, how = StreamingDataset(input_dir=str(directory)), "StreamingDataset, random"
+        get = lambda i: data[i]["tokens"]  # noqa: E731
+    elif layout == "mds":
+        from vqtok.data.formats.mds import Reader
+
+        data, how = Reader(directory), "vqtok's MDS reader, random"
+        get = lambda i: data.sample(i)["tokens"]  # noqa: E731
+    else:
+        import webdataset
+
+        tars = [str(p) for p in sorted(directory.glob("*.tar"))]
+        start, count = time.perf_counter(), 0
+        while count < items:  # in order, as many passes as it takes
+            for sample in webdataset.WebDataset(tars, shardshuffle=False,
+                                                empty_check=False).decode():
+                assert sample["tokens.npy"].size == clips[int(sample["__key__"])]["tokens"]
+                count += 1
+        return count / (time.perf_counter() - start), "WebDataset, in order"
+    start = time.perf_counter()
+    for i in order:
+        assert np.asarray(get(i)).size == clips[i]["tokens"]
+    return items / (time.perf_counter() - start), how
+
+
+def format_rows(work: Path, layouts: list[str], shard_size: float, items: int
+                ) -> list[tuple[str, str]]:
+    """The table's lines of each format besides Parquet: pack speed, size, reads."""
+    rows = []
+    for layout in layouts:
+        out = work / f"dataset-{layout}"
+        try:
+            module = layout_module(layout)
+            if hasattr(module, "require"):
+                module.require()  # importing the library is not packing
+            start = time.perf_counter()
+            report = pack_dataset([work / "codes"], out, shard_size, format=layout)
+            pack_s = time.perf_counter() - start
+        except MissingDependencyError as e:
+            rows.append((f"{layout}", f"not measured: {e.message}"))
+            continue
+        rate, how = read_format(out, layout, items)
+        rows.append((f"{layout} ({DEFAULT_FLATTEN[layout]}): pack",
+                     f"{pack_s:.2f} s: {report.rows / pack_s:,.0f} rows/s, "
+                     f"{report.index_bytes / 1e6 / pack_s:.1f} MB/s, {report.dtype}, "
+                     f"{report.bytes / 1e6:.1f} MB in {report.shards} file(s)"))
+        rows.append((f"{layout}: read ({how})", f"{rate:,.0f} items/s"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000)
@@ -127,6 +199,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
     parser.add_argument("--peer-group-kb", type=int, default=1024,
                         help="row-group size of the peer pack, KB")
+    parser.add_argument("--formats", default="parquet,megatron,mds,litdata,webdataset",
+                        help="comma-separated formats besides parquet's full measure")
     parser.add_argument("--results", type=Path,
                         help="write the table as the '## Pack' section of this file")
     args = parser.parse_args()
@@ -150,6 +224,8 @@ def main() -> None:
             assert np.array_equal(item["indices"].numpy(), expected), item["index_file"]
         peer_rate, peer_mb = peer_group_size(work, args.peer_group_kb, args.items)
         hf = peer_hf_datasets(work, args.items)
+        layouts = [f for f in args.formats.split(",") if f and f != "parquet"]
+        others = format_rows(work, layouts, args.shard_size, args.items)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -171,6 +247,7 @@ def main() -> None:
     if hf is not None:
         rows.append(("peer: Hugging Face datasets, ds[i]",
                      f"{hf[0]:,.0f} items/s (after {hf[1]:.1f} s converting to its cache)"))
+    rows += others
     table = "| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     print(table)
     if args.results is not None:

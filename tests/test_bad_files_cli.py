@@ -47,7 +47,7 @@ from vqtok.quantizers.remap import save_used
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-FRAMES = 5  # 5 frames of 32x48 -> a 2x4x6 grid; the tiny model has 16 codes (uint16 files)
+FRAMES = 5  # 5 frames of 32x48 -> a 2x4x6 grid; the tiny model has 16 codes (uint8 files)
 DROP = object()  # a sidecar change that deletes the key
 
 # ------------------------------------------------------------------------ bad index files
@@ -96,7 +96,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _bad_arrays(good: np.ndarray, good_bytes: bytes) -> dict[str, tuple[bytes, str]]:
-    """``.npy`` contents (each with a valid sidecar) -> reason; ``good`` is (2, 4, 6) uint16."""
+    """``.npy`` contents (each with a valid sidecar) -> reason; ``good`` is (2, 4, 6) uint8."""
     negative = good.astype(np.int64)
     negative[0, 0, 0] = -1
     beyond = good.copy()
@@ -105,9 +105,10 @@ def _bad_arrays(good: np.ndarray, good_bytes: bytes) -> dict[str, tuple[bytes, s
     np.savez(npz, indices=good)
     unreadable = r"cannot read the index array"
     return {
-        "float32": (_npy_bytes(good.astype(np.float32)), r"dtype float32, expected uint16"),
-        "signed_negative": (_npy_bytes(negative), r"dtype int64, expected uint16"),
-        "uint32": (_npy_bytes(good.astype(np.uint32)), r"dtype uint32, expected uint16"),
+        "float32": (_npy_bytes(good.astype(np.float32)),
+                    r"dtype float32, expected uint8 or uint16"),
+        "signed_negative": (_npy_bytes(negative), r"dtype int64, expected uint8 or uint16"),
+        "uint32": (_npy_bytes(good.astype(np.uint32)), r"dtype uint32, expected uint8 or uint16"),
         "rank_2": (_npy_bytes(good.reshape(2, -1)), r"rank 2, expected 3"),
         "rank_4": (_npy_bytes(good[..., None]), r"rank 4, expected 3"),
         "wrong_shape": (_npy_bytes(good[:, :, :5]), r"shape \(2, 4, 5\), the metadata grid"),
@@ -135,7 +136,7 @@ def _bad_safetensors(
         "st_no_metadata": (save({"indices": good}), r"no 'vqtok' metadata"),
         "st_wrong_tensor": (save({"codes": good}, {"vqtok": header}), r"no tensor named 'indices'"),
         "st_float": (save({"indices": good.astype(np.float32)}, {"vqtok": header}),
-                     r"dtype float32, expected uint16"),
+                     r"dtype float32, expected uint8 or uint16"),
         "st_bad_json": (save({"indices": good}, {"vqtok": "{"}), r"header metadata is not valid"),
     }
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_tokens import make_meta
 
-from vqtok.errors import TokenFileError
+from vqtok.errors import OptionError, TokenFileError
 from vqtok.io.tokens import save_tokens
 from vqtok.io.usedsets import load_used_sets
 from vqtok.pipeline.remap_build import build_remap
@@ -20,7 +20,9 @@ def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> Non
     indices[..., 0] = np.arange(24).reshape(2, 3, 4) % 5  # level 0 uses codes 0..4
     indices[..., 1] = 7  # level 1 uses code 7 only
     save_tokens(tmp_path / "a", indices, meta)
-    report = build_remap([tmp_path], tmp_path / "used.npy")
+    with pytest.raises(OptionError, match="name it .*used.safetensors"):
+        build_remap([tmp_path], tmp_path / "used.npy")  # a .npy holds one level: refused
+    report = build_remap([tmp_path], tmp_path / "used")  # no suffix: the one that fits
     assert report.output == tmp_path / "used.safetensors" and report.tokens == 24
     assert [(lv.level, lv.used, lv.seen) for lv in report.levels] == [(0, 5, 5), (1, 1, 1)]
     assert report.used == 6 and report.top == ()

@@ -78,18 +78,22 @@ CASES = {
     "multi-level": {"codebooks": 4},
     "remapped": {"remap": RemapInfo(sha256="cd" * 32, size=300)},
     "uint32": {"vocab": 2**18, "quantizer": "lfq", "bit_order": "msb"},
+    "uint8": {"vocab": 256},
+    "remapped-uint8": {"remap": RemapInfo(sha256="cd" * 32, size=100)},  # vocab: the remap's
 }
+DTYPES = {"uint32": np.uint32, "uint8": np.uint8, "remapped-uint8": np.uint8}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_round_trip_exact(tmp_path: Path, case: str) -> None:
     paths = write_clips(tmp_path / "codes", 12, **CASES[case])
-    report = pack_dataset([tmp_path / "codes"], tmp_path / "ds", shard_size_mb=0.0005)
+    dtype = DTYPES.get(case, np.uint16)
+    shard_mb = 0.0005 * np.dtype(dtype).itemsize / 2  # about the same clips per shard
+    report = pack_dataset([tmp_path / "codes"], tmp_path / "ds", shard_size_mb=shard_mb)
     assert report.shards >= 3 and report.written == report.shards and report.rows == 12
     manifest = json.loads((tmp_path / "ds" / MANIFEST).read_text())
     originals = {f"codes/{p.name}": load_tokens(p) for p in paths}
     assert report.tokens == manifest["tokens"] == sum(a.size for a, _ in originals.values())
-    dtype = np.uint32 if case == "uint32" else np.uint16
     assert manifest["dtype"] == np.dtype(dtype).name
     schema = pq.read_schema(tmp_path / "ds" / manifest["shards"][0]["file"])
     assert schema.field("indices").type.value_type.to_pandas_dtype() == dtype
@@ -121,6 +125,23 @@ def torch_int64():  # type: ignore[no-untyped-def]
     import torch
 
     return torch.int64
+
+
+def test_uint16_files_of_earlier_versions_pack_as_uint8_and_new_keys(tmp_path: Path) -> None:
+    """Files of <= 256 codes that an earlier vqtok wrote as uint16 still pack (as uint8), and
+    a dataset packed as uint16 is not taken for this one: the shard key names the dtype."""
+    paths = write_clips(tmp_path / "codes", 4, vocab=16)
+    for path in paths:
+        if path.suffix == ".npy":
+            np.save(path, np.load(path).astype(np.uint16))
+    originals = [load_tokens(p)[0] for p in paths]
+    cli = CliRunner().invoke(app, ["pack", str(tmp_path / "codes"), "-o", str(tmp_path / "ds")])
+    assert cli.exit_code == 0, cli.stderr
+    assert "16 (uint8)" in cli.stdout
+    dataset = TokenDataset(tmp_path / "ds")
+    assert dataset.manifest["dtype"] == "uint8"
+    for i, original in enumerate(originals):
+        assert np.array_equal(dataset[i]["indices"].numpy(), original)
 
 
 def test_rerun_gives_the_same_bytes(tmp_path: Path) -> None:

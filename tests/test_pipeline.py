@@ -353,7 +353,7 @@ def test_describe_paths(tmp_path: Path, clip: Path, models: Path, fsq: api.Token
     encode_file(clip, tmp_path / "a.npy", fsq)
     assert describe_path(clip)["frames"] == 11
     index = describe_path(tmp_path / "a.npy")
-    assert (index["kind"], index["shape"], index["dtype"]) == ("index", [4, 4, 6], "uint16")
+    assert (index["kind"], index["shape"], index["dtype"]) == ("index", [4, 4, 6], "uint8")
     assert index["encoded"]["padding"] == 2 and index["source"]["frames"] == 11
     model = describe_path(models / "tiny-fsq")
     assert model["kind"] == "model" and model["config"]["quantizer"] == "fsq"

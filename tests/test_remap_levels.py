@@ -94,8 +94,15 @@ def test_build_encode_decode_with_no_flag_is_bit_identical(
     kind: str, tmp_path: Path, videos: Path, encoded: dict[str, Path], run  # type: ignore[no-untyped-def]
 ) -> None:
     full, levels = encoded[kind], KINDS[kind][1]
-    table = run("remap", "build", full, "-o", tmp_path / "used.npy").stdout
-    used_file = tmp_path / "used.safetensors"  # several levels: the .npy name is replaced
+    # several levels do not fit a .npy: refused before counting, naming the .safetensors
+    refused = run("remap", "build", full, "-o", tmp_path / "used.npy", code=2)
+    assert refused.stderr.strip() == (
+        f"error: -o {tmp_path / 'used.npy'}: the index files have {levels} codebooks / levels "
+        f"and a .npy remap file holds one: name it {tmp_path / 'used.safetensors'} (or count "
+        "one level with --level)")
+    assert list(tmp_path.glob("used*")) == []
+    table = run("remap", "build", full, "-o", tmp_path / "used.safetensors").stdout
+    used_file = tmp_path / "used.safetensors"
     assert used_file.is_file() and not (tmp_path / "used.npy").exists()
     assert f"per level, {levels} levels" in table and "bits per index" in table
     sets = load_used_sets(used_file)

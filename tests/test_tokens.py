@@ -23,6 +23,7 @@ from vqtok.io.tokens import (
     index_dtype,
     is_complete,
     load_metadata,
+    load_stored,
     load_tokens,
     save_tokens,
     sidecar_path,
@@ -88,10 +89,32 @@ def test_npy_layout_on_disk(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("vocab", "dtype"),
-    [(1, np.uint16), (256, np.uint16), (65536, np.uint16), (65537, np.uint32), (2**18, np.uint32)],
+    [(1, np.uint8), (256, np.uint8), (257, np.uint16), (65536, np.uint16), (65537, np.uint32),
+     (2**18, np.uint32)],
 )
 def test_index_dtype(vocab: int, dtype: type) -> None:
     assert index_dtype(vocab) == np.dtype(dtype)
+
+
+def test_small_vocabularies_are_stored_as_uint8_and_old_uint16_files_still_read(
+    tmp_path: Path,
+) -> None:
+    """256 codes or fewer fit a byte; the vocabulary of remapped indices is the remap size."""
+    remapped = make_meta(remap=RemapInfo(sha256="cd" * 32, size=200))  # 1024 codes, 200 used
+    for name, meta in (("small", make_meta(codebook_size=256)), ("remapped", remapped)):
+        indices = indices_for(meta)
+        save_tokens(tmp_path / f"{name}.npy", indices, meta)
+        assert np.load(tmp_path / f"{name}.npy").dtype == np.uint8
+        st = save_tokens(tmp_path / f"{name}.safetensors", indices, meta)
+        assert load_stored(st)[0].dtype == np.uint8
+        np.testing.assert_array_equal(load_tokens(st)[0], indices)
+    meta = make_meta(codebook_size=256)
+    old = write_pair(tmp_path, indices_for(meta).astype(np.uint16), meta)  # before uint8
+    loaded, _ = load_tokens(old)
+    np.testing.assert_array_equal(loaded, indices_for(meta))
+    assert load_stored(old)[0].dtype == np.uint16 and is_complete(old)
+    with pytest.raises(TokenFileError, match="dtype uint32, expected uint8 or uint16"):
+        load_tokens(write_pair(tmp_path, indices_for(meta).astype(np.uint32), meta))
 
 
 @pytest.mark.parametrize(

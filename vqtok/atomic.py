@@ -5,10 +5,11 @@ its target and renames it over the target once complete (`atomic_bytes`, or `tem
 writer that streams, such as a video encoder). The temporary name says who made it:
 ``.NAME.HOST-PID-RAND.tmp``. A process stopped before the rename (``kill -9``, a power cut)
 leaves its temporary file behind; `remove_stale` deletes those of processes of this host that
-are gone, and the commands call it on their output folders before writing, so a rerun cleans
-up after a crashed one. Temporaries of the older naming (``.NAME.RAND.tmp``, no process id, NAME
-an index file, sidecar, remap file or video) are removed once untouched for `LEGACY_AGE` seconds;
-another host's are never touched.
+are gone (and the temporary folders of that name a whole-dataset write leaves: ``vqtok pack
+--format megatron``...), and the commands call it on their output folders before writing, so a
+rerun cleans up after a crashed one. Temporaries of the older naming (``.NAME.RAND.tmp``, no
+process id, NAME an index file, sidecar, remap file or video) are removed once untouched for
+`LEGACY_AGE` seconds; another host's are never touched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterable
@@ -59,9 +61,9 @@ def atomic_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 def remove_stale(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Delete the temporary files crashed vqtok processes left directly in ``folders``.
 
-    A file named ``.NAME.HOST-PID-RAND.tmp`` is removed when HOST is this host and no process
-    PID runs here; one of the older naming, once untouched for `LEGACY_AGE` seconds. Folders
-    that do not exist are skipped.
+    A file (or folder) named ``.NAME.HOST-PID-RAND.tmp`` is removed when HOST is this host and
+    no process PID runs here; one of the older naming, once untouched for `LEGACY_AGE` seconds.
+    Folders that do not exist are skipped.
 
     Returns:
         the files removed.
@@ -76,7 +78,10 @@ def remove_stale(folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
             if entry.name.startswith(".") and entry.name.endswith(".tmp") and _stale(entry):
                 path = Path(entry.path)
                 try:
-                    path.unlink()
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
                 except OSError:
                     continue
                 removed.append(path)

@@ -64,3 +64,8 @@ class VideoError(VqtokError):
 
 class TokenFileError(VqtokError):
     """An index file (or its sidecar) that is malformed or does not match the model."""
+
+
+class MissingDependencyError(VqtokError):
+    """An optional library a feature needs is not installed; the message names the extra that
+    brings it (``pip install 'vqtok[mds]'``)."""

@@ -16,6 +16,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from vqtok.cli.ray_encode import (
+    AddressOpt,
+    Engine,
+    EngineOpt,
+    GpusOpt,
+    WorkersOpt,
+    check_ray_flags,
+    encode_on_ray,
+)
 from vqtok.cli.runs import exit_for, one_by_one, print_summary, run_jobs
 from vqtok.cli.support import (
     ChunkOpt,
@@ -36,6 +45,7 @@ from vqtok.cli.support import (
     load_tokenizer,
     out,
     parse_size,
+    plural,
     print_table,
     shard_option,
     usage_error,
@@ -83,12 +93,20 @@ def _encode_options(
 
 
 def encode(
-    inputs: Annotated[list[Path], typer.Argument(help="Video files or directories.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Index file, or directory/.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Video files, directories, URLs (s3://...), .tar shards or clip manifests "
+        "(.csv, .jsonl, .parquet: path, start, end, key).")],
+    output: Annotated[str, typer.Option(
+        "--output", "-o",
+        help="Index file, or directory/; --engine ray: a dataset folder or URL.")],
     model: ModelOpt = None,
     model_dir: ModelDirOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = None,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusOpt = 0,
     size: SizeOpt = None,
     short_side: ShortSideOpt = None,
     fps: FpsOpt = None,
@@ -117,13 +135,20 @@ def encode(
     shard: ShardOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Encode videos into index files (.npy + .json sidecar, or .safetensors)."""
+    """Encode videos into index files (.npy + .json sidecar, or .safetensors); with --engine
+    ray, on a Ray cluster into a token dataset."""
     from vqtok.pipeline.files import EncodeRun
 
+    check_ray_flags(engine, address, workers, gpus_per_worker, shard, format)
     fmt = _index_format(output, format)
     options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels,
                               beam)
     with handle_errors(debug):
+        if engine is Engine.ray:  # a token dataset, written by a Ray cluster's workers
+            encode_on_ray(inputs, output, model=model, model_dirs=model_dir, options=options,
+                          address=address, workers=workers, gpus=gpus_per_worker, device=device,
+                          dtype=dtype, overwrite=overwrite, quiet=quiet, as_json=as_json)
+            return
         compute = check_runtime(device, dtype, quiet or as_json)
         run = EncodeRun.plan(inputs, output, model=model, model_dirs=model_dir or [],
                              options=options, batch=batch, overwrite=overwrite,
@@ -133,7 +158,7 @@ def encode(
         outcomes = run_jobs(
             run.jobs,
             lambda bar: run.results(tokenizer, bar.advance,
-                                    lambda group: bar.start([j.source.name for j in group])),
+                                    bar.start),
             quiet or as_json,
             debug,
         )
@@ -161,7 +186,7 @@ def _index_format(output: str, given: Format | None) -> Format:
 def _describe_encoded(result: Any) -> str:
     meta = result.meta
     grid = "x".join(str(v) for v in meta.shape)
-    return (f"{meta.encoded.frames} frames -> indices {grid} "
+    return (f"{plural(meta.encoded.frames, 'frame')} -> indices {grid} "
             f"(+{meta.encoded.padding} padding) in {result.seconds:.1f} s")
 
 
@@ -180,23 +205,27 @@ def decode(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
+    key: Annotated[str | None, typer.Option(
+        help="Decode this clip of the token dataset given (its key: the packed index file's "
+        "path, e.g. codes/a.npy; vqtok info DATASET shows the first few).")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Decode index files into MP4 videos, with the model each file names (or --model)."""
+    """Decode index files (or a token dataset's row: --key) into MP4 videos, with the model
+    each file names (or --model)."""
     from vqtok.io.video import as_fps
-    from vqtok.pipeline.files import DecodeRun
+    from vqtok.pipeline.decode_rows import plan_decode
 
     rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
-        run = DecodeRun.plan(codes, output, model=model, model_dirs=model_dir or [], fps=rate,
-                             remap=remap, force=force, chunk=chunk, overwrite=overwrite,
-                             shard=shard_option(shard))
+        run = plan_decode(codes, key, output, model=model, model_dirs=model_dir or [], fps=rate,
+                          remap=remap, force=force, chunk=chunk, overwrite=overwrite,
+                          shard=shard_option(shard))
         outcomes = run_jobs(
             run.jobs,
             lambda bar: run.results(
                 lambda name: load_tokenizer(str(name), model_dir, device, compute), bar.advance,
-                lambda group: bar.start([j.source.name for j in group])),
+                bar.start),
             quiet or as_json,
             debug,
         )
@@ -206,7 +235,7 @@ def decode(
 
 def _describe_decoded(result: Any) -> str:
     height, width = result.size
-    return f"{result.frames} frames {height}x{width} at {float(result.fps):g} fps"
+    return f"{plural(result.frames, 'frame')} {height}x{width} at {float(result.fps):g} fps"
 
 
 def reconstruct(
@@ -230,10 +259,13 @@ def reconstruct(
     debug: DebugOpt = False,
 ) -> None:
     """Encode and decode a video; print PSNR / SSIM (optionally write the result)."""
+    from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_file_output
     from vqtok.pipeline.reconstruct import reconstruct_file
 
     options = _encode_options(size, short_side, fps, max_frames, chunk)
     with handle_errors(debug):
+        if output is not None:  # before the model is loaded: fail before any work
+            check_file_output(output, VIDEO_SUFFIXES, "a video")
         tokenizer = load_tokenizer(model, model_dir, device,
                                    check_runtime(device, dtype, quiet or as_json))
         jobs = [Job(video, output or video)]
@@ -259,7 +291,7 @@ def _print_quality(result: Any, per_frame: bool, as_json: bool) -> None:
     if as_json:
         emit_json(facts)
         return
-    out.print(f"{result.source}: {result.frames} frames, PSNR {result.psnr:.2f} dB, "
+    out.print(f"{result.source}: {plural(result.frames, 'frame')}, PSNR {result.psnr:.2f} dB, "
               f"SSIM {result.ssim:.4f}", markup=False)
     if per_frame:
         table = Table()

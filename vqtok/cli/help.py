@@ -5,7 +5,8 @@ Typer renders Python types in ``--help``: a flag as ``--overwrite <bool>``, a li
 ``{inputs}...``. `Command` and `Group`, the classes every vqtok command and group is built
 with, show instead what to type: flags bare, arguments and values as upper-case names (or the
 metavar an option declares, such as ``HxW``), optional arguments in brackets, choices as
-``fp32|bf16|fp16``. Only the help text changes; parsing is Typer's.
+``fp32|bf16|fp16``; paragraphs wrap at the terminal's width, not at the docstring's line
+breaks (`tidy_help`). Only the help text changes; parsing is Typer's.
 
 A mistake on the command line (an unknown option or command, a missing argument, a value of
 the wrong type) is one line on stderr, ``error: vqtok encode: no such option: --bogus (see
@@ -15,11 +16,13 @@ Typer's usage block and boxed panel.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 try:  # Typer >= 0.22 carries its own Click
@@ -50,13 +53,29 @@ def _argument_name(param: Any) -> str:
     return name if param.nargs == 1 or name.endswith("...") else f"{name}..."
 
 
+def tidy_help(text: str | None) -> str | None:
+    """Help text as Typer's rich help shows it well: each paragraph one line (the terminal
+    wraps it; Typer keeps a docstring's own line breaks after the first paragraph, which
+    broke sentences mid-line), and brackets shown as typed (``owner/name[@revision]``, not
+    read as rich markup and dropped)."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(escape(p if p.startswith("\b") else " ".join(p.split()))
+                       for p in paragraphs)
+
+
 def tidy_params(params: list[Any]) -> list[Any]:
-    """Give every parameter a metavar a shell user can read (idempotent).
+    """Give every parameter a metavar a shell user can read, and help text as `tidy_help`
+    (idempotent).
 
     Returns:
         ``params``, changed in place.
     """
     for param in params:
+        if getattr(param, "help", None) and not getattr(param, "_vqtok_tidy", False):
+            param.help = tidy_help(param.help)
+            param._vqtok_tidy = True  # escaping twice would show the backslashes
         choices = _choices(param)
         if param.param_type_name == "argument":
             param.metavar = _argument_name(param)
@@ -73,6 +92,10 @@ def tidy_params(params: list[Any]) -> list[Any]:
 
 class Command(TyperCommand):
     """A command whose help shows flags, arguments and values as they are typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = tidy_help(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return tidy_params(super().get_params(ctx))
@@ -100,6 +123,10 @@ def usage_line(error: click_errors.ClickException) -> str:
 class Group(TyperGroup):
     """A command group whose own options (``--version``, ``--help``) print no type, and whose
     command-line mistakes are one line (`usage_line`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = tidy_help(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         return tidy_params(super().get_params(ctx))

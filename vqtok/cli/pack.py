@@ -1,4 +1,4 @@
-"""The ``vqtok pack`` command: index files -> a Parquet token dataset (`vqtok.pipeline.pack`).
+"""The ``vqtok pack`` command: index files -> a token dataset (`vqtok.pipeline.pack`).
 
 Registered on the main app by `vqtok.cli.app`. It parses the options, calls
 `vqtok.pipeline.pack.pack_dataset` and renders: the progress bar (files, rows, MB) on stderr from
@@ -7,6 +7,7 @@ the `PackProgress` records the library reports, the summary on stdout (a table, 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,20 @@ from vqtok.cli.support import (
 )
 
 
+class Layout(str, Enum):
+    parquet = "parquet"
+    megatron = "megatron"
+    mds = "mds"
+    litdata = "litdata"
+    webdataset = "webdataset"
+
+
+class Flatten(str, Enum):
+    interleave = "interleave"
+    offset = "offset"
+    levels = "levels"
+
+
 def _bar(disable: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -41,16 +56,27 @@ def pack(
     codes: Annotated[list[Path], typer.Argument(help="Index files or directories.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The dataset directory.")],
     shard_size: Annotated[
-        float, typer.Option("--shard-size", help="MB of (uncompressed) indices per shard.")
+        float, typer.Option("--shard-size", metavar="MB",
+                            help="Start a new shard at this many MB of (uncompressed) indices.")
     ] = 256,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace another dataset in the directory.")
     ] = False,
+    layout: Annotated[
+        Layout, typer.Option("--format", help="The training stack's layout.")
+    ] = Layout.parquet,
+    flatten: Annotated[
+        Flatten | None,
+        typer.Option(help="Multi-level indices as (t, h, w, level) in order (interleave), with "
+                          "level l's ids + l * codebook size (offset), or arrays (levels: "
+                          "parquet, mds, webdataset). Default: levels, else interleave."),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Pack index files of one model into Parquet shards + manifest.json (resumable)."""
+    """Pack index files of one model into a token dataset: Parquet shards + _vqtok.json
+    (resumable), or Megatron, MDS, LitData or WebDataset files (--format)."""
     from vqtok.pipeline.pack import PackProgress, pack_dataset
 
     if not shard_size > 0:
@@ -62,7 +88,8 @@ def pack(
             bar.update(task, description="checking" if p.stage == "check" else "packing",
                        completed=p.files, total=p.total, rows=p.rows, mb=p.index_bytes / 1e6)
 
-        report = pack_dataset(codes, output, shard_size, overwrite, show)
+        report = pack_dataset(codes, output, shard_size, overwrite, show, format=layout.value,
+                              flatten=None if flatten is None else flatten.value)
     if as_json:
         emit_json(report.to_dict())
         return
@@ -76,8 +103,10 @@ def _print_report(report: Any) -> None:
     reused = report.shards - report.written
     rows = [
         ("dataset", str(report.output)),
+        ("format", f"{report.layout}, flatten {report.flatten}"),
         ("model", report.model),
-        ("vocabulary", f"{report.vocab} ({report.dtype})"),
+        ("vocabulary", f"{report.vocab} ({report.dtype})" if report.token_vocab == report.vocab
+         else f"{report.vocab} per level; tokens {report.token_vocab} ({report.dtype})"),
         ("shards", f"{report.shards}" + (f" ({reused} kept from an earlier run)" if reused
                                          else "")),
         ("rows", f"{report.rows:,}"),

@@ -21,13 +21,11 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TextColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
-from vqtok.cli.support import emit_json, err, fail_line, out, print_table
-from vqtok.errors import VqtokError
+from vqtok.cli.support import emit_json, err, fail_line, out, plural, print_table, reason_of
 from vqtok.pipeline.plan import Job
 
 # ------------------------------------------------------------------------------- batch runs
@@ -56,7 +54,7 @@ def one_by_one(jobs: Sequence[Job], work: Callable[[Job, ProgressFn], Any]) -> R
         for job in jobs:
             if job.done:
                 continue
-            bar.start([job.source.name])
+            bar.start([job])
             try:
                 yield job, work(job, bar.advance)
             except Exception as e:  # reported (re-raised with --debug) by run_jobs
@@ -81,7 +79,9 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
         elif job.note is not None and not quiet:
             err.print(f"note: {job.target}: {job.note}; replacing it", markup=False)
     # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
-    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal) as bar:
+    pending = sum(job.size for job in jobs if job not in done)
+    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal,
+                     pending_bytes=pending) as bar:
         bar.skip(len(done))
         for job, result in results(bar):
             bar.finish()
@@ -90,8 +90,7 @@ def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) ->
                     raise result
                 err.print(fail_line(result, job.source), markup=False)
                 # the table and JSON rows name the input already: keep just the reason
-                reason = result.cli_message if isinstance(result, VqtokError) else str(result)
-                done[job] = Outcome(job, "failed", error=" ".join(reason.split()))
+                done[job] = Outcome(job, "failed", error=reason_of(result))
                 continue
             warnings = tuple(getattr(result, "warnings", ()))
             if not quiet:
@@ -165,6 +164,55 @@ def exit_for(outcomes: list[Outcome]) -> None:
 # ------------------------------------------------------------------------------- progress
 
 
+def eta_seconds(
+    *,
+    frames: int,
+    busy: float,
+    left_in_flight: int,
+    bytes_left: int,
+    frames_per_byte: float | None,
+    files_left: int,
+    frames_per_file: float | None,
+) -> float | None:
+    """Seconds left at the throughput measured so far.
+
+    Args:
+        frames: frames done so far; busy: seconds spent on them (frames / busy is the
+            measured frames/s).
+        left_in_flight: frames still to do in the file(s) in flight (the reader's expected
+            count minus the frames done).
+        bytes_left: input bytes of the files not started yet.
+        frames_per_byte: frames per input byte of the files started so far (None: unknown);
+            estimates the frames of the files not started from their size.
+        files_left: files not started; frames_per_file: mean frames of the files started,
+            the estimate used where no size is known (None: unknown).
+
+    Returns:
+        the estimate in seconds, or None before the first frame (no throughput yet) or when
+        files are left whose frame count cannot be estimated.
+    """
+    if frames <= 0 or busy <= 0:
+        return None
+    if bytes_left > 0 and frames_per_byte is not None:
+        not_started = bytes_left * frames_per_byte
+    elif files_left > 0:
+        if frames_per_file is None:
+            return None
+        not_started = files_left * frames_per_file
+    else:
+        not_started = 0.0
+    return (max(left_in_flight, 0) + not_started) / (frames / busy)
+
+
+def _clock(seconds: float | None) -> str:
+    """``0:01:05`` as rich's time columns write it; ``-:--:--`` when unknown."""
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class _FramesColumn(ProgressColumn):
     """``123 frames  45.6 frames/s`` from the task's own fields."""
 
@@ -172,7 +220,15 @@ class _FramesColumn(ProgressColumn):
         frames = task.fields.get("frames", 0)
         elapsed = task.fields.get("busy", 0.0)
         rate = frames / elapsed if elapsed > 0 else 0.0
-        return Text(f"{frames} frames  {rate:6.1f} frames/s", style="progress.data.speed")
+        return Text(f"{plural(frames, 'frame')}  {rate:6.1f} frames/s",
+                    style="progress.data.speed")
+
+
+class _EtaColumn(ProgressColumn):
+    """The time left that `RunProgress` estimates from frames/s (task field ``eta``)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(_clock(task.fields.get("eta")), style="progress.remaining")
 
 
 class RunProgress:
@@ -180,27 +236,44 @@ class RunProgress:
 
     ``advance(frames, expected)`` is the pipeline's progress callback; ``expected`` is the
     frame count of the file (or batch) in flight, so the bar moves smoothly through long files.
+    The ETA is `eta_seconds`: the frames left (of the files in flight, and of the files not
+    started, estimated from their size in bytes at the frames per byte seen so far) at the
+    frames/s measured so far; a run of one long file and many short ones is not timed by files.
+
+    Args:
+        console: where the bar is drawn.
+        files: the run's files (done ones included, see `skip`).
+        disable: draw nothing.
+        pending_bytes: input bytes of the files still to do.
     """
 
-    def __init__(self, console: Console, files: int, disable: bool = False) -> None:
+    def __init__(self, console: Console, files: int, disable: bool = False,
+                 pending_bytes: int = 0) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("files"),
             _FramesColumn(),
-            TimeRemainingColumn(),
+            _EtaColumn(),
             console=console,
             disable=disable,
             transient=False,
         )
-        self.task = self.progress.add_task("", total=files, frames=0, busy=0.0)
+        self.task = self.progress.add_task("", total=files, frames=0, busy=0.0, eta=None)
+        self.unstarted = files  # files neither skipped nor started
         self.files_done = 0
         self.frames = 0
         self.in_file = 0
         self.span = 1
         self.started = 0.0
         self.busy = 0.0
+        self.bytes_left = pending_bytes  # of the files not started
+        self.flight_bytes = 0  # of the file(s) in flight
+        self.expected = 0  # frames of the file(s) in flight, as the reader expects
+        self.seen_bytes = 0  # of the files started before the ones in flight
+        self.seen_frames = 0  # their frames
+        self.seen_files = 0
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()
@@ -209,22 +282,41 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
-    def start(self, names: list[str]) -> None:
+    def start(self, jobs: Sequence[Job]) -> None:
         """A file (or a batch of files encoded together) begins."""
+        if self.span and (self.flight_bytes or self.in_file):  # the last flight's measure
+            self.seen_bytes += self.flight_bytes
+            self.seen_frames += max(self.expected, self.in_file)
+            self.seen_files += self.span
         self.started = time.perf_counter()
         self.in_file = 0
-        self.span = len(names)
-        self.progress.update(self.task, description=", ".join(names))
+        self.expected = 0
+        self.span = len(jobs)
+        self.unstarted = max(self.unstarted - self.span, 0)
+        self.flight_bytes = sum(job.size for job in jobs)
+        self.bytes_left = max(self.bytes_left - self.flight_bytes, 0)
+        self.progress.update(self.task, description=", ".join(j.source.name for j in jobs))
 
     def advance(self, frames: int, expected: int) -> None:
         self.frames += frames
         self.in_file += frames
+        self.expected = max(expected, 0)
         within = 0.0 if expected <= 0 else self.span * min(1.0, self.in_file / expected)
-        self.progress.update(
-            self.task,
-            completed=self.files_done + within,
-            frames=self.frames,
-            busy=self.busy + time.perf_counter() - self.started,
+        busy = self.busy + time.perf_counter() - self.started
+        self.progress.update(self.task, completed=self.files_done + within,
+                             frames=self.frames, busy=busy, eta=self.eta(busy))
+
+    def eta(self, busy: float) -> float | None:
+        """`eta_seconds` of the run now, ``busy`` seconds into its work."""
+        known_bytes = self.seen_bytes + self.flight_bytes
+        known_frames = self.seen_frames + max(self.expected, self.in_file)
+        known_files = self.seen_files + self.span
+        return eta_seconds(
+            frames=self.frames, busy=busy, left_in_flight=self.expected - self.in_file,
+            bytes_left=self.bytes_left,
+            frames_per_byte=known_frames / known_bytes if known_bytes and known_frames else None,
+            files_left=self.unstarted,
+            frames_per_file=known_frames / known_files if known_frames else None,
         )
 
     def finish(self) -> None:
@@ -233,8 +325,11 @@ class RunProgress:
         now = time.perf_counter()
         self.busy += now - self.started
         self.started = now
-        self.progress.update(self.task, completed=self.files_done, busy=self.busy)
+        self.progress.update(self.task, completed=self.files_done, busy=self.busy,
+                             eta=self.eta(self.busy))
 
     def skip(self, files: int = 1) -> None:
+        """Files done before the run (complete outputs, or failed while planning)."""
         self.files_done += files
+        self.unstarted = max(self.unstarted - files, 0)
         self.progress.update(self.task, completed=self.files_done)

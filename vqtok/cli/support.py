@@ -9,6 +9,7 @@ only under ``--debug``.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import signal
@@ -51,7 +52,9 @@ class Format(str, Enum):
 
 # Options shared by several commands.
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", metavar="NAME|DIR", help="Model name or directory.")
+    str | None,
+    typer.Option("--model", "-m", metavar="NAME|DIR|OWNER/REPO",
+                 help="Model name, directory or Hugging Face repository (owner/name[@revision])."),
 ]
 ModelDirOpt = Annotated[
     list[Path] | None,
@@ -80,6 +83,11 @@ ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (b
 DTypeOpt = Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")]
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``: a count as printed."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def print_table(table: Table) -> None:
     """A table on stdout: fitted to a terminal's width; at its natural width when stdout is a
     pipe or a log, so that no path or message is folded mid-name at 80 columns."""
@@ -94,14 +102,38 @@ def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def fail_line(error: BaseException, path: Path | None = None) -> str:
+# OSError texts that read like jargon where they meet a vqtok user: a file where a folder goes
+_OS_WORDS = {
+    errno.EEXIST: "exists and is not a folder, so nothing can be written below it",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """An operating-system error in words, without ``[Errno N]`` or Python's quoting."""
+    return _OS_WORDS.get(error.errno or 0) or error.strerror or str(error)
+
+
+def reason_of(error: BaseException) -> str:
+    """What went wrong, for a summary row that names the file already: one line."""
+    if isinstance(error, VqtokError):
+        text = error.cli_message
+    elif isinstance(error, OSError):
+        text = os_reason(error) if error.filename is None else (
+            f"{error.filename}: {os_reason(error)}")
+    else:
+        text = str(error)
+    return " ".join(text.split())
+
+
+def fail_line(error: BaseException, path: object | None = None) -> str:
     """``error: <path>: <reason>`` on one line; ``path`` names the input when the error
     does not name a file itself."""
     if isinstance(error, VqtokError):
         text = error.cli_message if error.path is None else f"{error.path}: {error.cli_message}"
         named = error.path is not None
     elif isinstance(error, OSError) and error.filename is not None:
-        text, named = f"{error.filename}: {error.strerror or error}", True
+        text, named = f"{error.filename}: {os_reason(error)}", True
     else:  # not a user error: say what it was and how to see where
         text = f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
         named = False
@@ -142,7 +174,8 @@ def handle_errors(debug: bool) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except OptionError as e:  # an option the model or the inputs cannot take: a usage error
-        raise usage_error(e.option, e.cli_message) from None
+        where = e.option if e.path is None else f"{e.option} {e.path}"
+        raise usage_error(where, e.cli_message) from None
     except KeyboardInterrupt as e:
         why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         err.print(f"error: {why}", markup=False)

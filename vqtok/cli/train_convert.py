@@ -27,6 +27,7 @@ from vqtok.cli.support import (
     handle_errors,
     interrupted_exit,
     out,
+    plural,
     usage_error,
 )
 
@@ -71,7 +72,7 @@ def train(
         str | None,
         typer.Option(
             "--init-from",
-            metavar="NAME|DIR",
+            metavar="NAME|DIR|OWNER/REPO",
             help="Fine-tune: start from this model's weights (encoder and decoder must match; "
             "the quantizer's are kept only if its config is the same).",
         ),
@@ -90,12 +91,14 @@ def train(
     """
     import torch
 
+    from vqtok.pipeline.outputs import check_folder_output
     from vqtok.train.config import RunConfig
     from vqtok.train.loop import train as run_training
 
     if threads:
         torch.set_num_threads(threads)
     with handle_errors(debug):
+        check_folder_output(output, "a training run")
         check_runtime(device, None, quiet)
         cfg = RunConfig.from_file(config)
         bar = _train_bar(quiet or as_json or not err.is_terminal)
@@ -135,7 +138,7 @@ def train(
     if as_json:
         emit_json({"model_dir": str(result.model_dir), "steps": result.step})
         return
-    out.print(f"{result.model_dir}: trained {result.step} steps", markup=False)
+    out.print(f"{result.model_dir}: trained {plural(result.step, 'step')}", markup=False)
 
 
 def convert(
@@ -149,7 +152,8 @@ def convert(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
     variant: Annotated[
-        str | None, typer.Option(help="Cosmos: DV4x8x8, DV8x8x8 or DV8x16x16.")
+        str | None, typer.Option(
+            help="Cosmos: DV4x8x8, DV8x8x8 or DV8x16x16 (default: read from the source's name).")
     ] = None,
     legacy_mode: Annotated[bool, typer.Option("--legacy-mode", help="Cosmos legacy_mode.")] = False,
     dtype: Annotated[Precision, typer.Option(help="Stored weight dtype.")] = Precision.fp32,
@@ -162,8 +166,9 @@ def convert(
 
     The only command that reads pickle (torch.load weights_only=True) or TorchScript; the result
     is an ordinary safetensors model directory usable with --model. SOURCE may be a Hugging Face
-    repository (nvidia/Cosmos-0.1-Tokenizer-DV4x8x8, TencentARC/Open-MAGVIT2-Tokenizer-262144-
-    Video): only the files needed are downloaded; HF_HUB_OFFLINE=1 uses only cached files.
+    repository (nvidia/Cosmos-0.1-Tokenizer-DV4x8x8,
+    TencentARC/Open-MAGVIT2-Tokenizer-262144-Video): only the files needed are downloaded;
+    HF_HUB_OFFLINE=1 uses only cached files.
     """
     import torch
 

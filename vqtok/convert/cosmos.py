@@ -31,6 +31,8 @@ from vqtok.convert.common import (
 from vqtok.errors import CheckpointError, ConfigError
 from vqtok.families.cosmos import VARIANTS, CosmosConfig, CosmosTokenizer
 from vqtok.io.hub import DownloadFn, HubRef, fetch_files, hub_origin, parse_hub_ref
+from vqtok.io.sniff import file_kind
+from vqtok.pipeline.outputs import check_folder_output
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 
 __all__ = ["convert_cosmos", "cosmos_variant", "infer_cosmos_config"]
@@ -87,16 +89,32 @@ def _cosmos_files(
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         root = Path(source)
         pair = [root / "encoder.jit", root / "decoder.jit"]
-        if all(p.is_file() for p in pair):
-            return root, pair
-        if (root / "autoencoder.jit").is_file():
-            return root, [root / "autoencoder.jit"]
+        found = pair if all(p.is_file() for p in pair) else [root / "autoencoder.jit"]
+        if found[0].is_file():
+            for f in found:
+                _check_torchscript_file(f)
+            return root, found
         raise CheckpointError("holds neither encoder.jit + decoder.jit nor autoencoder.jit", root)
     files = [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
     for f in files:
-        if not f.is_file():
-            raise CheckpointError("no such TorchScript file", f)
+        _check_torchscript_file(f)
     return files[0].parent, files
+
+
+def _check_torchscript_file(path: Path) -> None:
+    """A file given as a Cosmos source must be a TorchScript archive (a zip): say what it is
+    otherwise, before the variant is asked for or the file is parsed."""
+    if not path.is_file():
+        raise CheckpointError("no such TorchScript file", path)
+    kind = file_kind(path)
+    if kind is not None and kind.startswith("a zip archive"):
+        return  # what TorchScript is stored as; `_load_jit` reads it
+    what = "this is not a zip archive" if kind is None else f"this is {kind}"
+    raise CheckpointError(
+        f"{what}, not a TorchScript archive; expected Cosmos's encoder.jit and decoder.jit "
+        "(or autoencoder.jit), or the folder that holds them",
+        path,
+    )
 
 
 def _load_jit(path: Path) -> dict[str, Tensor]:
@@ -106,9 +124,9 @@ def _load_jit(path: Path) -> dict[str, Tensor]:
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # truncated / not TorchScript: RuntimeError, zip errors, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
-            f"not a readable TorchScript archive, truncated or corrupt? ({first})", path
+            "not a readable TorchScript archive, truncated or corrupt; download the release's "
+            ".jit files again", path
         ) from e
     return {k: v.detach() for k, v in module.state_dict().items()}
 
@@ -223,10 +241,13 @@ def convert_cosmos(
         `Conversion`.
 
     Raises:
-        CheckpointError: unreadable archive, unknown or ambiguous variant, wrong derived
+        OptionError: an ``out_dir`` named like a file, or a file where it must be.
+        CheckpointError: a source that is not TorchScript (named as what it is),
+            unreadable archive, unknown or ambiguous variant, wrong derived
             buffers, missing, unexpected or mis-shaped tensors (`HubError`: the Hub
             repository cannot be fetched or lacks the files).
     """
+    check_folder_output(out_dir, "a model directory")
     root, files = _cosmos_files(source, on_download)
     shown = root if isinstance(root, HubRef) else " ".join(map(str, files))
     chosen = cosmos_variant(root, variant)

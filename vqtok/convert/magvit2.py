@@ -41,6 +41,7 @@ from vqtok.families.layers import CausalConv3d
 from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.io.hub import DownloadFn, fetch_files, hub_origin, parse_hub_ref
 from vqtok.io.sniff import file_kind
+from vqtok.pipeline.outputs import check_folder_output
 
 __all__ = ["convert_open_magvit2", "infer_magvit2_config", "magvit2_release_names"]
 
@@ -83,7 +84,7 @@ def _load_ckpt(path: Path) -> dict[str, Any]:
         ) from e
     except Exception as e:  # truncated / not a torch file: zip, EOF and runtime errors
         raise CheckpointError(
-            f"not a readable torch checkpoint, truncated or corrupt? ({type(e).__name__}: {e})",
+            "not a readable torch checkpoint, truncated or corrupt; download it again",
             path,
         ) from e
     if not isinstance(obj, dict):
@@ -172,9 +173,11 @@ def convert_open_magvit2(
         `Conversion`.
 
     Raises:
+        OptionError: an ``out_dir`` named like a file, or a file where it must be.
         CheckpointError: unreadable / unsafe file, missing, unexpected or mis-shaped tensors
             (`HubError`: the Hub repository cannot be fetched or lacks the file).
     """
+    check_folder_output(out_dir, "a model directory")
     ref = parse_hub_ref(ckpt)
     origin = None
     if ref is None:

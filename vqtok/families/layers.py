@@ -81,8 +81,18 @@ def swish(x: Tensor) -> Tensor:
 
 
 def _exact_cpu_path(x: Tensor) -> bool:
-    """Whether ``x`` takes the float64-rounded swish: float32 CPU inference (no autograd)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+    """Whether ``x`` takes the float64-rounded swish: float32 CPU inference (no autograd), not
+    under tracing (see `traced`)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not traced())
+
+
+def traced() -> bool:
+    """Whether the model is being traced (``torch.export``, the ONNX exporter built on it, or
+    ``torch.compile``): then `conv3d` and `swish` use the portable ``F.conv3d`` / ``F.silu``,
+    which a graph can hold (a oneDNN call cannot be traced at all), and the graph's runtime
+    brings its own kernels anyway (`vqtok.export`)."""
+    return torch.compiler.is_compiling()
 
 
 def conv3d(
@@ -97,7 +107,7 @@ def conv3d(
     Float32 CPU tensors go straight to oneDNN (``torch.mkldnn_convolution``), which computes each
     output element the same way whatever the batch size, number of frames or thread count
     (PyTorch's default dispatch picks a different kernel for batch 1 or small inputs). Anything
-    else (CUDA, autocast, other dtypes) uses ``F.conv3d``.
+    else (CUDA, autocast, other dtypes, a model being `traced`) uses ``F.conv3d``.
     """
     if (
         x.device.type == "cpu"
@@ -105,6 +115,7 @@ def conv3d(
         and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
+        and not traced()
     ):
         return torch.mkldnn_convolution(
             x.contiguous(), weight.contiguous(), bias, padding, stride, (1, 1, 1), 1

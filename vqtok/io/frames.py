@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vqtok.errors import ConfigError, VideoError
+from vqtok.io.sources import ClipSource
 
 __all__ = ["MAX_PIXELS", "VideoInfo", "WindowedFrames", "as_fps", "check_picture_size"]
 
@@ -54,6 +55,8 @@ class VideoInfo:
         codec: decoder name, e.g. ``"h264"``.
         pix_fmt: stored pixel format, e.g. ``"yuv420p"``.
         has_audio: whether the file also has an audio stream (never read).
+        start: presentation time of the first frame in seconds, exact (the origin of a
+            clip's ``start`` / ``end``; usually 0).
     """
 
     path: str
@@ -67,6 +70,7 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     has_audio: bool
+    start: Fraction = Fraction(0)
 
 
 def check_picture_size(width: int, height: int, path: str | Path) -> None:
@@ -165,7 +169,7 @@ class WindowedFrames:
     meaning.
     """
 
-    path: Path
+    path: Path | ClipSource
     info: VideoInfo
     fps: Fraction
     max_frames: int | None
@@ -174,17 +178,42 @@ class WindowedFrames:
     warnings: list[str]
     notes: list[str]
     frames_read: int
+    start: Fraction | None  # a clip's range in seconds from the first frame; None: open
+    end: Fraction | None
+    _video_duration: float  # the whole video's duration in seconds (``info`` is the clip's)
     _resample: bool  # resample to ``fps`` by timestamp; else keep frames at the nominal rate
     _variable: bool  # the last iteration found a variable frame rate and resampled it
     _decoded_until: Fraction  # seconds from the first frame to the end of the last decoded one
 
     @property
     def expected_frames(self) -> int:
-        """Frames an iteration should yield (estimated when the container has no count)."""
-        count = self.info.frames
-        if self._resample:
-            count = math.ceil(self.info.frames * self.fps / self.info.fps)
+        """Frames an iteration should yield (estimated for a clip, or when the container has no
+        count)."""
+        if self.start is not None or self.end is not None:
+            span = self._clip_end() - (self.start or 0)
+            count = max(1, math.ceil(span * self.fps))
+        else:
+            count = self.info.frames
+            if self._resample:
+                count = math.ceil(self.info.frames * self.fps / self.info.fps)
         return count if self.max_frames is None else min(count, self.max_frames)
+
+    def _clip_end(self) -> Fraction:
+        """Where a clip stops: its end, or the video's end if that comes first."""
+        duration = Fraction(self._video_duration).limit_denominator(1_000_000)
+        return duration if self.end is None else min(self.end, duration)
+
+    def _check_range(self) -> None:
+        """Refuse a clip that starts after the video; make ``info`` describe the clip's frames
+        and duration, which the end-of-file checks compare with."""
+        self._video_duration = self.info.duration
+        if self.start is not None and self.info.duration > 0 and self.start >= self._clip_end():
+            raise VideoError(
+                f"the clip starts at {float(self.start):g} s but the video lasts "
+                f"{self.info.duration:.3f} s; check the clip's start", str(self.path))
+        if self.start is not None or self.end is not None:
+            self.info = replace(self.info, frames=self.expected_frames, frames_exact=False,
+                                duration=float(self._clip_end() - (self.start or 0)))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield (T_i, H, W, 3) uint8 arrays, T_i <= window, in display order."""
@@ -206,7 +235,8 @@ class WindowedFrames:
         if batch:
             yield np.stack(batch)
         if self.frames_read == 0:
-            raise VideoError("no video frame could be decoded; the file is damaged", self.path)
+            raise VideoError("no video frame could be decoded; the file is damaged",
+                             str(self.path))
         self._check_count()
 
     def _timed(
@@ -265,7 +295,7 @@ class WindowedFrames:
         if info.frames_exact and not self._resample and not self._variable:
             if self.frames_read < info.frames:
                 self._warn(
-                    f"decoded {self.frames_read} frames but the file says it has {info.frames}; "
+                    f"decoded {_frames(self.frames_read)} but the file says it has {info.frames}; "
                     "it is truncated or damaged"
                 )
             return
@@ -275,7 +305,7 @@ class WindowedFrames:
         missing = info.duration - float(self._decoded_until)
         if missing > max(float(2 / info.fps), info.duration / 20):
             self._warn(
-                f"decoded {self.frames_read} frames lasting {float(self._decoded_until):.2f} s "
+                f"decoded {_frames(self.frames_read)} lasting {float(self._decoded_until):.2f} s "
                 f"but the file lasts {info.duration:.2f} s; it is truncated or damaged"
             )
 
@@ -302,3 +332,8 @@ def _normalise_rotation(degrees: float | int | None) -> int:
         return 0
     turns = round(degrees / 90) % 4
     return (0, 90, 180, -90)[turns]
+
+
+def _frames(count: int) -> str:
+    """``1 frame``, ``2 frames``."""
+    return f"{count} frame" if count == 1 else f"{count} frames"

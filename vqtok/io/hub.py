@@ -59,8 +59,11 @@ def parse_hub_ref(source: str | Path) -> HubRef | None:
     """The Hub repository ``source`` names, or None if it is a path.
 
     A `Path` object is always a path; a string is a repository when no file or directory of
-    that name exists and it reads ``owner/name`` or ``owner/name@revision`` (letters, digits,
-    ``.``, ``_``, ``-``; no ``..`` or ``--``; names up to 96 characters).
+    that name exists, no directory is named like its owner (``run-lr0/model`` with a folder
+    ``run-lr0`` here is a mistyped path, not a repository), and it reads ``owner/name`` or
+    ``owner/name@revision`` (letters, digits, ``.``, ``_``, ``-``; no ``..`` or ``--``; names
+    up to 96 characters). Anything else with a separator, or starting with ``.``, ``/`` or
+    ``~``, is a path.
     """
     if isinstance(source, Path):
         return None
@@ -69,6 +72,8 @@ def parse_hub_ref(source: str | Path) -> HubRef | None:
     if match is None or ".." in text or "--" in match["owner"] + "/" + match["name"]:
         return None
     if len(match["name"]) > 96 or Path(text).expanduser().exists():
+        return None
+    if Path(match["owner"]).is_dir():
         return None
     return HubRef(f"{match['owner']}/{match['name']}", match["rev"])
 

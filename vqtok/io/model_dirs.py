@@ -2,7 +2,9 @@
 
 Names resolve (`resolve_model`) as: an existing directory path; else a Hugging Face Hub
 repository ``owner/name[@revision]`` (`vqtok.io.hub`: ``config.json`` + ``model.safetensors`` are
-fetched into the standard cache, and loaded like any directory); else ``<repo>/models/<name>``
+fetched into the standard cache, and loaded like any directory); else, for anything else that
+looks like a path (a separator, a leading ``.`` or ``~``, or ``owner`` naming a folder here), the
+error "no model directory here", without asking the network; else ``<repo>/models/<name>``
 (the shipped models, `REPO_MODELS`; ``vqtok/_models`` in an installed wheel); else any extra
 directories given; else each directory of ``$VQTOK_MODELS`` (os.pathsep-separated). The format
 of a model directory is `vqtok.io.checkpoint`.
@@ -38,6 +40,14 @@ REPO_MODELS = _shipped_models()
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def _why_local(text: str) -> str:
+    """Why a value shaped like ``owner/name`` was taken as a path, not a Hub repository."""
+    first = Path(text).parts[0] if Path(text).parts else ""
+    if "/" in text and first not in ("/", ".", "..", "~") and Path(first).is_dir():
+        return f" ({first}/ is a folder here, so this is a path, not a Hugging Face repository)"
+    return ""
+
+
 def search_dirs(extra_dirs: Sequence[str | Path] = ()) -> list[Path]:
     """Directories searched for model names, in order: repo ``models/``, extra, $VQTOK_MODELS."""
     env = [Path(p) for p in os.environ.get("VQTOK_MODELS", "").split(os.pathsep) if p]
@@ -69,8 +79,8 @@ def resolve_model(
         return fetch_files(ref, files, on_download, "a vqtok model directory")[0].parent
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or os.sep in text or "/" in text
-    if looks_like_path:
-        raise CheckpointError("no model directory here", path)
+    if looks_like_path or text.startswith((".", "~")):
+        raise CheckpointError(f"no model directory here{_why_local(text)}; check the path", path)
     if not _NAME.fullmatch(text) or ".." in text:
         raise CheckpointError(f"{text!r} is not a model name (letters, digits, '.', '_', '-')")
     roots = search_dirs(extra_dirs)

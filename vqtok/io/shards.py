@@ -1,15 +1,24 @@
 """The token dataset format: Parquet shards of one model's index files, and their manifest.
 
-A dataset directory holds ``shard-NNNNN-of-MMMMM.parquet`` files (zstd) and ``manifest.json``.
-Each shard has one row per clip (`COLUMNS`, plus ``indices``: the clip's indices flattened in
-C order as a list of the smallest unsigned type that holds the vocabulary, uint16 up to 65 536
-codes, else uint32; and ``shape``: (t, h, w) or (t, h, w, L)), in row groups of about
-`ROW_GROUP_BYTES` of indices, and a key in its footer (`KEY_FIELD`) that `vqtok.pipeline.pack` uses
-to resume. The manifest names the model, vocabulary and index type, the totals and every shard
-(rows, tokens, bytes, SHA-256, key); it is written last, so a directory without one is an
-unfinished pack. Shards are plain Parquet: pyarrow, Hugging Face ``datasets``, DuckDB and Spark
-read them as they are. This module owns the format: `vqtok.pipeline.pack` writes datasets through
-it, `vqtok.io.datasets` reads them.
+A dataset directory holds ``shard-NNNNN-of-MMMMM.parquet`` files (zstd) and the manifest,
+``_vqtok.json``: ``pyarrow.parquet.read_table(DIR)`` and Spark skip files whose names start with
+``_``, so they read the folder as it is (format 1 named it ``manifest.json``, which pyarrow cannot
+parse; such folders are still read, and a pack into one renames it).
+Each shard has one row per clip (`COLUMNS`, plus ``indices``: the clip's indices flattened in C
+order as a list of the smallest unsigned type that holds the vocabulary, uint8 up to 256 codes,
+uint16 up to 65 536, else uint32; and ``shape``: (t, h, w) or (t, h, w, L)), in row groups of
+about `ROW_GROUP_BYTES` of indices, and a key in its footer (`KEY_FIELD`) that
+`vqtok.pipeline.pack` uses to resume. The manifest names the model, vocabulary and index type,
+the totals and every shard (rows, tokens, bytes, SHA-256, key); it is written last, so a
+directory without one is an unfinished pack. Shards are plain Parquet: pyarrow, Hugging Face
+``datasets``, DuckDB and Spark read them as they are. This module owns the format:
+`vqtok.pipeline.pack` writes datasets through it, `vqtok.data` reads them.
+
+The manifest is the same for every layout ``vqtok pack`` writes (``layout``: parquet, megatron,
+mds, litdata, webdataset; `vqtok.data.formats`): the model and remap, how multi-level indices
+were flattened (``flatten``, ``codes_per_position``, ``level_stride``, ``token_vocab``:
+`vqtok.data.flatten`), the tokens' dtype, the totals and every file with its size and SHA-256;
+the layouts other than Parquet also list their clips (``clips``: `vqtok.data.records`).
 """
 
 from __future__ import annotations
@@ -30,9 +39,11 @@ from vqtok.errors import VqtokError
 from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import TokenMetadata, index_dtype
 
-MANIFEST = "manifest.json"
+MANIFEST = "_vqtok.json"
+LEGACY_MANIFEST = "manifest.json"  # dataset format 1's name: pyarrow cannot read a folder with it
 DATASET_FORMAT = "vqtok-dataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2
+READ_VERSIONS = (1, 2)
 KEY_FIELD = b"vqtok.shard_key"
 # Index bytes per Parquet row group: the unit a random read decodes. 64 KB reads ~7x faster
 # than 1 MB groups in random order (benchmarks/pack.py) for ~15% more bytes on disk.
@@ -67,10 +78,29 @@ def require_pyarrow() -> ModuleType:
     return pyarrow
 
 
+def manifest_path(directory: Path) -> Path:
+    """A dataset's manifest: ``_vqtok.json``, or a format-1 dataset's ``manifest.json``."""
+    legacy = directory / LEGACY_MANIFEST
+    return legacy if legacy.is_file() and not (directory / MANIFEST).is_file() else (
+        directory / MANIFEST)
+
+
 def looks_like_dataset(directory: Path) -> bool:
     """Whether a directory holds a token dataset's manifest or shards (finished or not)."""
-    return (directory / MANIFEST).is_file() or any(
+    return manifest_path(directory).is_file() or any(
         SHARD_NAME.match(p.name) for p in directory.iterdir())
+
+
+def other_layout_files(directory: Path) -> list[str]:
+    """The files the manifest of a dataset of a layout other than Parquet lists ([] for none,
+    a Parquet dataset or a damaged manifest)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        if manifest.get("layout", "parquet") == "parquet":
+            return []
+        return [s["file"] for s in manifest["shards"] + [manifest["clips"]]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def shard_key(path: Path) -> str | None:
@@ -98,12 +128,13 @@ def manifest_keys(path: Path) -> dict[str, str] | None:
 # ------------------------------------------------------------------------------- writing
 
 
-def schema(meta: TokenMetadata) -> Any:
-    """The Arrow schema of a dataset of ``meta``'s model: `COLUMNS` plus indices and shape."""
+def schema(meta: TokenMetadata, dtype: np.dtype | None = None) -> Any:
+    """The Arrow schema of a dataset of ``meta``'s model: `COLUMNS` plus indices and shape;
+    the indices are ``dtype`` (default: `index_dtype` of the model's vocabulary)."""
     pa = require_pyarrow()
     types = {"string": pa.string(), "int64": pa.int64(), "int32": pa.int32(),
              "list<int32>": pa.list_(pa.int32())}
-    value = pa.from_numpy_dtype(index_dtype(meta.vocab))
+    value = pa.from_numpy_dtype(index_dtype(meta.vocab) if dtype is None else dtype)
     fields = [pa.field("index_file", pa.string(), nullable=False),
               pa.field("source", pa.string(), nullable=False),
               pa.field("indices", pa.list_(value), nullable=False),
@@ -208,10 +239,20 @@ def shard_entry(path: Path, key: str, rows: int, tokens: int, index_bytes: int
             "sha256": file_sha256(path)}
 
 
-def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, Any]]
+def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, Any]], *,
+                   layout: str = "parquet", flattening: dict[str, Any] | None = None,
+                   dtype: np.dtype | None = None, extra: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
-    """Write (atomically) and return the manifest of a dataset of ``shards`` (`shard_entry`)."""
+    """Write (atomically) and return the manifest of a dataset of ``shards`` (`shard_entry`).
+
+    Args:
+        layout: the dataset's format (``parquet``, ``megatron``, ...).
+        flattening: `vqtok.data.flatten.Flattening.to_dict` (default: the arrays as they are).
+        dtype: the tokens' dtype (default: `index_dtype` of the vocabulary).
+        extra: more fields (``clips``: the clip list of the layouts other than Parquet).
+    """
     remap = meta.remap
+    codes = meta.kept_levels if meta.num_codebooks > 1 else 1
     manifest = {
         "format": DATASET_FORMAT, "format_version": DATASET_VERSION,
         "vqtok_version": __version__, "model": meta.model, "model_sha256": meta.model_sha256,
@@ -220,13 +261,19 @@ def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, 
         "levels": None if meta.levels is None else list(meta.levels),
         "bit_order": meta.bit_order,
         "remap": None if remap is None else {"sha256": remap.sha256, "size": remap.size},
-        "vocab": meta.vocab, "dtype": str(index_dtype(meta.vocab)),
-        "rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-        "index_bytes": sum(s["index_bytes"] for s in shards),
-        "bytes": sum(s["bytes"] for s in shards), "shards": shards,
+        "vocab": meta.vocab,
+        "dtype": str(index_dtype(meta.vocab) if dtype is None else np.dtype(dtype)),
+        "layout": layout, **(flattening or {"flatten": "levels", "codes_per_position": codes,
+                                            "level_stride": meta.vocab,
+                                            "token_vocab": meta.vocab}),
+        "rows": sum(s.get("rows", 0) for s in shards),
+        "tokens": sum(s.get("tokens", 0) for s in shards),
+        "index_bytes": sum(s.get("index_bytes", 0) for s in shards),
+        "bytes": sum(s["bytes"] for s in shards), "shards": shards, **(extra or {}),
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     atomic_bytes(directory / MANIFEST, text.encode())
+    (directory / LEGACY_MANIFEST).unlink(missing_ok=True)  # it would stop pyarrow reading
     return manifest
 
 
@@ -234,14 +281,16 @@ def write_manifest(directory: Path, meta: TokenMetadata, shards: list[dict[str, 
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of a finished dataset, its shard files checked to exist at their size.
+    """The manifest of a finished dataset of any layout, its files checked to exist at their
+    size. A format-1 manifest (``manifest.json``, Parquet, arrays as they are) gets the fields
+    format 2 added: ``layout`` ``"parquet"`` and ``flatten`` ``"levels"``.
 
     Raises:
         VqtokError: not a dataset, an unfinished pack, a damaged manifest or a missing /
             resized shard (the message says what to do).
     """
     directory = Path(directory)
-    path = directory / MANIFEST
+    path = manifest_path(directory)
     if not path.is_file():
         if directory.is_dir() and any(SHARD_NAME.match(p.name) for p in directory.iterdir()):
             raise VqtokError(f"an unfinished pack (no {MANIFEST}); run vqtok pack again with "
@@ -255,10 +304,14 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise VqtokError(f"unreadable manifest ({e}); pack the dataset again", path) from e
     if not ok:
         raise VqtokError("not a vqtok dataset manifest", path)
-    if manifest.get("format_version") != DATASET_VERSION:
+    if manifest.get("format_version") not in READ_VERSIONS:
         raise VqtokError(f"dataset format version {manifest.get('format_version')!r} is not "
-                         f"supported (this vqtok reads {DATASET_VERSION})", path)
-    for shard in manifest["shards"]:
+                         f"supported (this vqtok reads {READ_VERSIONS[-1]})", path)
+    if manifest["format_version"] == 1:
+        codes = manifest.get("num_codebooks") or 1
+        manifest.update(layout="parquet", flatten="levels", codes_per_position=codes,
+                        level_stride=manifest["vocab"], token_vocab=manifest["vocab"])
+    for shard in manifest["shards"] + ([manifest["clips"]] if "clips" in manifest else []):
         file = directory / shard["file"]
         size = file.stat().st_size if file.is_file() else None
         if size != shard["bytes"]:
@@ -268,18 +321,35 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def describe_dataset(directory: str | Path) -> dict[str, Any]:
-    """A token dataset for ``vqtok info``: rows, tokens, model, vocabulary, shard sizes."""
+    """A token dataset for ``vqtok info``: layout, rows, tokens, model, vocabulary and
+    flattening, the data files' sizes and rows, the first few clips' keys."""
     manifest = read_manifest(directory)
     remap = manifest["remap"]
+    shards = [s for s in manifest["shards"] if "rows" in s]  # not indexes (tokens.idx, ...)
     return {
-        "kind": "dataset", "path": str(directory), "rows": manifest["rows"],
+        "kind": "dataset", "path": str(directory), "layout": manifest["layout"],
+        "flatten": manifest["flatten"], "codes_per_position": manifest["codes_per_position"],
+        "token_vocab": manifest["token_vocab"], "rows": manifest["rows"],
         "tokens": manifest["tokens"], "model": manifest["model"],
         "model_sha256": manifest["model_sha256"], "quantizer": manifest["quantizer"],
         "codebook_size": manifest["codebook_size"],
         "num_codebooks": manifest["num_codebooks"], "vocab": manifest["vocab"],
         "dtype": manifest["dtype"], "remap_sha256": None if remap is None else remap["sha256"],
-        "shards": len(manifest["shards"]), "bytes": manifest["bytes"],
+        "shards": len(shards), "bytes": manifest["bytes"],
         "index_bytes": manifest["index_bytes"],
-        "shard_bytes": [s["bytes"] for s in manifest["shards"]],
-        "shard_rows": [s["rows"] for s in manifest["shards"]],
+        "shard_bytes": [s["bytes"] for s in shards],
+        "shard_rows": [s["rows"] for s in shards],
+        "first_keys": _first_keys(Path(directory), manifest, 3),
     }
+
+
+def _first_keys(directory: Path, manifest: dict[str, Any], count: int) -> list[str]:
+    """The keys of the first ``count`` clips (``index_file``; the clip list's ``key``)."""
+    if "clips" in manifest:
+        with open(directory / manifest["clips"]["file"]) as file:
+            return [json.loads(line)["key"] for line, _ in zip(file, range(count), strict=False)]
+    if not manifest["shards"]:
+        return []
+    table = require_pyarrow().parquet.read_table(directory / manifest["shards"][0]["file"],
+                                                 columns=["index_file"])
+    return table.column(0).to_pylist()[:count]

@@ -11,8 +11,9 @@ The metadata dataclasses and their strict JSON parser are in `vqtok.io.token_met
 here); this module reads and writes the files.
 
 The array is (t, h, w), or (t, h, w, L) for L codebooks / residual levels, stored in the
-smallest unsigned dtype that holds the vocabulary (`index_dtype`: uint16 up to 65 536 codes,
-else uint32), and read back as int64.
+smallest unsigned dtype that holds the vocabulary (`index_dtype`: uint8 up to 256 codes, uint16
+up to 65 536, else uint32), and read back as int64. Files of up to 256 codes written as uint16 by
+earlier versions still read (`stored_dtypes`).
 
 Writes are atomic: each file is written to a temporary file in the same directory and renamed
 into place. For the two-file layout the sidecar is removed first and written last, so a crash at
@@ -71,9 +72,11 @@ __all__ = [
     "index_sha256",
     "is_complete",
     "load_metadata",
+    "load_stored",
     "load_tokens",
     "save_tokens",
     "sidecar_path",
+    "stored_dtypes",
 ]
 
 SAFETENSORS_KEY = "vqtok"  # header metadata key holding the JSON metadata
@@ -83,14 +86,23 @@ TokenFormat = Literal["npy", "safetensors"]
 
 
 def index_dtype(vocab: int) -> np.dtype:
-    """Smallest unsigned dtype for indices in [0, vocab): uint16 up to 65 536 codes, else uint32.
+    """Smallest unsigned dtype for indices in [0, vocab): uint8 up to 256 codes, uint16 up to
+    65 536, else uint32. ``vocab`` is what the metadata records: the remap size of remapped
+    indices, else the codebook size.
 
     Raises:
         TokenFileError: vocab < 1 or above 2**32.
     """
     if not 1 <= vocab <= 2**32:
         raise TokenFileError(f"vocabulary of {vocab} codes cannot be stored (1 .. 2**32)")
-    return np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
+    return np.dtype(np.uint8 if vocab <= 2**8 else np.uint16 if vocab <= 2**16 else np.uint32)
+
+
+def stored_dtypes(vocab: int) -> tuple[np.dtype, ...]:
+    """The dtypes an index file of ``vocab`` codes may hold: `index_dtype`, and uint16 for
+    up to 256 codes, as vqtok wrote those before it stored uint8."""
+    dtype = index_dtype(vocab)
+    return (dtype, np.dtype(np.uint16)) if dtype == np.uint8 else (dtype,)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -217,6 +229,13 @@ def load_tokens(path: str | Path) -> tuple[np.ndarray, TokenMetadata]:
             malformed sidecar, unsupported version, or an array that contradicts the metadata
             (dtype, rank, shape, values out of range).
     """
+    array, meta = load_stored(path)
+    return array.astype(np.int64), meta
+
+
+def load_stored(path: str | Path) -> tuple[np.ndarray, TokenMetadata]:
+    """As `load_tokens`, with the array in the dtype the file stores (`stored_dtypes`: uint8,
+    uint16 or uint32), not int64."""
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".npy")
@@ -228,7 +247,7 @@ def load_tokens(path: str | Path) -> tuple[np.ndarray, TokenMetadata]:
         meta = load_metadata(path)
         array = _read_npy(path)
     _check_array(array, meta, path)
-    return array.astype(np.int64), meta
+    return array, meta
 
 
 def load_metadata(path: str | Path) -> TokenMetadata:
@@ -326,8 +345,9 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, TokenMetadata]:
 
 
 def _check_array(array: np.ndarray, meta: TokenMetadata, path: Path) -> None:
-    expected = index_dtype(meta.vocab)
-    if array.dtype.kind != "u" or array.dtype.itemsize != expected.itemsize:
+    allowed = stored_dtypes(meta.vocab)
+    if array.dtype.kind != "u" or array.dtype.itemsize not in {d.itemsize for d in allowed}:
+        expected = " or ".join(str(d) for d in allowed)
         raise TokenFileError(
             f"index array has dtype {array.dtype}, expected {expected} for a vocabulary of "
             f"{meta.vocab}; write it with vqtok.io.tokens.save_tokens",

@@ -37,14 +37,37 @@ MULTI_SUFFIX = ".safetensors"
 
 
 def output_path(path: str | os.PathLike, num_levels: int) -> Path:
-    """Where `save_used_sets` writes: one level keeps ``path``; several levels need
-    ``.safetensors`` (``used.npy`` -> ``used.safetensors``, ``used`` -> ``used.safetensors``)."""
+    """Where `save_used_sets` writes: one level keeps ``path`` (``used`` -> ``used.npy``);
+    several levels need ``.safetensors`` (``used.npy`` -> ``used.safetensors``, ``used`` ->
+    ``used.safetensors``; `vqtok.pipeline.remap_build.build_remap` refuses the ``.npy`` name
+    instead)."""
     path = Path(path)
+    if num_levels == 1 and path.suffix == "":
+        return path.with_name(path.name + ".npy")
     if num_levels == 1 or path.suffix == MULTI_SUFFIX:
         return path
     if path.suffix == ".npy":
         return path.with_suffix(MULTI_SUFFIX)
     return path.with_name(path.name + MULTI_SUFFIX)
+
+
+def require_remap_file(path: str | os.PathLike) -> None:
+    """Check that a remap file exists before any work, naming the file of the other suffix
+    where that one exists (``used.npy`` given, ``used.safetensors`` there).
+
+    Raises:
+        RemapError: no file at ``path``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise RemapError("is a folder, not a remap file", path)
+    for suffix in (".npy", MULTI_SUFFIX):
+        other = path.with_suffix(suffix)
+        if other != path and other.is_file():
+            raise RemapError(f"remap file not found; did you mean {other}?", path)
+    raise RemapError("remap file not found; check the path (vqtok remap build writes one)", path)
 
 
 def save_used_sets(
@@ -91,11 +114,10 @@ def load_used_sets(path: str | os.PathLike, codebook_size: int | None = None) ->
         RemapError: missing, unreadable, truncated, pickled, or not a valid remap file (see
             the module docstring); the message names the level where one is at fault.
     """
+    require_remap_file(path)
     if Path(path).suffix != MULTI_SUFFIX:
         return UsedSets((load_used(path, codebook_size),))
     where = os.fspath(path)
-    if not Path(path).is_file():
-        raise RemapError("remap file not found", where)
     try:
         with safetensors.safe_open(where, framework="numpy") as file:
             metadata = file.metadata() or {}

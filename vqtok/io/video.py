@@ -10,14 +10,26 @@ in swscale (``VideoFrame.reformat``), applies the container's display rotation, 
 resamples and windows the displayed picture as `vqtok.io.frames` describes. A damaged stream yields
 what decodes and records a warning; a file without one decodable video frame is a `VideoError`.
 Sample aspect ratio (anamorphic video) is not applied.
+
+Besides a path, the reader takes a `vqtok.io.sources.ClipSource`: a URL (read through fsspec as
+a seekable file object), a member of a tar shard (a window of the shard), and a time range
+``[start, end)``: exactly the frames whose presentation time ``t`` (seconds from the video's
+first frame) satisfies ``start <= t < end``. It seeks to the key frame at or before ``start``
+(``container.seek``) and drops the frames before ``start`` (counted in ``frames_skipped``);
+where the container's index puts that key frame after ``start``, or seeking fails, it reads
+from the beginning instead, so the frames are exact either way.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
+import math
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -31,8 +43,14 @@ from vqtok.io.frames import (
     as_fps,
     check_picture_size,
 )
+from vqtok.io.sniff import file_kind
+from vqtok.io.sources import ClipSource
+
+Source = str | Path | ClipSource
+"""What the reader opens: a local path, or a `ClipSource` (URL, tar member, time range)."""
 
 __all__ = [
+    "Source",
     "VideoInfo",
     "VideoReader",
     "as_fps",
@@ -52,22 +70,27 @@ def read_comment(path: str | Path) -> str | None:
         return None
     return tags.get("comment")
 
-def probe(path: str | Path) -> VideoInfo:
+def probe(path: Source) -> VideoInfo:
     """Describe a video file, decoding only its first frame (for rotation and to prove it decodes).
+
+    A `ClipSource` is described as its whole video (its range is the reader's business).
 
     Raises:
         VideoError: missing, a directory, unreadable, no video stream (e.g. audio-only), no
             decodable video frame, or a picture larger than `vqtok.io.frames.MAX_PIXELS`.
     """
+    where = str(path)
     with _open(path) as container:
-        stream = _video_stream(container, path)
+        stream = _video_stream(container, where)
         header = stream.codec_context  # None when FFmpeg has no decoder for the stream
         if header is not None:
-            check_picture_size(header.width, header.height, path)
-        first = _first_frame(container, stream, path)
-        check_picture_size(first.width, first.height, path)  # the stream may disagree
+            check_picture_size(header.width, header.height, where)
+        first = _first_frame(container, stream, where)
+        check_picture_size(first.width, first.height, where)  # the stream may disagree
         rotation = _normalise_rotation(getattr(first, "rotation", 0))  # PyAV < 13: no .rotation
-        fps = _stream_fps(stream, path)
+        fps = _stream_fps(stream, where)
+        base = stream.time_base or Fraction(1, 1)
+        origin = Fraction(first.pts) * base if first.pts is not None else Fraction(0)
         duration = _duration(container, stream)
         exact = stream.frames > 0
         frames = stream.frames if exact else max(1, round(duration * fps))
@@ -77,7 +100,7 @@ def probe(path: str | Path) -> VideoInfo:
         if rotation in (90, -90):
             width, height = height, width
         return VideoInfo(
-            path=str(path),
+            path=where,
             frames=frames,
             frames_exact=exact,
             fps=fps,
@@ -88,6 +111,7 @@ def probe(path: str | Path) -> VideoInfo:
             codec=stream.codec_context.name,
             pix_fmt=stream.codec_context.pix_fmt or "unknown",
             has_audio=len(container.streams.audio) > 0,
+            start=origin,
         )
 
 
@@ -95,7 +119,7 @@ class VideoReader(WindowedFrames):
     """Streams a video as uint8 RGB windows; iterate it (again) to read from the start.
 
     Args:
-        path: the video file.
+        path: the video file, or a `ClipSource` (a URL, a tar member, a time range).
         size: (H, W) to scale every frame to; or None.
         short_side: scale so the shorter side is this many pixels, keeping the aspect ratio.
         crop_multiple: centre-crop H and W down to multiples of this (the model's spatial
@@ -108,22 +132,26 @@ class VideoReader(WindowedFrames):
         on_warning: called with each warning message as it happens (also kept in ``warnings``).
 
     Attributes:
-        info: `probe` result for the file.
+        info: `probe` result for the file (the whole video, also for a clip of it).
+        name: the video's file name, ``a.mp4#t=1.5,3`` for a clip (what index files record).
+        start, end: the clip's range in seconds (`ClipSource`); None: the whole video.
         size: (H, W) of the frames yielded.
         fps: frame rate of the frames yielded (``info.fps`` unless resampled).
         warnings: messages about damaged input from the last iteration (truncated, corrupt
             packets); empty when the file read cleanly.
         notes: what the last iteration did that is not damage (a variable frame rate resampled).
         frames_read: frames yielded by the last iteration.
+        frames_skipped: frames the last iteration decoded before a clip's start and dropped.
 
     Raises:
-        VideoError: the file cannot be opened or has no decodable video frame.
+        VideoError: the file cannot be opened, has no decodable video frame, or a clip starts
+            after the video's end.
         ConfigError: impossible arguments (both size and short_side, window < 1, ...).
     """
 
     def __init__(
         self,
-        path: str | Path,
+        path: Source,
         *,
         size: tuple[int, int] | None = None,
         short_side: int | None = None,
@@ -138,7 +166,11 @@ class VideoReader(WindowedFrames):
             raise ConfigError(f"window must be >= 1, got {window}")
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
-        self.path = Path(path)
+        self.path = path if isinstance(path, ClipSource) else Path(path)
+        self.name = path.name if isinstance(path, ClipSource) else Path(path).name
+        clip = path if isinstance(path, ClipSource) else None
+        self.start = None if clip is None else clip.start
+        self.end = None if clip is None else clip.end
         self.info = probe(path)
         self._geometry = _plan_geometry(
             (self.info.height, self.info.width), size, short_side, crop_multiple
@@ -153,23 +185,55 @@ class VideoReader(WindowedFrames):
         self.warnings: list[str] = []
         self.notes: list[str] = []
         self.frames_read = 0
+        self.frames_skipped = 0
+        self._check_range()
 
     def _decoded(self) -> Generator[tuple[Fraction, Fraction, np.ndarray], None, None]:
-        """(seconds from the first frame, frame duration, RGB frame) for every decodable frame."""
+        """(seconds from the first frame yielded, frame duration, RGB frame) for every decodable
+        frame (of the clip: ``start <= t < end``, t in seconds from the video's first frame)."""
+        self.frames_skipped = 0
         with _open(self.path) as container:
-            stream = _video_stream(container, self.path)
+            stream = _video_stream(container, str(self.path))
             stream.thread_type = "AUTO"  # frame + slice threads: FFmpeg's fastest safe choice
             stream.codec_context.thread_count = self.threads
             base = stream.time_base or Fraction(1, 1)
             nominal = 1 / self.info.fps
+            frames = self._decode_packets(container, stream)
+            if self.start:
+                frames = self._seek(container, stream, base)
             start: Fraction | None = None
             index = 0
-            for frame in self._decode_packets(container, stream):
+            for frame in frames:
                 time = Fraction(frame.pts) * base if frame.pts is not None else index * nominal
+                index += 1
+                if self.start is not None or self.end is not None:
+                    time -= self.info.start  # seconds from the video's first frame
+                    if self.start is not None and time < self.start:
+                        self.frames_skipped += 1
+                        continue
+                    if self.end is not None and time >= self.end:
+                        return
                 start = time if start is None else start
                 duration = Fraction(frame.duration) * base if frame.duration else nominal
-                index += 1
                 yield time - start, duration, self._convert(frame)
+
+    def _seek(self, container: av.container.InputContainer, stream: av.VideoStream,
+              base: Fraction) -> Iterator[av.VideoFrame]:
+        """Frames from the key frame at or before the clip's start; from the beginning when
+        seeking fails or lands after the start (an inexact index), so no frame is lost."""
+        assert self.start is not None
+        target = self.info.start + self.start
+        try:
+            container.seek(math.floor(target / base), stream=stream, backward=True)
+        except av.FFmpegError:
+            container.seek(0)
+            return self._decode_packets(container, stream)
+        frames = self._decode_packets(container, stream)
+        first = next(frames, None)
+        if first is None or (first.pts is not None and Fraction(first.pts) * base > target):
+            container.seek(0)
+            return self._decode_packets(container, stream)
+        return itertools.chain([first], frames)
 
     def _decode_packets(
         self, container: av.container.InputContainer, stream: av.VideoStream
@@ -205,7 +269,7 @@ class VideoReader(WindowedFrames):
 
 
 def read_frames(
-    path: str | Path,
+    path: Source,
     *,
     size: tuple[int, int] | None = None,
     short_side: int | None = None,
@@ -235,9 +299,31 @@ def read_frames(
     )
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
-    """Open for reading; every failure becomes a VideoError that says what to do."""
-    file = Path(path)
+@contextmanager
+def _open(source: Source) -> Iterator[av.container.InputContainer]:
+    """Open for reading, closing the container (and a URL's file) after; every failure to
+    open becomes a VideoError that says what to do."""
+    if isinstance(source, ClipSource) and not source.is_local_file:
+        with source.open() as file:
+            container = _open_file(file, str(source))
+            with container:
+                yield container
+        return
+    path = Path(source.location) if isinstance(source, ClipSource) else Path(source)
+    with _open_path(path, str(source)) as container:
+        yield container
+
+
+def _open_file(file: str | IO[bytes], where: str) -> av.container.InputContainer:
+    """Open a file object (a URL, a tar member) with FFmpeg."""
+    try:
+        return av.open(file, "r")
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(_unreadable(e), where) from e
+
+
+def _open_path(file: Path, path: str) -> av.container.InputContainer:
+    """Open a local file by name."""
     try:
         if file.is_file() and file.stat().st_size == 0:
             raise VideoError("the file is empty (0 bytes), not a video", path)
@@ -251,15 +337,22 @@ def _open(path: str | Path) -> av.container.InputContainer:
     except (av.FFmpegError, OSError) as e:
         if getattr(e, "errno", None) == errno.ELOOP:
             raise VideoError("is a symbolic link loop; point the link at a video file", path) from e
-        raise VideoError(
-            f"not a readable video ({e.__class__.__name__}: {_reason(e)}); "
-            "check that it is a complete video file",
-            path,
-        ) from e
+        raise VideoError(_unreadable(e, file), path) from e
 
 
 def _reason(error: BaseException) -> str:
     return getattr(error, "strerror", None) or str(error)
+
+
+def _unreadable(error: BaseException, file: Path | None = None) -> str:
+    """Why FFmpeg cannot open a file, in words: what the file is when its first bytes tell
+    (``a text file``), else FFmpeg's own reason (never a Python class name)."""
+    kind = None if file is None else file_kind(file)
+    if kind is not None and "video" not in kind:
+        return f"not a readable video: this is {kind}; pass a video file"
+    reason = _reason(error)
+    return (f"not a readable video (FFmpeg: {reason[:1].lower() + reason[1:]}); check that it "
+            "is a complete video file")
 
 
 def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.VideoStream:

@@ -22,11 +22,11 @@ from vqtok.atomic import temp_path
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.frames import as_fps
 
-__all__ = ["VideoWriter", "default_codec", "write_video"]
+__all__ = ["VIDEO_SUFFIXES", "VideoWriter", "default_codec", "write_video"]
 
 # Output container by file extension; the writer refuses anything else rather than guessing.
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-
+VIDEO_SUFFIXES = tuple(_MUXERS)  # what a video vqtok writes may be named
 
 
 class VideoWriter:
@@ -65,7 +65,8 @@ class VideoWriter:
         self.path = Path(path)
         muxer = _MUXERS.get(self.path.suffix.lower())
         if muxer is None:
-            raise VideoError(f"cannot write this extension; use one of {sorted(_MUXERS)}", path)
+            raise VideoError("cannot write a video with this extension: use .mp4, .m4v, .mov "
+                             "or .mkv", path)
         if width < 1 or height < 1:
             raise ConfigError(f"frame size must be positive, got {height}x{width}")
         if not self.path.parent.is_dir():

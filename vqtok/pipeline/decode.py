@@ -1,4 +1,5 @@
-"""Decoding one file: an index file -> a video (`decode_file`), or frames in memory.
+"""Decoding one file: an index file -> a video (`decode_file`; indices in memory, such as a
+dataset row's: `decode_indices`), or frames in memory.
 
 This is what ``vqtok decode`` runs for each file. The index file must have been made by the
 model given (`vqtok.pipeline.matching.check_model_matches`); remapped indices go back to full
@@ -30,7 +31,7 @@ from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
 from vqtok.pipeline.matching import check_model_matches, load_remap_for
 
-__all__ = ["DecodeRecord", "DecodeResult", "decode_file", "decode_frames"]
+__all__ = ["DecodeRecord", "DecodeResult", "decode_file", "decode_frames", "decode_indices"]
 
 RECORD_FORMAT = "vqtok-decode/1"
 
@@ -160,15 +161,44 @@ def decode_file(
         TokenFileError: bad index file, model mismatch, wrong remap file.
         VideoError: the video cannot be written (nothing is left at ``target``).
     """
-    start = time.perf_counter()
     indices, meta = load_tokens(source)
+    return decode_indices(indices, meta, target, tokenizer, source=source,
+                          record_sha256=index_sha256(source), fps=fps, remap=remap, force=force,
+                          chunk=chunk, progress=progress)
+
+
+def decode_indices(
+    indices: np.ndarray,
+    meta: TokenMetadata,
+    target: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    source: str | Path,
+    record_sha256: str,
+    fps: Fraction | int | float | str | None = None,
+    remap: str | Path | None = None,
+    force: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    progress: ProgressFn | None = None,
+) -> DecodeResult:
+    """Decode indices held in memory (an index file's, a dataset row's) into a video, as
+    `decode_file` does.
+
+    Args:
+        indices: (t, h, w) or (t, h, w, L) integer ids, as the index file stores them.
+        meta: their sidecar.
+        source: what they came from, for messages and the result.
+        record_sha256: what the video records as its indices' hash (`DecodeRecord`).
+        The rest as `decode_file`.
+    """
+    start = time.perf_counter()
     check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source)
     used = load_remap_for(meta, remap, source)
     full = torch.from_numpy(indices)
     if used is not None:
         full = used.to_full(full)
     rate = as_fps(fps if fps is not None else meta.encoded.fps)
-    record = DecodeRecord(index_sha256(source), tokenizer.weights_sha256, fps_to_text(rate))
+    record = DecodeRecord(record_sha256, tokenizer.weights_sha256, fps_to_text(rate))
     height, width = meta.encoded.size
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(target, rate, width, height, comment=record.to_text()) as writer:
@@ -178,7 +208,8 @@ def decode_file(
                 progress(len(frames), meta.encoded.frames)
     if writer.frames_written != meta.encoded.frames:
         raise TokenFileError(
-            f"decoded {writer.frames_written} frames, the file records {meta.encoded.frames}",
+            f"decoded {writer.frames_written} of the {meta.encoded.frames} frames the file "
+            "records",
             source,
         )
     seconds = time.perf_counter() - start

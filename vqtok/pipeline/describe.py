@@ -20,7 +20,7 @@ from vqtok.io.checkpoint import list_models, parameter_count, read_info, weights
 from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import CONFIG_FILE, resolve_model
 from vqtok.io.shards import describe_dataset, looks_like_dataset
-from vqtok.io.tokens import index_dtype, load_tokens, sidecar_path
+from vqtok.io.tokens import load_stored, sidecar_path
 from vqtok.io.usedsets import is_remap_file, load_used_sets
 from vqtok.io.video import probe
 
@@ -107,12 +107,12 @@ def describe_model(directory: str | Path) -> dict[str, Any]:
 def describe_index(path: str | Path) -> dict[str, Any]:
     """An index file: array shape, stored dtype, codes used and its metadata (the sidecar's
     nested objects as they are)."""
-    indices, meta = load_tokens(path)
+    indices, meta = load_stored(path)
     out: dict[str, Any] = {
         "kind": "index",
         "path": str(path),
         "shape": list(indices.shape),
-        "dtype": str(index_dtype(meta.vocab)),
+        "dtype": str(indices.dtype),  # uint16 in a file of <= 256 codes an earlier vqtok wrote
         "distinct_codes": int(len(set(indices.reshape(-1).tolist()))),
     }
     if meta.num_codebooks > 1:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from queue import Empty, Full, Queue
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from torch import Tensor
 from vqtok.api import Tokenizer
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.pixels import frames_to_video
+from vqtok.io.sources import ClipSource
 from vqtok.io.tokens import (
     EncodedInfo,
     EncodeSettings,
@@ -43,7 +44,7 @@ from vqtok.io.tokens import (
     TokenMetadata,
     save_tokens,
 )
-from vqtok.io.video import VideoReader, as_fps
+from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
 from vqtok.pipeline.matching import (
     RemapPlan,
     describe_quantizer,
@@ -102,7 +103,7 @@ class EncodeOptions:
 class EncodeResult:
     """What `encode_file` did: the index file, its metadata, frames, time, input warnings."""
 
-    source: Path
+    source: Path | ClipSource
     target: Path
     meta: TokenMetadata
     seconds: float
@@ -171,7 +172,7 @@ def _video_chunks(
             progress(len(frames), expected)
 
 
-def open_reader(source: str | Path, model: Any, options: EncodeOptions) -> VideoReader:
+def open_reader(source: Source, model: Any, options: EncodeOptions) -> VideoReader:
     """The `VideoReader` for ``source`` with the options' geometry; nothing is cropped (the
     tokenizer pads H and W to the model's spatial factor, and decode crops the padding off).
 
@@ -186,23 +187,33 @@ def open_reader(source: str | Path, model: Any, options: EncodeOptions) -> Video
         max_frames=options.max_frames,
         window=options.chunk,
     )
-    factor = model.spatial_factor
-    if min(reader.size) < factor:
-        raise ConfigError(
-            f"frames of {reader.size[1]}x{reader.size[0]} are smaller than the model's spatial "
-            f"factor {factor}; use a larger --size",
-            source,
-        )
+    check_frame_size(reader.size, model, source)
     return reader
 
 
+def check_frame_size(size: tuple[int, int], model: Any, source: Source) -> None:
+    """Refuse frames of (H, W) ``size`` smaller than one latent cell of ``model``.
+
+    Raises:
+        ConfigError: naming the size, the model's spatial factor and ``--size``.
+    """
+    factor = model.spatial_factor
+    if min(size) < factor:
+        raise ConfigError(
+            f"frames of {size[1]}x{size[0]} are smaller than the model's spatial "
+            f"factor {factor}; use a larger --size",
+            str(source),
+        )
+
+
 def encode_indices(
-    source: str | Path,
+    source: Source,
     tokenizer: Tokenizer,
     options: EncodeOptions = EncodeOptions(),
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, TokenMetadata, tuple[str, ...]]:
-    """Encode a video file into indices in memory (what `encode_file` saves).
+    """Encode a video file (or a `ClipSource`: a URL, a tar member, a clip of a video) into
+    indices in memory (what `encode_file` saves).
 
     Returns:
         (indices, meta, warnings): int64 (t, h, w[, L]) indices (compact ids under a remap),
@@ -214,21 +225,61 @@ def encode_indices(
         RemapError: a bad remap file, or codes outside it for a quantizer without a
             restricted search.
     """
-    model = tokenizer.model
-    reader = open_reader(source, model, options)
-    plan = RemapPlan.open(options.remap, model) if options.remap is not None else None
+    reader = open_reader(source, tokenizer.model, options)
+    plan = RemapPlan.open(options.remap, tokenizer.model) if options.remap is not None else None
     windows = prefetch(reader)
     try:
-        chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
-        stream = tokenizer.encode_stream(
-            chunks, remap=None if plan is None else plan.search, levels=options.levels,
-            beam=options.beam,
-        )
-        pieces = [piece.cpu() for piece in stream]
+        return encode_windows(windows, reader, tokenizer, options, progress, plan)
     finally:
         windows.close()
+
+
+class ReadFacts(Protocol):
+    """How a video's frames were read: what `encode_windows` records in the metadata. A
+    `VideoReader` has it all; frames decoded elsewhere (a Ray task) carry the same facts."""
+
+    @property
+    def path(self) -> Path | ClipSource: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def info(self) -> VideoInfo: ...
+    @property
+    def size(self) -> tuple[int, int]: ...
+    @property
+    def fps(self) -> Fraction: ...
+    @property
+    def warnings(self) -> list[str]: ...
+    @property
+    def notes(self) -> list[str]: ...
+    @property
+    def expected_frames(self) -> int: ...
+
+
+def encode_windows(
+    windows: Iterable[np.ndarray],
+    reader: ReadFacts,
+    tokenizer: Tokenizer,
+    options: EncodeOptions = EncodeOptions(),
+    progress: ProgressFn | None = None,
+    plan: RemapPlan | None = None,
+) -> tuple[np.ndarray, TokenMetadata, tuple[str, ...]]:
+    """Encode one video's uint8 RGB windows (T_i, H, W, 3), read as ``reader`` says; returns
+    what `encode_indices` returns (the same indices for the same frames, whatever the windows).
+
+    Raises:
+        VideoError: no frame, or (``strict``) a damaged input; RemapError: as `encode_indices`.
+    """
+    if plan is None and options.remap is not None:
+        plan = RemapPlan.open(options.remap, tokenizer.model)
+    chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
+    stream = tokenizer.encode_stream(
+        chunks, remap=None if plan is None else plan.search, levels=options.levels,
+        beam=options.beam,
+    )
+    pieces = [piece.cpu() for piece in stream]
     if not pieces:
-        raise VideoError("no video frame could be encoded", source)
+        raise VideoError("no video frame could be encoded", str(reader.path))
     indices = torch.cat(pieces, dim=1)[0]  # (1, t, h, w[, L]) chunks -> (t, h, w[, L])
     return finish_indices(indices, stream.frames, reader, tokenizer, options, plan)
 
@@ -236,7 +287,7 @@ def encode_indices(
 def finish_indices(
     indices: Tensor,
     frames: int,
-    reader: VideoReader,
+    reader: ReadFacts,
     tokenizer: Tokenizer,
     options: EncodeOptions,
     plan: RemapPlan | None,
@@ -245,7 +296,7 @@ def finish_indices(
 
     Applies ``--strict`` to the reader's warnings and the remap plan, and builds the metadata.
     """
-    source = reader.path
+    source = str(reader.path)
     if options.strict and reader.warnings:
         raise VideoError(f"damaged input (--strict): {reader.warnings[0]}", source)
     if plan is not None:
@@ -256,7 +307,7 @@ def finish_indices(
 
 def build_metadata(
     tokenizer: Tokenizer,
-    reader: VideoReader,
+    reader: ReadFacts,
     frames: int,
     grid: tuple[int, ...],
     options: EncodeOptions,
@@ -281,7 +332,7 @@ def build_metadata(
         num_codebooks=quantizer.num_codebooks,
         grid=(grid[0], grid[1], grid[2]),
         source=SourceInfo(
-            Path(info.path).name, info.frames, _fraction(info.fps), (info.height, info.width)
+            reader.name, info.frames, _fraction(info.fps), (info.height, info.width)
         ),
         encoded=EncodedInfo(
             frames, reader.size, resize, total - frames, _fraction(reader.fps),
@@ -300,7 +351,7 @@ def _fraction(value: Fraction) -> str:
 
 
 def encode_file(
-    source: str | Path,
+    source: Source,
     target: str | Path,
     tokenizer: Tokenizer,
     options: EncodeOptions = EncodeOptions(),
@@ -309,7 +360,7 @@ def encode_file(
     """Encode a video file into an index file (+ sidecar), atomically.
 
     Args:
-        source: the video.
+        source: the video (a path or a `ClipSource`).
         target: the index file; its suffix follows ``options.format`` (see `save_tokens`).
         tokenizer: a loaded tokenizer (`vqtok.load`).
         options: reading and storage options.
@@ -326,4 +377,5 @@ def encode_file(
     indices, meta, warnings = encode_indices(source, tokenizer, options, progress)
     Path(target).parent.mkdir(parents=True, exist_ok=True)  # mirrored sub-directories
     written = save_tokens(target, indices, meta, options.format)
-    return EncodeResult(Path(source), written, meta, time.perf_counter() - start, warnings)
+    where = source if isinstance(source, ClipSource) else Path(source)
+    return EncodeResult(where, written, meta, time.perf_counter() - start, warnings)

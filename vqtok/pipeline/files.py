@@ -33,12 +33,14 @@ from vqtok.io.checkpoint import weights_sha256
 from vqtok.io.hub import DownloadFn
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import fps_to_text, index_path, index_sha256, load_metadata, sidecar_path
-from vqtok.io.usedsets import is_remap_file
+from vqtok.io.usedsets import is_remap_file, require_remap_file
 from vqtok.io.video import as_fps
 from vqtok.pipeline.batching import encode_jobs
 from vqtok.pipeline.decode import DecodeRecord, DecodeResult, decode_file
 from vqtok.pipeline.encode import DEFAULT_CHUNK, EncodeOptions, EncodeResult, ProgressFn
+from vqtok.pipeline.inputs import needs_sources, plan_clips
 from vqtok.pipeline.matching import RemapPlan
+from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
 from vqtok.pipeline.resume import Resume
 from vqtok.runtime import device_for_rank
@@ -79,7 +81,9 @@ class EncodeRun:
         shard: tuple[int, int] | None = None,
     ) -> EncodeRun:
         """Plan the outputs of ``inputs`` under ``output`` (an index file for one input, or a
-        directory; the suffix follows ``options.format``).
+        directory; the suffix follows ``options.format``). Inputs are files and directories,
+        or URLs, WebDataset ``.tar`` shards and clip manifests (`vqtok.pipeline.inputs`:
+        each clip's output is ``output/<key>``).
 
         Args:
             shard: (i, n): only share i of n of the files, balanced by size
@@ -88,13 +92,21 @@ class EncodeRun:
                 made by this model with these options, and replaced (with a ``note``) if not.
 
         Raises:
-            ConfigError: no input, or an impossible output; CheckpointError: the model
+            ConfigError: no input; OptionError: an impossible output (`check_run_output`);
+            RemapError: no remap file at ``options.remap``; CheckpointError: the model
                 cannot be found (resuming compares its weights' SHA-256).
         """
         if batch < 1:
             raise OptionError("--batch", f"batch must be >= 1, got {batch}")
+        check_run_output(output, inputs, INDEX_SUFFIXES, "an index file", other_names=True)
+        if options.remap is not None:
+            require_remap_file(options.remap)
         suffix = f".{options.format}"
-        jobs = shard_jobs(plan_inputs(inputs, output, suffix, overwrite=True), shard)
+        if needs_sources(inputs, output):  # URLs, tar shards, manifests
+            planned = plan_clips(inputs, output, suffix)
+        else:
+            planned = plan_inputs(inputs, output, suffix, overwrite=True)
+        jobs = shard_jobs(planned, shard)
         jobs = [replace(job, target=index_path(job.target, options.format)) for job in jobs]
         run = cls(jobs, model, tuple(Path(d) for d in model_dirs), options, batch)
         return run if overwrite else run._resumed()
@@ -199,7 +211,7 @@ def encode_files(
     run = EncodeRun.plan(inputs, output, model=model, model_dirs=model_dirs, options=options,
                          batch=batch, overwrite=overwrite, shard=shard)
     outcomes: dict[Job, EncodeResult | Exception | None] = {
-        job: None if job.error is None else ConfigError(job.error, job.source)
+        job: None if job.error is None else ConfigError(job.error, str(job.source))
         for job in run.jobs
     }
     outcomes.update(run.results(run.load(device, dtype), progress))
@@ -249,6 +261,7 @@ class DecodeRun:
     ) -> DecodeRun:
         """Plan the videos (``.mp4``) of ``codes`` (index files or directories) under
         ``output``; ``settings`` are the attributes above. Arguments as `EncodeRun.plan`."""
+        check_run_output(output, codes, VIDEO_SUFFIXES, "a video")
         jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
                            select=is_index_file, overwrite=True)
         settings["model_dirs"] = tuple(Path(d) for d in settings.get("model_dirs", ()))
@@ -262,7 +275,7 @@ class DecodeRun:
         jobs = []
         for job in self.jobs:
             if job.error is None and job.target.exists():
-                wanted = self._record(job.source, weights)
+                wanted = self._record(job.path, weights)
                 made = DecodeRecord.read(job.target)
                 if wanted is not None and made is None:
                     job = replace(job, note="made without a record of its index file")
@@ -301,10 +314,10 @@ class DecodeRun:
             if on_start is not None:
                 on_start([job])
             try:
-                name = self.model or load_metadata(job.source).model
+                name = self.model or load_metadata(job.path).model
                 if name not in models:
                     models[name] = load_model(name)
-                yield job, decode_file(job.source, job.target, models[name], fps=self.fps,
+                yield job, decode_file(job.path, job.target, models[name], fps=self.fps,
                                        remap=self.remap, force=self.force, chunk=self.chunk,
                                        progress=progress)
             except Exception as e:  # that file's failure; the others go on
@@ -332,7 +345,7 @@ def decode_files(
     """
     run = DecodeRun.plan(codes, output, overwrite=overwrite, shard=shard, **settings)
     outcomes: dict[Job, DecodeResult | Exception | None] = {
-        job: None if job.error is None else ConfigError(job.error, job.source)
+        job: None if job.error is None else ConfigError(job.error, str(job.source))
         for job in run.jobs
     }
 

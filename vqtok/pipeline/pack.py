@@ -1,20 +1,22 @@
-"""``vqtok pack``: index files of one model packed into a Parquet token dataset.
+"""``vqtok pack``: index files of one model packed into a token dataset (Parquet by default).
 
 One ``.npy`` + ``.json`` per clip is right for encoding and resuming, wrong for training
 (millions of small files, no random access across them, no standard reader). `pack_dataset`
 writes the index files of one model (and one remap) as a dataset in the format of
-`vqtok.io.shards`: zstd Parquet shards, one row per clip, plus ``manifest.json``;
-`vqtok.io.datasets` reads it as PyTorch datasets, and pyarrow, Hugging Face ``datasets``, DuckDB or
-Spark read the shards as they are.
+`vqtok.io.shards`: zstd Parquet shards, one row per clip, plus the manifest ``_vqtok.json``;
+`vqtok.data` reads it as PyTorch datasets, and pyarrow, Hugging Face ``datasets``, DuckDB or
+Spark read the folder as it is. ``format`` picks another training stack's layout (Megatron,
+MDS, LitData, WebDataset: `vqtok.pipeline.pack_formats`) and ``flatten`` how multi-level
+indices become tokens (`vqtok.data.flatten`); the checks below are the same for every layout.
 
 Files are assigned to shards in input order (directories sorted), a new shard starting when
 the index bytes reach ``shard_size_mb``, so the plan depends only on the inputs. Every sidecar
 and ``.npy`` header is checked before anything is written, so a missing or mismatched sidecar,
 a damaged header or another model's file stops the run with nothing written. Each shard is
 written to a temporary file and renamed, and carries a key (a hash of its files' names, sizes
-and metadata) in its footer; the manifest is written last. A killed run leaves whole shards
-and no manifest, and a rerun keeps the shards whose key matches and writes the rest: the same
-bytes as an uninterrupted run (nothing in the files depends on time).
+and metadata, and of the index dtype) in its footer; the manifest is written last. A killed run
+leaves whole shards and no manifest, and a rerun keeps the shards whose key matches and writes
+the rest: the same bytes as an uninterrupted run (nothing in the files depends on time).
 """
 
 from __future__ import annotations
@@ -29,21 +31,34 @@ from typing import Any
 
 import numpy as np
 
+from vqtok.data.flatten import Flattening
+from vqtok.data.formats import flattening_for, layout_module
 from vqtok.errors import ConfigError, TokenFileError, VqtokError
 from vqtok.io.shards import (
     DATASET_VERSION,
+    LEGACY_MANIFEST,
     MANIFEST,
     SHARD_NAME,
     TEMP_NAME,
+    Row,
     ShardWriter,
     manifest_keys,
+    manifest_path,
+    other_layout_files,
     require_pyarrow,
     schema,
     shard_entry,
     shard_key,
     write_manifest,
 )
-from vqtok.io.tokens import TokenMetadata, index_dtype, load_metadata, load_tokens
+from vqtok.io.tokens import (
+    TokenMetadata,
+    index_dtype,
+    load_metadata,
+    load_tokens,
+    stored_dtypes,
+)
+from vqtok.pipeline.outputs import check_folder_output
 from vqtok.pipeline.remap_build import index_files
 
 
@@ -77,6 +92,8 @@ class PackReport:
         rows: clips; tokens: indices in all of them; index_bytes: their uncompressed size.
         bytes: size of the shard files; model / vocab / dtype: the dataset's model, vocabulary
             and index type.
+        layout / flatten / token_vocab: the format, the flattening and the vocabulary of the
+            tokens stored (``vocab`` times the levels for ``offset``).
     """
 
     output: Path
@@ -89,6 +106,9 @@ class PackReport:
     model: str
     vocab: int
     dtype: str
+    layout: str = "parquet"
+    flatten: str = "levels"
+    token_vocab: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -122,8 +142,11 @@ def pack_dataset(
     shard_size_mb: float = 256,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    *,
+    format: str = "parquet",
+    flatten: str | None = None,
 ) -> PackReport:
-    """Pack index files of one model into a Parquet token dataset (see the module docstring).
+    """Pack index files of one model into a token dataset (see the module docstring).
 
     Args:
         inputs: index files (``.npy`` with sidecar, ``.safetensors``) and directories of them.
@@ -132,6 +155,11 @@ def pack_dataset(
         shard_size_mb: start a new shard when its uncompressed index bytes reach this (MB).
         overwrite: replace a dataset of other inputs in ``output``.
         progress: called after each file with a `PackProgress`.
+        format: ``parquet``, ``megatron``, ``mds``, ``litdata`` or ``webdataset``
+            (`vqtok.data.formats`).
+        flatten: ``interleave``, ``offset`` or ``levels`` (`vqtok.data.flatten`; ``levels``
+            only for parquet, mds and webdataset); default ``levels`` where it fits, else
+            ``interleave``.
 
     Returns:
         `PackReport`.
@@ -139,36 +167,53 @@ def pack_dataset(
     Raises:
         ConfigError: ``shard_size_mb`` not positive, or no inputs.
         TokenFileError: a bad index file or sidecar, or one from another model / remap.
-        VqtokError: pyarrow missing; ``output`` holds other files, or another dataset without
-            ``overwrite``.
+        OptionError: an ``output`` named like a file, or a file where it must be; ``levels``
+            for a format of flat streams.
+        MissingDependencyError: the format's library is not installed (names the extra).
+        VqtokError: ``output`` holds other files, or another dataset without ``overwrite``.
     """
-    require_pyarrow()
+    if format == "parquet":
+        require_pyarrow()
+    elif hasattr(layout_module(format), "require"):
+        layout_module(format).require()  # before minutes of checking: the library is there
     if not shard_size_mb > 0:
         raise ConfigError(f"shard_size_mb must be positive, got {shard_size_mb}",
                           cli_message=f"--shard-size must be positive, got {shard_size_mb}")
+    check_folder_output(output, "a token dataset")
     report = progress or (lambda p: None)
     output = Path(output)
     clips, meta = _check_inputs(_named_files(inputs), report)
-    plan = _plan(clips, int(shard_size_mb * 1e6))
+    flattening = flattening_for(format, flatten, meta)
+    if format != "parquet":
+        from vqtok.pipeline.pack_formats import pack_layout  # it imports this module
+
+        return pack_layout(clips, meta, output, format, flattening, int(shard_size_mb * 1e6),
+                           overwrite, report)
+    dtype = index_dtype(flattening.token_vocab)
+    plan = _plan(clips, int(shard_size_mb * 1e6), str(dtype), flattening.how)
     keep = _prepare_output(output, plan, overwrite)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
-        entries = _write_shards(output, plan, keep, schema(meta), report)
+        entries = _write_shards(output, plan, keep, schema(meta, dtype),
+                                lambda clip: _row(clip, flattening, dtype), report)
     except BaseException:
         if created and not any(output.iterdir()):
             output.rmdir()  # nothing was written: leave no trace; whole shards stay for a rerun
         raise
-    manifest = write_manifest(output, meta, entries)
+    manifest = write_manifest(output, meta, entries, flattening=flattening.to_dict(),
+                              dtype=dtype)
     return PackReport(
         output=output, shards=len(plan), written=len(plan) - len(keep), rows=manifest["rows"],
         tokens=manifest["tokens"], index_bytes=manifest["index_bytes"], bytes=manifest["bytes"],
         model=meta.model, vocab=meta.vocab, dtype=manifest["dtype"],
+        flatten=flattening.how, token_vocab=flattening.token_vocab,
     )
 
 
+
 def _write_shards(output: Path, plan: list[_Shard], keep: set[str], dataset_schema: Any,
-                  report: ProgressFn) -> list[dict[str, Any]]:
+                  row: Callable[[_Clip], Row], report: ProgressFn) -> list[dict[str, Any]]:
     """Write the planned shards not in ``keep``; returns every shard's manifest entry."""
     total = sum(len(shard.clips) for shard in plan)
     entries: list[dict[str, Any]] = []
@@ -182,13 +227,19 @@ def _write_shards(output: Path, plan: list[_Shard], keep: set[str], dataset_sche
         else:
             with ShardWriter(path, dataset_schema, shard.key) as writer:
                 for clip in shard.clips:
-                    writer.add(_load(clip))
+                    writer.add(row(clip))
                     files, index_bytes = files + 1, index_bytes + clip.index_bytes
                     report(PackProgress("pack", files, total, files, index_bytes))
         entries.append(shard_entry(path, shard.key, len(shard.clips),
                                    sum(c.tokens for c in shard.clips),
                                    sum(c.index_bytes for c in shard.clips)))
     return entries
+
+
+def _row(clip: _Clip, flattening: Flattening, dtype: np.dtype) -> Row:
+    """A clip's Parquet row: its tokens (flattened as asked) in its index array's shape."""
+    name, indices, meta, text = _load(clip)
+    return name, flattening.flatten(indices).reshape(indices.shape).astype(dtype), meta, text
 
 
 def _load(clip: _Clip) -> tuple[str, np.ndarray, TokenMetadata, str]:
@@ -271,15 +322,14 @@ def _check_header(path: Path, meta: TokenMetadata) -> None:
     without reading the data; on any doubt `load_tokens` runs and raises its precise error."""
     if path.suffix != ".npy":
         return  # load_metadata has read and checked the safetensors header already
-    dtype = index_dtype(meta.vocab)
     try:
         with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
             read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                     else np.lib.format.read_array_header_2_0)
             shape, _, found = read(file)
-            good = (shape == meta.shape and found == dtype
-                    and file.tell() + math.prod(shape) * dtype.itemsize == path.stat().st_size)
+            good = (shape == meta.shape and found in stored_dtypes(meta.vocab)
+                    and file.tell() + math.prod(shape) * found.itemsize == path.stat().st_size)
     except Exception:  # numpy raises many kinds for a damaged header (ValueError, EOFError, ...)
         good = False
     if not good:
@@ -287,8 +337,10 @@ def _check_header(path: Path, meta: TokenMetadata) -> None:
         raise TokenFileError("the index array cannot be read; encode the video again", path)
 
 
-def _plan(clips: list[_Clip], shard_bytes: int) -> list[_Shard]:
-    """Consecutive clips per shard; a shard closes when its index bytes reach shard_bytes."""
+def _plan(clips: list[_Clip], shard_bytes: int, dtype: str, flatten: str = "levels"
+          ) -> list[_Shard]:
+    """Consecutive clips per shard; a shard closes when its index bytes reach shard_bytes.
+    A shard's key names its files, the dtype its indices are stored in and their flattening."""
     groups: list[list[_Clip]] = [[]]
     size = 0
     for clip in clips:
@@ -300,8 +352,9 @@ def _plan(clips: list[_Clip], shard_bytes: int) -> list[_Shard]:
     plan = []
     for i, group in enumerate(groups):
         name = f"shard-{i:05d}-of-{len(groups):05d}.parquet"
-        text = json.dumps({"format_version": DATASET_VERSION, "shard": name, "files": [
-            [c.name, c.file_size, c.digest] for c in group]})
+        text = json.dumps({"format_version": DATASET_VERSION, "shard": name, "dtype": dtype,
+                           "flatten": flatten,
+                           "files": [[c.name, c.file_size, c.digest] for c in group]})
         plan.append(_Shard(name, tuple(group), hashlib.sha256(text.encode()).hexdigest()))
     return plan
 
@@ -314,8 +367,9 @@ def _prepare_output(output: Path, plan: list[_Shard], overwrite: bool) -> set[st
         raise VqtokError("exists and is not a directory; give a directory for the dataset",
                          output)
     names = sorted(p.name for p in output.iterdir())
-    foreign = [n for n in names if n != MANIFEST and not SHARD_NAME.match(n)
-               and not TEMP_NAME.match(n)]
+    other = other_layout_files(output)  # a dataset of another format: replaced on overwrite
+    foreign = [n for n in names if n not in (MANIFEST, LEGACY_MANIFEST, *other)
+               and not SHARD_NAME.match(n) and not TEMP_NAME.match(n)]
     if foreign:
         raise VqtokError(f"is not empty and not a vqtok dataset (it holds {foreign[0]!r}); "
                          "pack into a new or empty directory", output)
@@ -324,15 +378,18 @@ def _prepare_output(output: Path, plan: list[_Shard], overwrite: bool) -> set[st
     keep = {n for n, key in found.items() if key is not None and keys.get(n) == key}
     # a planned shard that cannot be read is rewritten; any other shard is another dataset's
     stale = [n for n, key in found.items() if n not in keep and (n not in keys or key)]
-    old = manifest_keys(output / MANIFEST)
+    old = manifest_keys(manifest_path(output))
     if (stale or (old is not None and old != keys)) and not overwrite:
-        what = f"holds another dataset ({stale[0] if stale else MANIFEST} is not from these inputs)"
+        what = (f"holds another dataset ({stale[0] if stale else manifest_path(output).name} "
+                "is not from these inputs)")
         raise VqtokError(f"{what}; pass overwrite=True to replace it, or pack into a new directory",
                          output, cli_message=f"{what}; pass --overwrite to replace it, or pack "
                          "into a new directory")
     if overwrite:
-        (output / MANIFEST).unlink(missing_ok=True)  # no longer describes what is there
+        for name in (MANIFEST, LEGACY_MANIFEST, *other):  # no longer describe what is there
+            (output / name).unlink(missing_ok=True)
     for name in names:
         if TEMP_NAME.match(name) or (SHARD_NAME.match(name) and name not in keys):
             (output / name).unlink()
     return set() if overwrite else keep
+

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from vqtok.atomic import remove_stale
 from vqtok.errors import ConfigError, VqtokError
+from vqtok.io.sources import ClipSource
 
 # What a directory walk picks up; files named explicitly are attempted whatever their suffix.
 VIDEO_EXTENSIONS = frozenset(
@@ -40,7 +41,8 @@ class Job:
     """One input file and the output it produces.
 
     Attributes:
-        source: the input file.
+        source: the input file; or a `vqtok.io.sources.ClipSource` (a URL, a tar member, a clip
+            of a video: `vqtok.pipeline.inputs`).
         target: the output file.
         size: the input's size in bytes (0 if it cannot be read); what sharding balances.
         done: nothing to run: the target already exists and is complete (a resumed run skips
@@ -49,12 +51,19 @@ class Job:
         note: why an existing target is replaced (it was made with other settings).
     """
 
-    source: Path
+    source: Path | ClipSource
     target: Path
     size: int = 0
     done: bool = False
     error: str | None = None
     note: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The source as a local path (every job `plan_inputs` makes)."""
+        if not isinstance(self.source, Path):
+            raise ConfigError("this input is not a local file", str(self.source))
+        return self.source
 
 
 def plan_inputs(

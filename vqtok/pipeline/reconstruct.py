@@ -26,6 +26,7 @@ from vqtok.io.video_writer import VideoWriter
 from vqtok.metrics import psnr_per_frame, ssim_per_frame
 from vqtok.pipeline.decode import decode_frames
 from vqtok.pipeline.encode import EncodeOptions, ProgressFn, encode_indices, open_reader, prefetch
+from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_file_output
 
 SSIM_WINDOW = 11  # the Gaussian window of vqtok.metrics.ssim_per_frame
 
@@ -46,7 +47,6 @@ class ReconstructResult:
     psnr_per_frame: tuple[float, ...]
     ssim_per_frame: tuple[float, ...]
     seconds: float
-
 
 
 def reconstruct_file(
@@ -74,9 +74,13 @@ def reconstruct_file(
 
     Returns:
         `ReconstructResult`; SSIM needs frames of at least 11 x 11 pixels.
+
+    Raises:
+        OptionError: a ``target`` not named as a video (before any work).
     """
     start = time.perf_counter()
     if target is not None:  # like encode and decode; and fail before the work, not after
+        check_file_output(target, VIDEO_SUFFIXES, "a video")
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         remove_stale([Path(target).parent])
     plain = replace(options, remap=None)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vqtok.errors import ConfigError, TokenFileError, VqtokError
-from vqtok.io.tokens import TokenMetadata, load_tokens, sidecar_path
+from vqtok.errors import ConfigError, OptionError, TokenFileError, VqtokError
+from vqtok.io.tokens import TokenMetadata, load_metadata, load_tokens, sidecar_path
 from vqtok.io.usedsets import is_remap_file, load_used_sets, save_used_sets
+from vqtok.pipeline.outputs import INDEX_SUFFIXES, check_parents
 from vqtok.quantizers.used_sets import UsedSets
 
 __all__ = [
@@ -238,8 +239,9 @@ def build_remap(
     Args:
         inputs: index files and directories of them.
         output: the remap file to write atomically; None only reports. One level (a
-            single-codebook model, or ``level``) gives the 1-D ``.npy``; several give
-            ``.safetensors`` (a ``.npy`` name becomes ``.safetensors``), see `vqtok.io.usedsets`.
+            single-codebook model, or ``level``) gives the 1-D ``.npy``; several need
+            ``.safetensors``, see `vqtok.io.usedsets` (a name without a suffix gets the one
+            that fits).
         min_count: keep codes seen at least this many times (>= 1), at each level; or one
             threshold per level.
         top: how many of the most frequent codes to report per level.
@@ -249,11 +251,16 @@ def build_remap(
         `UsageReport` (``output`` is the path written).
 
     Raises:
+        OptionError: an ``output`` named other than ``.npy`` / ``.safetensors``, a ``.npy``
+            for several levels, or a file where its folder must be (before any counting).
         ConfigError: a threshold < 1, or another number of thresholds than levels.
         TokenFileError: see `count_codes`.
         VqtokError: at some level no code reaches its threshold (nothing is written).
     """
-    counts, meta, files = count_codes(index_files(inputs), level)
+    named = index_files(inputs)
+    if output is not None:
+        _check_output(output, named, level)
+    counts, meta, files = count_codes(named, level)
     thresholds = _thresholds(min_count, counts.shape[0])
     used = [np.flatnonzero(c >= m).astype(np.int64) for c, m in zip(counts, thresholds,
                                                                      strict=True)]
@@ -273,6 +280,24 @@ def build_remap(
                                                                               strict=True))
     )
     return UsageReport(files, int(counts[0].sum()), meta.model, levels, written)
+
+
+def _check_output(output: str | Path, files: list[Path], level: int | None) -> None:
+    """The remap file's name, checked before counting: ``.npy`` holds one level only."""
+    path = Path(output)
+    check_parents(output)
+    if path.is_dir() or path.suffix.lower() not in ("", *INDEX_SUFFIXES):
+        raise OptionError("-o", "not a name for a remap file: use .npy (one level) or "
+                          ".safetensors (any number of levels)", output)
+    if path.suffix.lower() != ".npy" or level is not None or not files:
+        return
+    levels = load_metadata(files[0]).num_codebooks
+    if levels > 1:
+        raise OptionError(
+            "-o", f"the index files have {levels} codebooks / levels and a .npy remap file "
+            f"holds one: name it {path.with_suffix('.safetensors')} (or count one level with "
+            "--level)", output,
+        )
 
 
 def _thresholds(min_count: int | Sequence[int], levels: int) -> list[int]:

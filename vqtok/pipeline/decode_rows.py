@@ -1,0 +1,133 @@
+"""``vqtok decode DATASET --key KEY -o clip.mp4``: one row of a packed token dataset -> a video.
+
+`RowDecodeRun` is `vqtok.pipeline.files.DecodeRun` with its one job's indices taken from a
+dataset row (`vqtok.data.read_row`: any layout, the flattening undone) instead of an index
+file; decoding is `vqtok.pipeline.decode.decode_indices`, so the model check, the remap, the
+trimming and the record in the video are those of ``vqtok decode`` on the packed file. The
+job's source reads ``DATASET/KEY``; a rerun keeps a video made from the same row (its indices
+and sidecar, `row_sha256`), model weights and frame rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from vqtok.api import Tokenizer
+from vqtok.data.rows import read_row
+from vqtok.errors import OptionError, VqtokError
+from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.model_dirs import resolve_model
+from vqtok.io.shards import looks_like_dataset
+from vqtok.io.token_meta import TokenMetadata, fps_to_text
+from vqtok.io.video import as_fps
+from vqtok.io.video_writer import VIDEO_SUFFIXES
+from vqtok.pipeline.decode import DecodeRecord, decode_indices
+from vqtok.pipeline.encode import ProgressFn
+from vqtok.pipeline.files import DecodeRun
+from vqtok.pipeline.plan import Job
+
+__all__ = ["RowDecodeRun", "plan_decode", "row_sha256"]
+
+
+def row_sha256(indices: np.ndarray, meta: TokenMetadata) -> str:
+    """What a video decoded from a dataset row records as its source: the SHA-256 of the
+    row's indices (int64, C order, with their shape) and of its sidecar."""
+    values = np.ascontiguousarray(indices, dtype=np.int64)
+    parts = (hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest(),
+             hashlib.sha256(json.dumps(meta.to_dict(), sort_keys=True).encode()).hexdigest())
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RowDecodeRun(DecodeRun):
+    """The planned decode of one dataset row into a video (attributes as `DecodeRun`).
+
+    Attributes:
+        dataset: the dataset directory.
+        key: the row's key (its index file's name below the directory given to ``pack``).
+    """
+
+    dataset: Path = Path()
+    key: str = ""
+
+    @classmethod
+    def plan_row(cls, datasets: Sequence[str | Path], key: str, output: str | Path, *,
+                 overwrite: bool = False, **settings: Any) -> RowDecodeRun:
+        """Plan decoding row ``key`` of the one dataset in ``datasets`` to ``output`` (a video
+        file, or a folder: then ``<key's stem>.mp4`` in it).
+
+        Raises:
+            OptionError: not exactly one dataset given.
+        """
+        if len(datasets) != 1:
+            raise OptionError("--key", f"decodes a row of one dataset, but {len(datasets)} "
+                              "paths were given: give the dataset directory only")
+        dataset, target = Path(datasets[0]), Path(output)
+        if target.suffix.lower() not in VIDEO_SUFFIXES:
+            target = target / f"{PurePosixPath(key).stem}.mp4"
+        settings["model_dirs"] = tuple(Path(d) for d in settings.get("model_dirs", ()))
+        if settings.get("fps") is not None:
+            settings["fps"] = as_fps(settings["fps"])
+        run = cls([Job(dataset / key, target)], dataset=dataset, key=key, **settings)
+        if not overwrite:
+            run = replace(run, jobs=run._resumed().jobs)
+        return run
+
+    def _record(self, source: Path, weights: dict[str | Path, str]) -> DecodeRecord | None:
+        try:
+            indices, meta = read_row(self.dataset, self.key)
+            name = self.model or meta.model
+            if name not in weights:
+                weights[name] = weights_sha256(resolve_model(name, self.model_dirs))
+            rate = as_fps(self.fps if self.fps is not None else meta.encoded.fps)
+            return DecodeRecord(row_sha256(indices, meta), weights[name], fps_to_text(rate))
+        except (VqtokError, OSError):
+            return None
+
+    def results(
+        self,
+        load_model: Callable[[str | Path], Tokenizer],
+        progress: ProgressFn | None = None,
+        on_start: Callable[[list[Job]], None] | None = None,
+    ) -> Iterator[tuple[Job, Any]]:
+        """Decode the row unless its video is done: (job, `DecodeResult` or the exception)."""
+        for job in self.jobs:
+            if job.done:
+                continue
+            if on_start is not None:
+                on_start([job])
+            try:
+                indices, meta = read_row(self.dataset, self.key)
+                yield job, decode_indices(
+                    indices, meta, job.target, load_model(self.model or meta.model),
+                    source=str(job.source), record_sha256=row_sha256(indices, meta),
+                    fps=self.fps, remap=self.remap, force=self.force, chunk=self.chunk,
+                    progress=progress)
+            except Exception as e:  # reported as this row's failure
+                yield job, e
+
+
+def plan_decode(codes: Sequence[str | Path], key: str | None, output: str | Path, *,
+                overwrite: bool = False, shard: tuple[int, int] | None = None,
+                **settings: Any) -> DecodeRun:
+    """``vqtok decode``'s plan: index files (`DecodeRun.plan`), or row ``key`` of the dataset
+    given (`RowDecodeRun.plan_row`).
+
+    Raises:
+        OptionError: a dataset without ``key``.
+    """
+    if key is not None:
+        return RowDecodeRun.plan_row(codes, key, output, overwrite=overwrite, **settings)
+    for path in map(Path, codes):
+        if path.is_dir() and looks_like_dataset(path):
+            raise OptionError("--key", f"{path} is a token dataset: add --key KEY to decode one "
+                              "of its clips (keys are the packed index files' paths; vqtok "
+                              "info shows the first few)")
+    return DecodeRun.plan(codes, output, overwrite=overwrite, shard=shard, **settings)
