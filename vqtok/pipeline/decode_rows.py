@@ -21,14 +21,12 @@ import numpy as np
 
 from vqtok.api import Tokenizer
 from vqtok.data.rows import read_row
-from vqtok.errors import OptionError, VqtokError
-from vqtok.io.checkpoint import weights_sha256
-from vqtok.io.model_dirs import resolve_model
+from vqtok.errors import OptionError
 from vqtok.io.shards import looks_like_dataset
-from vqtok.io.token_meta import TokenMetadata, fps_to_text
+from vqtok.io.token_meta import TokenMetadata
 from vqtok.io.video import as_fps
 from vqtok.io.video_writer import VIDEO_SUFFIXES
-from vqtok.pipeline.decode import DecodeRecord, decode_indices
+from vqtok.pipeline.decode import decode_indices
 from vqtok.pipeline.encode import ProgressFn
 from vqtok.pipeline.files import DecodeRun
 from vqtok.pipeline.plan import Job
@@ -80,16 +78,9 @@ class RowDecodeRun(DecodeRun):
             run = replace(run, jobs=run._resumed().jobs)
         return run
 
-    def _record(self, source: Path, weights: dict[str | Path, str]) -> DecodeRecord | None:
-        try:
-            indices, meta = read_row(self.dataset, self.key)
-            name = self.model or meta.model
-            if name not in weights:
-                weights[name] = weights_sha256(resolve_model(name, self.model_dirs))
-            rate = as_fps(self.fps if self.fps is not None else meta.encoded.fps)
-            return DecodeRecord(row_sha256(indices, meta), weights[name], fps_to_text(rate))
-        except (VqtokError, OSError):
-            return None
+    def _described(self, source: Path) -> tuple[TokenMetadata, str]:
+        indices, meta = read_row(self.dataset, self.key)
+        return meta, row_sha256(indices, meta)
 
     def results(
         self,

@@ -32,7 +32,14 @@ from vqtok.errors import ConfigError, OptionError, VqtokError
 from vqtok.io.checkpoint import weights_sha256
 from vqtok.io.hub import DownloadFn
 from vqtok.io.model_dirs import resolve_model
-from vqtok.io.tokens import fps_to_text, index_path, index_sha256, load_metadata, sidecar_path
+from vqtok.io.tokens import (
+    TokenMetadata,
+    fps_to_text,
+    index_path,
+    index_sha256,
+    load_metadata,
+    sidecar_path,
+)
 from vqtok.io.usedsets import is_remap_file, require_remap_file
 from vqtok.io.video import as_fps
 from vqtok.pipeline.batching import encode_jobs
@@ -290,14 +297,18 @@ class DecodeRun:
         """What decoding ``source`` now would record; None when it cannot be told (decoding
         will report why)."""
         try:
-            meta = load_metadata(source)
+            meta, sha = self._described(source)
             name = self.model or meta.model
             if name not in weights:
                 weights[name] = weights_sha256(resolve_model(name, self.model_dirs))
             rate = as_fps(self.fps if self.fps is not None else meta.encoded.fps)
-            return DecodeRecord(index_sha256(source), weights[name], fps_to_text(rate))
+            return DecodeRecord(sha, weights[name], fps_to_text(rate))
         except (VqtokError, OSError):
             return None
+
+    def _described(self, source: Path) -> tuple[TokenMetadata, str]:
+        """The sidecar of ``source`` and the SHA-256 a video made from it records."""
+        return load_metadata(source), index_sha256(source)
 
     def results(
         self,
