@@ -2,7 +2,8 @@
 
 This module builds the app and registers the commands, one module per group: `vqtok.cli.files`
 (encode, decode, reconstruct), `vqtok.cli.inspect` (info, models, remap build),
-`vqtok.cli.train_convert` (train, convert) and `vqtok.cli.pack` (pack). Commands parse their
+`vqtok.cli.train_convert` (train, convert), `vqtok.cli.export` (export) and `vqtok.cli.pack`
+(pack). Commands parse their
 options, call the library and print: results on stdout (a table, or JSON with ``--json``), the
 progress bar and messages on stderr. Exit status 0 when everything worked, 1 when an input failed
 or held bad data (after the other inputs were done, with a summary), 2 for usage errors. Shared
@@ -15,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from vqtok.cli.export import export
 from vqtok.cli.files import decode, encode, reconstruct
 from vqtok.cli.help import Command, Group
 from vqtok.cli.inspect import info, models, remap_app
@@ -51,5 +53,5 @@ def main(
 
 
 app.add_typer(remap_app, name="remap")
-for command in (train, convert, pack, encode, decode, info, models, reconstruct):
+for command in (train, convert, export, pack, encode, decode, info, models, reconstruct):
     app.command(cls=Command)(command)
