@@ -1,7 +1,8 @@
 """Tokenizer speed and memory: encode / decode frames per second, peak memory, FLOPs per frame.
 
-For each model (the shipped ones by default) and each size (128², 256², 512²), one 17-frame clip
-(the 4x8x8 models' 5 latent frames) is encoded and decoded in a freshly spawned child process
+For each model (the shipped ones by default) and each size (128², 256², 512² by default; ``HxW``
+for other shapes, e.g. 360x640), one 17-frame clip (the 4x8x8 models' 5 latent frames; ``--frames``
+for another length) is encoded and decoded in a freshly spawned child process
 (`measure.run_in_child`): median time of the repeats, peak extra resident memory, and the
 model's FLOPs per frame counted with `torch.utils.flop_counter` (convolutions and matmuls). The
 achieved rate is compared with the machine's float32 matmul rate measured in the same run
@@ -13,6 +14,7 @@ memory: `torch.cuda.max_memory_allocated`).
     .venv/bin/python benchmarks/model.py --sizes 128 --quick   # smoke run, no RESULTS.md
     .venv/bin/python benchmarks/model.py --models DIR ...   # any model directories
     .venv/bin/python benchmarks/model.py --devices cuda --dtypes fp32 bf16 fp16   # GPU only
+    .venv/bin/python benchmarks/model.py --sizes 256 360x640 720x1280 1080x1920 --frames 9
 """
 
 from __future__ import annotations
@@ -41,9 +43,23 @@ FRAMES = 17
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _inputs(model_dir: str, size: int, device: str, dtype: str) -> tuple[Any, Any, Any, Any]:
+Size = tuple[int, int]  # (H, W)
+
+
+def parse_size(text: str) -> Size:
+    """``"256"`` -> (256, 256); ``"360x640"`` -> (360, 640)."""
+    height, _, width = text.partition("x")
+    return int(height), int(width or height)
+
+
+def show_size(size: Size) -> str:
+    return f"{size[0]}²" if size[0] == size[1] else f"{size[0]}×{size[1]}"
+
+
+def _inputs(model_dir: str, size: Size, device: str, dtype: str,
+            frames: int) -> tuple[Any, Any, Any, Any]:
     model = load_pretrained(model_dir, device=device)
-    video = torch.rand(1, 3, FRAMES, size, size, device=device) * 2 - 1
+    video = torch.rand(1, 3, frames, *size, device=device) * 2 - 1
     autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST.get(dtype, torch.bfloat16),
                               enabled=dtype in AUTOCAST)
     with torch.inference_mode(), autocast:
@@ -56,8 +72,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_encode(model_dir: str, size: int, device: str, dtype: str) -> Any:
-    model, video, _, autocast = _inputs(model_dir, size, device, dtype)
+def build_encode(model_dir: str, size: Size, device: str, dtype: str, frames: int) -> Any:
+    model, video, _, autocast = _inputs(model_dir, size, device, dtype, frames)
 
     def step() -> Any:
         with torch.inference_mode(), autocast:
@@ -68,8 +84,8 @@ def build_encode(model_dir: str, size: int, device: str, dtype: str) -> Any:
     return step, lambda out: tuple(out.shape)
 
 
-def build_decode(model_dir: str, size: int, device: str, dtype: str) -> Any:
-    model, _, indices, autocast = _inputs(model_dir, size, device, dtype)
+def build_decode(model_dir: str, size: Size, device: str, dtype: str, frames: int) -> Any:
+    model, _, indices, autocast = _inputs(model_dir, size, device, dtype, frames)
 
     def step() -> Any:
         with torch.inference_mode(), autocast:
@@ -97,12 +113,12 @@ class ConvFlops:
             self.total += 2 * out.numel() * w[0].numel()
 
 
-def count_flops(model_dir: str, size: int) -> tuple[float, float]:
-    """(encode, decode) FLOPs per frame of a FRAMES-frame clip at ``size``²: 3D convolutions
-    (hooks) plus matmuls / other convolutions (`FlopCounterMode`)."""
+def count_flops(model_dir: str, size: Size, frames: int) -> tuple[float, float]:
+    """(encode, decode) FLOPs per frame of a ``frames``-frame clip of ``size`` (H, W): 3D
+    convolutions (hooks) plus matmuls / other convolutions (`FlopCounterMode`)."""
     model = load_pretrained(model_dir)
     convs = ConvFlops(model)
-    video = torch.rand(1, 3, FRAMES, size, size) * 2 - 1
+    video = torch.rand(1, 3, frames, *size) * 2 - 1
     with torch.inference_mode():
         with FlopCounterMode(display=False) as enc:
             indices = model.encode(video)
@@ -110,7 +126,7 @@ def count_flops(model_dir: str, size: int) -> tuple[float, float]:
         with FlopCounterMode(display=False) as dec:
             model.decode(indices)
         decode = convs.total + dec.get_total_flops()
-    return encode / FRAMES, decode / FRAMES
+    return encode / frames, decode / frames
 
 
 def build_matmul(device: str) -> Any:
@@ -135,31 +151,35 @@ def cuda_peak_mib(build: Any) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def measure(model_dir: str, size: int, device: str, dtype: str, settings: Settings,
-            mm_rate: float) -> list[str]:
+def measure(model_dir: str, size: Size, device: str, dtype: str, settings: Settings,
+            mm_rate: float, frames: int = FRAMES) -> list[str]:
     name = Path(model_dir).name
     if device.startswith("cuda"):
         settings = dataclasses.replace(settings, cap_address_space=False)
-    enc_flops, dec_flops = count_flops(model_dir, size)
+    enc_flops, dec_flops = count_flops(model_dir, size, frames)
     cells = []
     for what, builder, flops in (("encode", build_encode, enc_flops),
                                  ("decode", build_decode, dec_flops)):
-        build = functools.partial(builder, model_dir, size, device, dtype)
-        result: Result = run_in_child(build, (f"{name}-{size}", what), settings, no_grad=True)
+        build = functools.partial(builder, model_dir, size, device, dtype, frames)
+        result: Result = run_in_child(build, (f"{name}-{show_size(size)}", what), settings,
+                                      no_grad=True)
         if result.status != "ok":
             cells += [result.status, "", "", ""]
             continue
-        fps = FRAMES / result.median_s
+        fps = frames / result.median_s
         peak = cuda_peak_mib(build) if device.startswith("cuda") else result.peak_mib
         cells += [f"{fps:.2f}", f"{peak:.0f}", f"{flops / 1e9:.1f}",
                   f"{100 * flops * fps / mm_rate:.0f} %"]
-    return [f"| {name} | {device} {dtype} | {size}² | " + " | ".join(cells) + " |"]
+    return [f"| {name} | {device} {dtype} | {show_size(size)} | " + " | ".join(cells) + " |"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", help="model directories (default: shipped)")
-    parser.add_argument("--sizes", nargs="*", type=int, default=[128, 256, 512])
+    parser.add_argument("--sizes", nargs="*", type=parse_size,
+                        default=[(128, 128), (256, 256), (512, 512)],
+                        help="N for N x N, or HxW (e.g. 360x640)")
+    parser.add_argument("--frames", type=int, default=FRAMES, help="frames per clip")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one repeat, no RESULTS.md")
     parser.add_argument("--results", type=Path, default=None)
@@ -191,7 +211,8 @@ def main() -> None:
             print(f"{device} float32 matmul: {rates[device] / 1e9:.1f} GFLOP/s", flush=True)
         for model_dir in models:
             for size in args.sizes:
-                rows += measure(model_dir, size, device, dtype, settings, rates[device])
+                rows += measure(model_dir, size, device, dtype, settings, rates[device],
+                                args.frames)
                 print(rows[-1], flush=True)
     body = [
         "## Model", "",
@@ -199,8 +220,8 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {args.threads} threads, load average before the run "
         f"{loadavg()}, {time.time() - started:.0f} s.", "",
-        f"One {FRAMES}-frame clip per size; frames/s is the median of the repeats; peak is the "
-        "extra resident memory of the measuring process (CUDA: max allocated); GFLOP/frame "
+        f"One {args.frames}-frame clip per size; frames/s is the median of the repeats; peak is "
+        "the extra resident memory of the measuring process (CUDA: max allocated); GFLOP/frame "
         "counts convolutions and matmuls (`torch.utils.flop_counter`); % of matmul compares "
         "the achieved FLOP rate with this machine's float32 matmul rate ("
         + ", ".join(f"{d}: {r / 1e9:.0f} GFLOP/s" for d, r in rates.items()) + ").", "",
