@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: install test lint demo bench clean footage
+.PHONY: install test test-fast lint demo bench clean footage
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The suite without the tests marked slow (subprocesses, a Ray cluster, package builds).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # The main job on a fresh clone: encode the bundled held-out clip (the last second of city.mpg,
 # CC0) with the default model, decode it, and measure the round trip.

@@ -44,6 +44,8 @@ from vqtok.io.video import probe
 from vqtok.pipeline.encode import EncodeOptions, encode_file
 from vqtok.quantizers.remap import save_used
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

@@ -55,6 +55,8 @@ from vqtok.pipeline.batching import encode_jobs
 from vqtok.pipeline.encode import EncodeOptions
 from vqtok.pipeline.plan import Job, plan_inputs
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # three processes share the cores

@@ -45,18 +45,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture()
-def run(models: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
-
-
 def _error_line(result, path: Path) -> str:  # type: ignore[no-untyped-def]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

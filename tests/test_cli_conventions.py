@@ -19,13 +19,6 @@ from vqtok.cli.app import app
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_model(root / "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # portrait, so that H x W and W x H differ
     return make_clip(tmp_path_factory.mktemp("videos") / "a.mp4", frames=5, size=(48, 32))
@@ -91,6 +84,7 @@ def test_info_json_nests_objects_like_the_sidecar(tmp_path: Path, clip: Path, mo
     assert "source.file" in table and "encoded.padding" in table
 
 
+@pytest.mark.slow  # spawns a process
 def test_tables_to_a_pipe_are_not_folded_at_80_columns(tmp_path: Path, models: Path) -> None:
     deep = tmp_path / ("long-folder-name-" * 4) / ("another-long-folder-name-" * 3)
     shutil.copytree(models / "tiny", deep / "tiny")

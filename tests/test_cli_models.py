@@ -17,11 +17,6 @@ from vqtok.cli.app import app
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
 
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
-
-
 def test_convert_cosmos_then_encode_and_decode_a_clip(tmp_path: Path, runner: CliRunner) -> None:
     ref = load_file(COSMOS / "reference.safetensors")
     release = tmp_path / "Cosmos-0.1-Tokenizer-DV4x8x8"

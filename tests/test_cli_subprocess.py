@@ -22,6 +22,8 @@ from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import probe
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 

@@ -21,7 +21,7 @@ import vqtok.api
 from vqtok.convert.common import meta_model
 from vqtok.convert.cosmos import convert_cosmos, cosmos_constants, infer_cosmos_config
 from vqtok.convert.magvit2 import convert_open_magvit2, infer_magvit2_config, magvit2_release_names
-from vqtok.errors import CheckpointError
+from vqtok.errors import CheckpointError, ConfigError, OptionError
 from vqtok.families.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 
@@ -389,3 +389,44 @@ def test_only_the_converter_reads_pickle_or_torchscript() -> None:
     users = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
                    if readers.search(p.read_text()))
     assert users == ["convert/cosmos.py", "convert/magvit2.py"]
+
+
+# ---------------------------------------------------------------- the converter registry
+
+def test_every_registered_converter_is_its_modules_converter() -> None:
+    import importlib
+
+    import vqtok.convert as convert_pkg
+    from vqtok.cli.train_convert import Source
+
+    assert [s.value for s in Source] == list(convert_pkg.CONVERTERS)  # the CLI asks the registry
+    for source, module in convert_pkg.CONVERTERS.items():
+        found = convert_pkg.converter(source)
+        assert found is importlib.import_module(f"vqtok.convert.{module}").CONVERTER
+        assert found.source == source
+    with pytest.raises(ConfigError, match="unknown converter 'nope'; choose one of cosmos"):
+        convert_pkg.converter("nope")
+
+
+def test_the_registry_converts_with_one_signature_and_checks_options(
+    tmp_path: Path, magvit_ckpt: Path, cosmos_release: Path
+) -> None:
+    from vqtok.convert import convert
+    from vqtok.convert.common import ConvertOptions
+
+    done = convert("open-magvit2", [str(magvit_ckpt)], tmp_path / "m",
+                   ConvertOptions(torch.bfloat16, name="mine"))
+    assert done.family == "open-magvit2-video" and (tmp_path / "m" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["name"] == "mine"
+    done = convert("cosmos", [str(cosmos_release)], tmp_path / "c",
+                   ConvertOptions(extra={"variant": "DV4x8x8"}))
+    assert done.config["variant"] == "DV4x8x8"
+    for source, sources, extra, flag in [
+        ("open-magvit2", [str(magvit_ckpt)], {"variant": "DV4x8x8"}, "--variant"),
+        ("open-magvit2", [str(magvit_ckpt)] * 2, {}, "SOURCE"),
+        ("cosmos", [], {}, "SOURCE"),
+    ]:
+        with pytest.raises(OptionError) as caught:
+            convert(source, sources, tmp_path / "x", ConvertOptions(extra=extra))
+        assert caught.value.option == flag
+    assert not (tmp_path / "x").exists()

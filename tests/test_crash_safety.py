@@ -23,6 +23,8 @@ from tests.tiny import save_tiny_model
 from vqtok.errors import VqtokError
 from vqtok.io.tokens import load_tokens, sidecar_path
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 CLIPS = 8

@@ -37,6 +37,8 @@ from vqtok.export.onnx_runner import OnnxRunnerError, OnnxTokenizer  # noqa: E40
 from vqtok.export.search import code_lookup, quantizer_search  # noqa: E402
 from vqtok.quantizers import build_quantizer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ONNX export and onnxruntime, a subprocess: not in test-fast
+
 STEP = 1.0 / 255.0
 
 

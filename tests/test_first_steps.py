@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 from clips import make_clip, make_random_bytes, make_text
-from tiny import save_tiny_model
 from typer.testing import CliRunner
 
 from vqtok.cli.app import app
@@ -27,30 +26,11 @@ from vqtok.pipeline.plan import Job
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_model(root / "tiny")
-    return root
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("clips")
     make_clip(root / "a.mp4", frames=9, size=(32, 48), fps=8)
     make_clip(root / "b.mp4", frames=5, size=(32, 48), fps=8)
     return root
-
-
-@pytest.fixture()
-def run(models: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
 
 
 def one_line(result: Any) -> str:

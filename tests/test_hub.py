@@ -115,6 +115,7 @@ def same_model(a: Path, b: Path) -> None:
 # ------------------------------------------------------------------ the required results
 
 
+@pytest.mark.slow  # spawns a process
 def test_convert_cosmos_from_the_cache_equals_the_folder(
     tmp_path: Path, sources: dict[str, Path], cache: Path
 ) -> None:
@@ -131,6 +132,7 @@ def test_convert_cosmos_from_the_cache_equals_the_folder(
     assert f"vqtok convert cosmos {COSMOS_REPO} -o {out} --variant DV4x8x8" in card
 
 
+@pytest.mark.slow  # spawns a process
 def test_convert_open_magvit2_from_the_cache_equals_the_file(
     tmp_path: Path, sources: dict[str, Path], cache: Path
 ) -> None:
@@ -144,6 +146,7 @@ def test_convert_open_magvit2_from_the_cache_equals_the_file(
     same_model(out, reference)
 
 
+@pytest.mark.slow  # spawns a process
 def test_load_by_repo_id_in_a_fresh_process(
     tmp_path: Path, sources: dict[str, Path], cache: Path
 ) -> None:

@@ -33,6 +33,8 @@ from vqtok.pipeline.decode import DecodeRecord
 from vqtok.train.config import RunConfig
 from vqtok.train.loop import train
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 BIN = Path(sys.executable).parent
 VQTOK = [str(BIN / "vqtok")] if (BIN / "vqtok").exists() else [sys.executable, "-m", "vqtok"]
 

@@ -184,6 +184,7 @@ pack_dataset([sys.argv[1]], sys.argv[2], shard_size_mb=0.0005, progress=stop)
 """
 
 
+@pytest.mark.slow  # spawns a process
 def test_killed_pack_leaves_no_torn_shard_and_resumes(tmp_path: Path) -> None:
     write_clips(tmp_path / "codes", 12)
     whole = pack_dataset([tmp_path / "codes"], tmp_path / "whole", shard_size_mb=0.0005)

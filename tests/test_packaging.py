@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

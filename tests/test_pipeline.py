@@ -59,11 +59,6 @@ def ema(models: Path) -> api.Tokenizer:
     return api.load(models / "tiny-ema_vq", device="cpu")
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clips") / "a.mp4", frames=11, size=(32, 48), fps=8)
-
-
 # ------------------------------------------------------------------ jobs
 
 

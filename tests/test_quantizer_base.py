@@ -66,3 +66,61 @@ def test_nearest_codes_matches_brute_force_in_small_blocks():
 def test_build_quantizer_rejects_unknown_kind():
     with pytest.raises(ConfigError, match="unknown quantizer kind"):
         build_quantizer("nope", dim=4)
+
+
+# ---------------------------------------------------------------- registry and capabilities
+
+def test_kinds_are_built_from_the_classes_in_core_modules():
+    from vqtok import quantizers
+
+    kinds = quantizers.KINDS
+    assert sorted(kinds) == ["ema_rvq", "ema_vq", "fsq", "gumbel", "lfq", "residual_lfq", "rvq",
+                             "vq"]
+    homes = {cls.__module__.rsplit(".", 1)[1] for cls in kinds.values()}
+    assert homes == set(quantizers.CORE_MODULES)
+    for kind, cls in kinds.items():
+        assert cls.kind == kind and quantizers.quantizer_class(kind) is cls
+        assert getattr(quantizers, cls.__name__) is cls  # importable by class name
+    with pytest.raises(ConfigError, match="unknown quantizer kind 'nope'"):
+        quantizers.quantizer_class("nope")
+
+
+QUANTIZERS = {
+    "vq": {"codebook_size": 4}, "ema_vq": {"codebook_size": 4}, "gumbel": {"codebook_size": 4},
+    "lfq": {"codebook_size": 4}, "fsq": {"levels": [3, 3]},
+    "rvq": {"num_levels": 2, "codebook_sizes": 4},
+    "ema_rvq": {"num_levels": 2, "codebook_sizes": 4},
+    "residual_lfq": {"codebook_size": 4, "num_levels": 2},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_optional_hooks_have_defaults_that_say_what_is_not_supported(kind):
+    q = build_quantizer(kind, 2, **QUANTIZERS[kind])
+    assert q.kind == kind
+    if q.residual:
+        assert q.check_levels(None) == 2 and q.check_levels(1) == 1
+        with pytest.raises(QuantizerError, match="levels must be in 1..2"):
+            q.check_levels(3)
+    else:
+        with pytest.raises(QuantizerError, match="levels needs a residual quantizer"):
+            q.check_levels(1)
+    if q.beam_search:
+        q.set_beam_width(3)
+        assert q.beam_width == 3
+    else:
+        assert q.beam_width == 1
+        with pytest.raises(ConfigError, match="beam search needs"):
+            q.set_beam_width(2)
+    assert q.bit_order == ("msb" if kind in ("lfq", "residual_lfq") else None)
+    assert q.levels == ([3, 3] if kind == "fsq" else None)
+    samples = torch.randn(16, 2)
+    if kind in ("vq", "rvq", "ema_rvq", "residual_lfq"):
+        q.init_from_samples(samples, 2, torch.Generator().manual_seed(0))
+    else:
+        with pytest.raises(ConfigError, match="has no k-means initialisation"):
+            q.init_from_samples(samples)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    q.set_temperature(0.5)  # Gumbel's buffer; a no-op elsewhere
+    changed = [k for k, v in q.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == (["temperature"] if kind == "gumbel" else [])

@@ -33,6 +33,8 @@ from vqtok.io.tokens import load_tokens  # noqa: E402
 from vqtok.pipeline.files import encode_files  # noqa: E402
 from vqtok.pipeline.ray_run import RayOptions, encode_dataset  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster; `make test-fast` skips them
+
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1"}
 

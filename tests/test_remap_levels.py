@@ -15,10 +15,8 @@ import pytest
 import safetensors.numpy
 import torch
 from clips import make_clip
-from typer.testing import CliRunner
 
 from vqtok.api import load
-from vqtok.cli.app import app
 from vqtok.errors import QuantizerError, RemapError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
@@ -59,18 +57,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "sub").mkdir()
     make_clip(root / "sub" / "b.mp4", frames=3, size=(32, 48), fps=8)
     return root
-
-
-@pytest.fixture(scope="module")
-def run(models: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
 
 
 @pytest.fixture(scope="module")

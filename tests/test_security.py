@@ -20,7 +20,6 @@ import torch
 from clips import make_clip
 from typer.testing import CliRunner
 
-from tests.tiny import save_tiny_model
 from vqtok.cli.app import app
 from vqtok.errors import CheckpointError
 from vqtok.io.model_dirs import resolve_model
@@ -66,13 +65,6 @@ def test_convert_loads_only_with_weights_only() -> None:
     assert calls  # the Open-MAGVIT2 converter reads a Lightning checkpoint
     for call in calls:
         assert "weights_only=True" in call, call
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_model(root / "tiny")
-    return root
 
 
 @pytest.fixture(scope="module")

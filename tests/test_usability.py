@@ -33,18 +33,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture()
-def run(models: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """11 frames of 36x50: neither side a multiple of the model's factor 8."""

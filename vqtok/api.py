@@ -222,11 +222,10 @@ class Tokenizer:
 
     def check_levels(self, levels: int) -> int:
         """``levels`` if the model can keep that many residual levels, else a `ConfigError`."""
-        check = getattr(self.model, "check_levels", None)
-        if check is None:
+        if not self.model.quantizer.residual:
             raise ConfigError(f"levels needs a residual-quantizer model; {self.name} is not one")
         try:
-            return int(check(levels))
+            return int(self.model.quantizer.check_levels(levels))
         except VqtokError as e:
             raise ConfigError(e.message) from None
 
@@ -238,14 +237,13 @@ class Tokenizer:
         Raises:
             ConfigError: the model has no residual quantizer, or ``width`` is not an int >= 1.
         """
-        quantizer: Any = self.model.quantizer
-        quantizer.set_beam_width(self.check_beam(width))
+        self.model.quantizer.set_beam_width(self.check_beam(width))
         return self
 
     def check_beam(self, width: int) -> int:
         """``width`` if the model can search its residual levels with that beam, else a
         `ConfigError`."""
-        if not hasattr(getattr(self.model, "quantizer", None), "set_beam_width"):
+        if not self.model.quantizer.beam_search:
             raise ConfigError(f"beam search needs a residual-quantizer model; {self.name} "
                               "is not one")
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
@@ -361,7 +359,7 @@ class Tokenizer:
         threads sharing the tokenizer never see each other's beam."""
         with self._lock, contextlib.ExitStack() as stack:
             if beam is not None:
-                quantizer: Any = self.model.quantizer
+                quantizer = self.model.quantizer
                 stack.callback(quantizer.set_beam_width, quantizer.beam_width)
                 quantizer.set_beam_width(self.check_beam(beam))
             stack.enter_context(torch.inference_mode())

@@ -28,13 +28,11 @@ from vqtok.cli.support import (
     interrupted_exit,
     out,
     plural,
-    usage_error,
 )
+from vqtok.convert import CONVERTERS
 
-
-class Source(str, Enum):
-    open_magvit2 = "open-magvit2"
-    cosmos = "cosmos"
+# the registered converters' source names (vqtok.convert.CONVERTERS; importing it loads no torch)
+Source = Enum("Source", {name: name for name in CONVERTERS}, type=str)  # type: ignore[misc]
 
 
 class Precision(str, Enum):
@@ -172,29 +170,19 @@ def convert(
     """
     import torch
 
-    from vqtok.convert.cosmos import convert_cosmos
-    from vqtok.convert.magvit2 import convert_open_magvit2
+    from vqtok.convert import convert as run_converter
+    from vqtok.convert.common import ConvertOptions
 
     weight_dtype = torch.bfloat16 if dtype is Precision.bf16 else torch.float32
+    extra = {k: v for k, v in (("variant", variant), ("legacy_mode", legacy_mode)) if v}
     words = ["vqtok", "convert", source_kind.value, *map(str, source), "-o", str(output)]
     words += ["--variant", variant] if variant else []
     words += ["--legacy-mode"] if legacy_mode else []
     words += ["--dtype", dtype.value] if dtype is not Precision.fp32 else []
     words += ["--name", name] if name else []
-    command = shlex.join(words)
     with handle_errors(debug), download_bar(quiet or not err.is_terminal) as fetched:
-        if source_kind is Source.open_magvit2:
-            if len(source) != 1:
-                raise usage_error("SOURCE", "give exactly one .ckpt file")
-            if variant is not None or legacy_mode:
-                raise usage_error("--variant", "--variant / --legacy-mode are for cosmos only")
-            result = convert_open_magvit2(source[0], output, weight_dtype, name, command, fetched)
-        else:
-            # one string may name a Hub repository; several are always local files
-            src: str | list[Path] = source[0] if len(source) == 1 else [Path(s) for s in source]
-            result = convert_cosmos(
-                src, output, variant, legacy_mode, weight_dtype, name, command, fetched
-            )
+        options = ConvertOptions(weight_dtype, name, shlex.join(words), fetched, extra)
+        result = run_converter(source_kind.value, source, output, options)
     if as_json:
         emit_json({"output": str(result.out_dir), "family": result.family,
                    "sources": [{"file": f, "sha256": h} for f, h in result.sources],

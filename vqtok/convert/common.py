@@ -1,4 +1,8 @@
-"""The steps every checkpoint converter shares (see `vqtok.convert`).
+"""The steps every checkpoint converter shares (see `vqtok.convert`), and its one signature.
+
+`Converter`: what a converter module declares as ``CONVERTER`` (its source name, the function
+with the one signature ``(sources, out_dir, options) -> Conversion``, the source-specific
+options it takes); `ConvertOptions`: what every converter is given besides its sources.
 
 Strict accounting of source tensors, shape checks, the dtype cast, the model card and the
 atomic write of the model directory through `vqtok.io.checkpoint.save_pretrained`. Nothing here
@@ -7,7 +11,7 @@ reads pickle or TorchScript.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,10 +20,11 @@ import torch
 from torch import Tensor
 
 from vqtok import __version__
-from vqtok.errors import CheckpointError
+from vqtok.errors import CheckpointError, OptionError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.digest import file_sha256
+from vqtok.io.hub import DownloadFn
 
 M = TypeVar("M", bound=TokenizerModel)
 
@@ -61,12 +66,68 @@ class Conversion:
         )
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What every converter is given besides its sources and output directory.
+
+    Attributes:
+        dtype: weight dtype to store (float32 default; bfloat16 halves the size).
+        name: model name in config.json (None: the directory name).
+        command: the command line to record in the model card (None: one is made up).
+        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
+        extra: source-specific options by name (cosmos: ``variant``, ``legacy_mode``); only
+            those the converter declares in `Converter.options` are accepted.
+    """
+
+    dtype: torch.dtype = torch.float32
+    name: str | None = None
+    command: str | None = None
+    on_download: DownloadFn | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+ConvertFn = Callable[[Sequence[str], Path, ConvertOptions], Conversion]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A converter as its module declares it (``CONVERTER``), for `vqtok.convert.convert`.
+
+    Attributes:
+        source: its name, ``vqtok convert SOURCE`` (a key of `vqtok.convert.CONVERTERS`).
+        run: ``(sources, out_dir, options) -> Conversion``; sources are the command's
+            arguments as given (paths or a Hub repository ``owner/name[@revision]``).
+        options: the names in ``ConvertOptions.extra`` it takes (the CLI flag is the name
+            with ``-`` for ``_``).
+    """
+
+    source: str
+    run: ConvertFn
+    options: tuple[str, ...] = ()
+
+    def __call__(self, sources: Sequence[str], out_dir: str | Path,
+                 options: ConvertOptions | None = None) -> Conversion:
+        """Check the options against `options`, then convert.
+
+        Raises:
+            OptionError: a source-specific option this converter does not take, or no source.
+        """
+        options = options or ConvertOptions()
+        for key in options.extra:
+            if key not in self.options:
+                flag = "--" + key.replace("_", "-")
+                takes = ", ".join("--" + o.replace("_", "-") for o in self.options) or "none"
+                raise OptionError(flag, f"{flag} is not an option of {self.source} "
+                                        f"(its own options: {takes})")
+        if not sources:
+            raise OptionError("SOURCE", "give the checkpoint file(s) or directory to convert")
+        return self.run(list(sources), Path(out_dir), options)
+
+
 def names(keys: Sequence[str], limit: int = 8) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
-
-
 
 
 def meta_model(cls: type[M], config: Any) -> M:

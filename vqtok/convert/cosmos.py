@@ -22,6 +22,8 @@ from torch import Tensor
 
 from vqtok.convert.common import (
     Conversion,
+    Converter,
+    ConvertOptions,
     check_accounting,
     meta_model,
     model_card,
@@ -35,7 +37,7 @@ from vqtok.io.sniff import file_kind
 from vqtok.pipeline.outputs import check_folder_output
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 
-__all__ = ["convert_cosmos", "cosmos_variant", "infer_cosmos_config"]
+__all__ = ["CONVERTER", "convert_cosmos", "cosmos_variant", "infer_cosmos_config"]
 
 COSMOS_FILES = ("encoder.jit", "decoder.jit")
 COSMOS_LICENSE = (
@@ -278,3 +280,13 @@ def convert_cosmos(
     return write_model(model, weights, dtype, out_dir, name, card, files, ignored, len(weights))
 
 
+def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> Conversion:
+    """`convert_cosmos` with the one signature of `vqtok.convert.common.Converter`: one
+    string may name a Hub repository; several are always local files."""
+    source: str | list[Path] = sources[0] if len(sources) == 1 else [Path(s) for s in sources]
+    return convert_cosmos(source, out_dir, options.extra.get("variant"),
+                          bool(options.extra.get("legacy_mode", False)), options.dtype,
+                          options.name, options.command, options.on_download)
+
+
+CONVERTER = Converter("cosmos", _convert, options=("variant", "legacy_mode"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +30,22 @@ from torch import Tensor
 
 from vqtok.convert.common import (
     Conversion,
+    Converter,
+    ConvertOptions,
     check_accounting,
     meta_model,
     model_card,
     names,
     write_model,
 )
-from vqtok.errors import CheckpointError, ConfigError
+from vqtok.errors import CheckpointError, ConfigError, OptionError
 from vqtok.families.layers import CausalConv3d
 from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.io.hub import DownloadFn, fetch_files, hub_origin, parse_hub_ref
 from vqtok.io.sniff import file_kind
 from vqtok.pipeline.outputs import check_folder_output
 
-__all__ = ["convert_open_magvit2", "infer_magvit2_config", "magvit2_release_names"]
+__all__ = ["CONVERTER", "convert_open_magvit2", "infer_magvit2_config", "magvit2_release_names"]
 
 MAGVIT2_FILE = "video_128_262144.ckpt"  # the file in TencentARC's Hub repository
 
@@ -216,3 +218,14 @@ def convert_open_magvit2(
         origin,
     )
     return write_model(model, weights, dtype, out_dir, name, card, [path], ignored, len(used))
+
+
+def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> Conversion:
+    """`convert_open_magvit2` with the one signature of `vqtok.convert.common.Converter`."""
+    if len(sources) != 1:
+        raise OptionError("SOURCE", "give exactly one .ckpt file")
+    return convert_open_magvit2(sources[0], out_dir, options.dtype, options.name,
+                                options.command, options.on_download)
+
+
+CONVERTER = Converter("open-magvit2", _convert)

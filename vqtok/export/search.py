@@ -236,7 +236,7 @@ def quantizer_search(quantizer: Quantizer, kind: str, beam: int | None = None) -
         raise OptionError("--beam", f"beam search needs {why}, got beam={beam!r}")
     if kind == "residual_lfq":
         return ResidualLFQSearch(quantizer)
-    width = int(getattr(quantizer, "beam_width", 1)) if beam is None else beam
+    width = quantizer.beam_width if beam is None else beam
     books = _codebooks(quantizer, kind)
     return NearestSearch(books) if width == 1 else BeamSearch(books, width)
 

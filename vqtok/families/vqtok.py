@@ -213,8 +213,7 @@ class VideoTokenizer(TokenizerModel):
     @property
     def max_levels(self) -> int | None:
         """L for a residual quantizer (whose first k levels make a coarser code), else None."""
-        check = getattr(self.quantizer, "check_levels", None)
-        return None if check is None else int(check(None))
+        return self.quantizer.check_levels(None) if self.quantizer.residual else None
 
     def check_levels(self, levels: int) -> int:
         """Validate a count k of leading residual levels to keep; a `VqtokError` if unusable."""

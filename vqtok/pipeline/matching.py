@@ -26,7 +26,7 @@ from vqtok.errors import RemapError, TokenFileError
 from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import RemapInfo, TokenMetadata
 from vqtok.io.usedsets import load_used_sets
-from vqtok.quantizers import KINDS
+from vqtok.quantizers.base import Quantizer
 from vqtok.quantizers.used_sets import UsedSets
 
 
@@ -43,15 +43,13 @@ class QuantizerFacts:
 
 def describe_quantizer(model: Any) -> QuantizerFacts:
     """The vocabulary facts of a `vqtok.families.base.TokenizerModel`."""
-    quantizer = model.quantizer
-    by_class = {cls: kind for kind, cls in KINDS.items()}
-    kind = by_class.get(type(quantizer).__name__, type(quantizer).__name__)
-    levels = getattr(quantizer, "levels", None)
+    quantizer: Quantizer = model.quantizer
+    levels = quantizer.levels
     return QuantizerFacts(
-        kind=kind,
-        codebook_size=int(getattr(quantizer, "full_size", quantizer.codebook_size)),
+        kind=quantizer.kind,
+        codebook_size=int(quantizer.codebook_size),
         num_codebooks=int(quantizer.num_codebooks),
-        bit_order=getattr(quantizer, "bit_order", None),
+        bit_order=quantizer.bit_order,
         levels=None if levels is None else tuple(int(v) for v in levels),
     )
 

@@ -25,7 +25,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vqtok.errors import QuantizerError
+from vqtok.errors import ConfigError, QuantizerError
 from vqtok.quantizers.used_sets import UsedSets
 
 
@@ -171,16 +171,33 @@ def codebook_metrics(indices: Tensor, codebook_size: int, prefix: str = "") -> d
 class Quantizer(nn.Module):
     """Base class of the core quantizers (not of the compatibility wrappers).
 
-    Subclasses set ``dim`` (input channels), ``codebook_size`` (vocabulary of one index
-    position) and ``num_codebooks`` (L; indices get a trailing axis when L > 1), and implement
-    ``forward`` and ``indices_to_codes``.
+    Subclasses set ``kind`` (class variable), ``dim`` (input channels), ``codebook_size``
+    (vocabulary of one index position) and ``num_codebooks`` (L; indices get a trailing axis
+    when L > 1), and implement ``forward`` and ``indices_to_codes``. The optional hooks below
+    default to "not supported" (a typed error, 0, None or a no-op); a subclass overrides those
+    it supports, and callers use them without probing (`hasattr` / `getattr`):
+    ``residual`` + `check_levels`, ``beam_search`` + `set_beam_width`, `init_from_samples`,
+    `reseed_dead_codes`, `set_temperature`, ``bit_order``, ``levels``.
     """
 
+    kind: ClassVar[str]
+    """The name model configs and index files use (a key of `vqtok.quantizers.KINDS`); each
+    core class sets its own."""
     dim: int
     codebook_size: int
     num_codebooks: int = 1
     restricts_search: ClassVar[bool] = False
     """Whether `restricted_indices` searches only the allowed codes (else it checks them)."""
+    residual: ClassVar[bool] = False
+    """Whether the first k of the L levels are a coarser code (``levels=k``, `check_levels`)."""
+    beam_search: ClassVar[bool] = False
+    """Whether `set_beam_width` can widen the search to a beam (residual VQ)."""
+    beam_width: int = 1
+    """Paths of the search outside training (1: greedy)."""
+    bit_order: str | None = None
+    """LFQ index packing, ``"msb"`` or ``"lsb"``; None for quantizers without sign bits."""
+    levels: Sequence[int] | None = None
+    """FSQ: the values of each latent channel; None for the other kinds."""
 
     @property
     def vocab_size(self) -> int:
@@ -296,6 +313,44 @@ class Quantizer(nn.Module):
             (LFQ, FSQ), which is what this default does.
         """
         return 0
+
+    def check_levels(self, levels: int | None) -> int:
+        """The number of leading levels to run: ``levels`` (1..L) or all L when None.
+
+        Raises:
+            QuantizerError: a quantizer without residual levels (``residual`` False), or
+                ``levels`` outside 1..L.
+        """
+        if not self.residual:
+            raise QuantizerError(f"levels needs a residual quantizer; this one is {self.kind!r}")
+        return level_count(levels, self.num_codebooks)
+
+    def set_beam_width(self, width: int) -> None:
+        """Search with a beam of ``width`` paths outside training from now on (1: greedy).
+
+        Raises:
+            ConfigError: a quantizer without beam search (``beam_search`` False), or ``width``
+                not an int >= 1.
+        """
+        if not self.beam_search:
+            raise ConfigError(f"beam search needs a residual VQ quantizer; this one is "
+                              f"{self.kind!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ConfigError(f"beam width (beam_width) must be an integer >= 1, got {width!r}")
+        self.beam_width = width
+
+    def set_temperature(self, value: float) -> None:
+        """Set a sampling temperature (Gumbel); quantizers without one ignore it."""
+
+    def init_from_samples(
+        self, samples: Tensor, iters: int = 10, generator: torch.Generator | None = None
+    ) -> None:
+        """Fit the codebook(s) to ``samples`` (M, dim) float latents before training.
+
+        Raises:
+            ConfigError: this default, for quantizers without such an initialisation.
+        """
+        raise ConfigError(f"quantizer {self.kind!r} has no k-means initialisation")
 
     def zero_loss(self, like: Tensor) -> Tensor:
         """A float32 scalar zero on ``like``'s device (the loss when there is none)."""

@@ -240,6 +240,8 @@ class EMAQuantizer(Quantizer):
         remapper: the `IndexRemap` (key ``remapper.used``) or None.
     """
 
+    kind = "ema_vq"
+
     def __init__(
         self,
         dim: int,

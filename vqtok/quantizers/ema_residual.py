@@ -37,6 +37,8 @@ class EMAResidualQuantizer(ResidualStack):
         codebooks: L `EMACodebook` modules.
     """
 
+    kind = "ema_rvq"
+
     codebooks: nn.ModuleList
 
     def __init__(

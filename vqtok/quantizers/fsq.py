@@ -124,6 +124,8 @@ class FiniteScalarQuantizer(Quantizer):
         codebook_size: prod(levels), the vocabulary of one index position.
     """
 
+    kind = "fsq"
+
     _levels: Tensor  # (d,) int32
     _basis: Tensor  # (d,) int64
 

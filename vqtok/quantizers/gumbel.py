@@ -131,6 +131,8 @@ class GumbelQuantizer(Quantizer):
         temperature: float32 scalar buffer.
     """
 
+    kind = "gumbel"
+
     temperature: Tensor
 
     def __init__(

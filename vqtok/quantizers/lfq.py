@@ -207,6 +207,9 @@ class LookupFreeQuantizer(Quantizer):
         bit_order: ``"msb"`` (reference, default) or ``"lsb"`` index packing.
     """
 
+    kind = "lfq"
+    bit_order: str  # "msb" or "lsb", set by __init__
+
     def __init__(
         self,
         dim: int,

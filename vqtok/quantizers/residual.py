@@ -41,7 +41,6 @@ from vqtok.quantizers.base import (
     check_indices,
     codebook_metrics,
     level_columns,
-    level_count,
 )
 from vqtok.quantizers.beam import beam_codes, restricted_beam_codes
 from vqtok.quantizers.ema import mse
@@ -85,6 +84,8 @@ class ResidualStack(Quantizer):
         self.beta = beta
 
     restricts_search = True
+    residual = True
+    beam_search = True
 
     @property
     def vocab_sizes(self) -> tuple[int, ...]:
@@ -94,12 +95,6 @@ class ResidualStack(Quantizer):
     def level_weight(self, level: int) -> Tensor:
         """(K_l, D) codes of level ``level`` (0-based)."""
         raise NotImplementedError
-
-    def set_beam_width(self, width: int) -> None:
-        """A beam of ``width`` paths outside training (1: greedy); ConfigError if not int >= 1."""
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ConfigError(f"beam width (beam_width) must be an integer >= 1, got {width!r}")
-        self.beam_width = width
 
     @torch.no_grad()
     def restricted_indices(
@@ -192,10 +187,6 @@ class ResidualStack(Quantizer):
     def _set_level(self, level: int, codes: Tensor) -> None:
         """Replace level ``level``'s (K_l, D) codes."""
         raise NotImplementedError
-
-    def check_levels(self, levels: int | None) -> int:
-        """The number of levels to run: ``levels`` (1..L) or all of them when None."""
-        return level_count(levels, self.num_levels)
 
     def quantize_tokens(
         self, tokens: Tensor, update: bool, levels: int | None = None
@@ -346,6 +337,8 @@ class ResidualQuantizer(ResidualStack):
     Attributes:
         codebooks: L trainable (K_l, D) parameters.
     """
+
+    kind = "rvq"
 
     codebooks: nn.ParameterList
 

@@ -40,7 +40,6 @@ from vqtok.quantizers.base import (
     QuantizerOutput,
     check_indices,
     level_columns,
-    level_count,
 )
 from vqtok.quantizers.base import codebook_metrics as dense_codebook_metrics
 from vqtok.quantizers.entropy import EntropySettings
@@ -65,6 +64,10 @@ class ResidualLFQ(Quantizer):
             LFQ's, per level (`vqtok.quantizers.lfq.LookupFreeQuantizer`).
         bit_order: ``"msb"`` (default) or ``"lsb"`` index packing, as LFQ.
     """
+
+    kind = "residual_lfq"
+    bit_order: str  # "msb" or "lsb", set by __init__
+    residual = True
 
     def __init__(
         self,
@@ -96,10 +99,6 @@ class ResidualLFQ(Quantizer):
         self.bit_order = bit_order
         self.project_in = nn.ModuleList(nn.Linear(dim, self.bits) for _ in range(num_levels))
         self.project_out = nn.ModuleList(nn.Linear(self.bits, dim) for _ in range(num_levels))
-
-    def check_levels(self, levels: int | None) -> int:
-        """The number of levels to run: ``levels`` (1..L) or all of them when None."""
-        return level_count(levels, self.num_levels)
 
     def forward(
         self, z: Tensor, channel_last: bool | None = None, levels: int | None = None

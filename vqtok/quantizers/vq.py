@@ -83,6 +83,8 @@ class VectorQuantizer(Quantizer):
         codebook_size: the vocabulary of the indices: U with remap, else K.
     """
 
+    kind = "vq"
+
     def __init__(
         self,
         dim: int,

@@ -61,9 +61,7 @@ def init_codebooks(
     Returns:
         The number of latent vectors k-means ran on.
     """
-    init = getattr(model.quantizer, "init_from_samples", None)
-    if init is None:
-        raise ConfigError(f"quantizer {model.config.quantizer!r} has no k-means initialisation")
+    init = model.quantizer.init_from_samples  # ConfigError for quantizers without one
     device = next(model.parameters()).device
     latents = []
     for batch in _batches(sampler, batches, 1000):

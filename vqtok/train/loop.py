@@ -112,7 +112,7 @@ def _schedule_quantizer(
 ) -> None:
     """Gumbel temperature annealing and LFQ entropy-weight warm-up for this step."""
     q: Any = model.quantizer
-    if hasattr(q, "set_temperature") and cfg.gumbel_anneal_steps > 0:
+    if cfg.gumbel_anneal_steps > 0:  # a no-op for quantizers without a temperature
         start, end = cfg.gumbel_temperature
         a = min(step / cfg.gumbel_anneal_steps, 1.0)
         q.set_temperature(start * (end / start) ** a)

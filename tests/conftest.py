@@ -1,0 +1,51 @@
+"""Fixtures shared by many test files; a file that needs another variant defines its own
+fixture of the same name, which pytest uses instead.
+
+- `models`: a folder of model directories holding one tiny model, ``tiny`` (`tiny.py`).
+- `run`: the CLI through Typer's `CliRunner`, with ``VQTOK_MODELS`` set to `models`:
+  ``run("encode", clip, "-o", out, code=0)`` checks the exit code and returns the result.
+- `runner`: a bare `CliRunner`.
+- `clip`: an 11-frame 32x48 clip at 8 fps (`clips.make_clip`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clips import make_clip
+from tiny import save_tiny_model
+from typer.testing import CliRunner, Result
+
+from vqtok.cli.app import app
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_model(root / "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(models: Path) -> Callable[..., Result]:
+    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
+
+    def invoke(*args: Any, code: int = 0) -> Result:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    return invoke
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clips") / "a.mp4", frames=11, size=(32, 48), fps=8)
