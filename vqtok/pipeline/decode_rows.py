@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,7 +26,7 @@ from vqtok.io.shards import looks_like_dataset
 from vqtok.io.token_meta import TokenMetadata
 from vqtok.io.video import as_fps
 from vqtok.io.video_writer import VIDEO_SUFFIXES
-from vqtok.pipeline.decode import decode_indices
+from vqtok.pipeline.decode import DecodeResult, decode_indices
 from vqtok.pipeline.encode import ProgressFn
 from vqtok.pipeline.files import DecodeRun
 from vqtok.pipeline.plan import Job
@@ -82,27 +82,14 @@ class RowDecodeRun(DecodeRun):
         indices, meta = read_row(self.dataset, self.key)
         return meta, row_sha256(indices, meta)
 
-    def results(
-        self,
-        load_model: Callable[[str | Path], Tokenizer],
-        progress: ProgressFn | None = None,
-        on_start: Callable[[list[Job]], None] | None = None,
-    ) -> Iterator[tuple[Job, Any]]:
-        """Decode the row unless its video is done: (job, `DecodeResult` or the exception)."""
-        for job in self.jobs:
-            if job.done:
-                continue
-            if on_start is not None:
-                on_start([job])
-            try:
-                indices, meta = read_row(self.dataset, self.key)
-                yield job, decode_indices(
-                    indices, meta, job.target, load_model(self.model or meta.model),
-                    source=str(job.source), record_sha256=row_sha256(indices, meta),
-                    fps=self.fps, remap=self.remap, force=self.force, chunk=self.chunk,
-                    progress=progress)
-            except Exception as e:  # reported as this row's failure
-                yield job, e
+    def _decode(self, job: Job, model_for: Callable[[str | Path], Tokenizer],
+                progress: ProgressFn | None) -> DecodeResult:
+        """Decode the row: its indices and sidecar from the dataset, the rest as a file's."""
+        indices, meta = read_row(self.dataset, self.key)
+        return decode_indices(
+            indices, meta, job.target, model_for(self.model or meta.model),
+            source=str(job.source), record_sha256=row_sha256(indices, meta), fps=self.fps,
+            remap=self.remap, force=self.force, chunk=self.chunk, progress=progress)
 
 
 def plan_decode(codes: Sequence[str | Path], key: str | None, output: str | Path, *,

@@ -319,20 +319,28 @@ class DecodeRun:
         """Decode the files not done, in job order: (job, `DecodeResult` or the exception that
         stopped that file). ``load_model(name)`` is called once per model."""
         models: dict[str | Path, Tokenizer] = {}
+
+        def model_for(name: str | Path) -> Tokenizer:
+            if name not in models:
+                models[name] = load_model(name)
+            return models[name]
+
         for job in self.jobs:
             if job.done:
                 continue
             if on_start is not None:
                 on_start([job])
             try:
-                name = self.model or load_metadata(job.path).model
-                if name not in models:
-                    models[name] = load_model(name)
-                yield job, decode_file(job.path, job.target, models[name], fps=self.fps,
-                                       remap=self.remap, force=self.force, chunk=self.chunk,
-                                       progress=progress)
+                yield job, self._decode(job, model_for, progress)
             except Exception as e:  # that file's failure; the others go on
                 yield job, e
+
+    def _decode(self, job: Job, model_for: Callable[[str | Path], Tokenizer],
+                progress: ProgressFn | None) -> DecodeResult:
+        """Decode one job's index file with the model it names (or ``model``)."""
+        tokenizer = model_for(self.model or load_metadata(job.path).model)
+        return decode_file(job.path, job.target, tokenizer, fps=self.fps, remap=self.remap,
+                           force=self.force, chunk=self.chunk, progress=progress)
 
 
 def decode_files(
