@@ -153,23 +153,35 @@ def cut_clip(path: Path) -> np.ndarray | None:
     return None if not starts else window[starts[0] - 7 : starts[0] + 10]
 
 
-def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> np.ndarray:
+def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray,
+                levels: int | None) -> tuple[np.ndarray, torch.Tensor]:
     """uint8-valued float64 reconstruction (T, H, W, 3) of uint8 frames (T, H, W, 3), streamed
-    in chunks of 8 frames (the indices of a one-shot encode, in bounded memory)."""
+    in chunks of 8 frames (the indices of a one-shot encode, in bounded memory), and the
+    indices (1, t, h, w[, L])."""
     video = to_tensor(frames)
     indices = torch.cat(list(tok.encode_stream(video.split(8, dim=2), levels=levels)), dim=1)
     pieces = tok.decode_stream(indices.split(2, dim=1), frames=frames.shape[0])
-    return to_uint8(torch.cat(list(pieces), dim=2)).numpy()
+    return to_uint8(torch.cat(list(pieces), dim=2)).numpy(), indices
+
+
+def code_health(counts: list[np.ndarray]) -> str:
+    """Per level: the share of codes used and the perplexity (2 ** entropy) of their use."""
+    parts = []
+    for c in counts:
+        p = c[c > 0] / c.sum()
+        parts.append(f"{(c > 0).mean():.0%} / {float(np.exp(-(p * np.log(p)).sum())):.0f}")
+    return ", ".join(parts)
 
 
 def score(tok: vqtok.Tokenizer, frames: np.ndarray, levels: int | None) -> dict:
     """PSNR, SSIM and the video figures of one clip, and the reconstruction."""
-    recon = reconstruct(tok, frames, levels)
+    recon, indices = reconstruct(tok, frames, levels)
     ref = torch.from_numpy(frames).double()
     figures = video_figures(frames, recon, tok.temporal_factor).to_dict()
     return {"psnr": float(psnr(ref, torch.from_numpy(recon))),
             "ssim": float(ssim_per_frame(ref, torch.from_numpy(recon)).mean()),
-            "seams": block_seams(recon), **figures, "recon": recon}
+            "seams": block_seams(recon), **figures, "recon": recon,
+            "counts": usage(indices, tok)}
 
 
 SUMMARY = ("psnr", "ssim", "first_frame_psnr", "later_frames_psnr", "high_motion_psnr",
@@ -234,7 +246,11 @@ def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argpars
             busiest = max(rows, key=lambda n: len(rows[n]["high_motion_frames"]))
             pair = np.concatenate([clips[busiest]["native"], rows[busiest]["recon"]], axis=2)
             write_video(samples / f"{busiest}-side-by-side.mp4", pair.astype(np.uint8), fps=8)
-        report[size] = {n: {k: v for k, v in r.items() if k != "recon"} for n, r in rows.items()}
+        pooled = [sum(level) for level in zip(*(r["counts"] for r in rows.values()), strict=True)]
+        print(f"    code use over {int(pooled[0].sum()):,} positions (share used / perplexity "
+              f"per level): {code_health(pooled)}")
+        report[size] = {n: {k: v for k, v in r.items() if k not in ("recon", "counts")}
+                        for n, r in rows.items()}
     cuts = {n: score(tok, pair["cut"], args.levels) for n, pair in clips.items()
             if pair.get("cut") is not None}
     for name, r in cuts.items():  # cut_clip puts the cut at frame 7
@@ -242,7 +258,8 @@ def measure_model(tok: vqtok.Tokenizer, clips: dict, photos: dict, args: argpars
         r["cut_drop"] = float(np.mean(frames) - min(frames[6], frames[7]))
         print(f"  scene cut, {name} (17 frames at {CROP}², the cut at frame 7): the frames "
               f"around it {r['cut_drop']:.2f} dB below the clip's mean {np.mean(frames):.2f} dB")
-    report["cuts"] = {n: {k: v for k, v in r.items() if k != "recon"} for n, r in cuts.items()}
+    report["cuts"] = {n: {k: v for k, v in r.items() if k not in ("recon", "counts")}
+                      for n, r in cuts.items()}
     stills = {n: score(tok, f, args.levels) for n, f in photos.items()}
     print(f"  photographs ({len(stills)}, one-frame clips, not in the video mean): "
           + ", ".join(f"{n} {r['psnr']:.2f} dB / {r['ssim']:.4f}" for n, r in stills.items()))
