@@ -132,7 +132,7 @@ def read_clip(path: Path, frames: int, crop: bool) -> np.ndarray:
     where it is shorter)."""
     probe = next(iter(read_frames(path, max_frames=1)))
     short = min(probe.shape[1:3]) < CROP
-    window = np.concatenate(list(read_frames(path, max_frames=frames + 250, window=64,
+    window = np.concatenate(list(read_frames(path, max_frames=frames + 64, window=64,
                                              short_side=CROP if crop and short else None)))
     start = next((i for i, f in enumerate(window) if f.std() >= BLANK), 0)
     clip = window[start : start + frames]
@@ -156,11 +156,12 @@ def cut_clip(path: Path) -> np.ndarray | None:
 def reconstruct(tok: vqtok.Tokenizer, frames: np.ndarray,
                 levels: int | None) -> tuple[np.ndarray, torch.Tensor]:
     """uint8-valued float64 reconstruction (T, H, W, 3) of uint8 frames (T, H, W, 3), streamed
-    in chunks of 8 frames (the indices of a one-shot encode, in bounded memory), and the
-    indices (1, t, h, w[, L])."""
+    in chunks of 8 frames (4 above 640x480; the indices of a one-shot encode, in bounded
+    memory), and the indices (1, t, h, w[, L])."""
     video = to_tensor(frames)
-    indices = torch.cat(list(tok.encode_stream(video.split(8, dim=2), levels=levels)), dim=1)
-    pieces = tok.decode_stream(indices.split(2, dim=1), frames=frames.shape[0])
+    chunk = 8 if frames.shape[1] * frames.shape[2] <= 640 * 480 else 4  # 1080p: ~4 GB a step
+    indices = torch.cat(list(tok.encode_stream(video.split(chunk, dim=2), levels=levels)), dim=1)
+    pieces = tok.decode_stream(indices.split(chunk // 4, dim=1), frames=frames.shape[0])
     return to_uint8(torch.cat(list(pieces), dim=2)).numpy(), indices
 
 
