@@ -69,3 +69,10 @@ class TokenFileError(VqtokError):
 class MissingDependencyError(VqtokError):
     """An optional library a feature needs is not installed; the message names the extra that
     brings it (``pip install 'vqtok[mds]'``)."""
+
+    @classmethod
+    def install(cls, needs: str, extra: str) -> MissingDependencyError:
+        """``"<needs>, which is not installed; install it with: pip install 'vqtok[<extra>]'"``,
+        e.g. ``install("the Ray engine needs Ray Data", "ray")``."""
+        return cls(f"{needs}, which is not installed; install it with: "
+                   f"pip install 'vqtok[{extra}]'")

@@ -101,8 +101,7 @@ def _parquet_records(data: bytes) -> list[dict[str, Any]]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise MissingDependencyError("Parquet manifests need pyarrow, which is not installed; "
-                                     "install it with: pip install 'vqtok[data]'") from e
+        raise MissingDependencyError.install("Parquet manifests need pyarrow", "data") from e
     try:
         table = pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as e:

@@ -35,7 +35,7 @@ import numpy as np
 
 from vqtok import __version__
 from vqtok.atomic import atomic_bytes
-from vqtok.errors import VqtokError
+from vqtok.errors import MissingDependencyError, VqtokError
 from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import TokenMetadata, index_dtype
 
@@ -71,10 +71,7 @@ def require_pyarrow() -> ModuleType:
         import pyarrow
         import pyarrow.parquet  # noqa: F401 - loads the submodule
     except ImportError as e:
-        raise VqtokError(
-            "token datasets need pyarrow, which is not installed; "
-            "install it with: pip install 'vqtok[data]'"
-        ) from e
+        raise MissingDependencyError.install("token datasets need pyarrow", "data") from e
     return pyarrow
 
 

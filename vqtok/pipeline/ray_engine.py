@@ -72,8 +72,7 @@ def require_ray() -> ModuleType:
         import ray
         import ray.data  # noqa: F401 - Ray Data is a separate extra of ray
     except ImportError as e:
-        raise MissingDependencyError("the Ray engine needs Ray Data, which is not installed; "
-                                     "install it with: pip install 'vqtok[ray]'") from e
+        raise MissingDependencyError.install("the Ray engine needs Ray Data", "ray") from e
     return ray
 
 

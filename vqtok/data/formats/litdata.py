@@ -33,9 +33,7 @@ def require() -> ModuleType:
         import litdata
         import litdata.streaming.writer  # noqa: F401 - loads the submodule
     except ImportError as e:
-        raise MissingDependencyError(
-            "the litdata format needs litdata, which is not installed; install it with: "
-            "pip install 'vqtok[litdata]'") from e
+        raise MissingDependencyError.install("the litdata format needs litdata", EXTRA) from e
     return litdata
 
 

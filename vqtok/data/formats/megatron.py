@@ -35,9 +35,8 @@ def require() -> ModuleType:
             warnings.simplefilter("ignore")
             from megatron.core.datasets import indexed_dataset
     except ImportError as e:
-        raise MissingDependencyError(
-            "the megatron format needs megatron-core, which is not installed; install it "
-            "with: pip install 'vqtok[megatron]'") from e
+        raise MissingDependencyError.install(
+            "the megatron format needs megatron-core", EXTRA) from e
     return indexed_dataset
 
 

@@ -31,9 +31,7 @@ def require() -> ModuleType:
     try:
         import webdataset
     except ImportError as e:
-        raise MissingDependencyError(
-            "the webdataset format needs webdataset, which is not installed; install it with: "
-            "pip install 'vqtok[webdataset]'") from e
+        raise MissingDependencyError.install("the webdataset format needs webdataset", EXTRA) from e
     return webdataset
 
 
