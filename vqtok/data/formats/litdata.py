@@ -22,6 +22,7 @@ import numpy as np
 
 from vqtok.data.records import ClipRecord
 from vqtok.errors import MissingDependencyError
+from vqtok.io.tokens import index_dtype
 
 EXTRA = "litdata"
 INDEX = "index.json"
@@ -37,10 +38,7 @@ def require() -> ModuleType:
     return litdata
 
 
-def storage_dtype(token_vocab: int) -> np.dtype:
-    from vqtok.io.tokens import index_dtype
-
-    return index_dtype(token_vocab)
+storage_dtype = index_dtype  # the smallest unsigned dtype that holds the vocabulary
 
 
 class Writer:

@@ -33,6 +33,7 @@ import numpy as np
 
 from vqtok.data.records import ClipRecord
 from vqtok.errors import VqtokError
+from vqtok.io.tokens import index_dtype
 
 EXTRA = None  # written here, no library needed
 INDEX = "index.json"
@@ -45,10 +46,7 @@ def columns(dtype: np.dtype) -> dict[str, str]:
             "tokens": f"ndarray:{np.dtype(dtype).name}"}
 
 
-def storage_dtype(token_vocab: int) -> np.dtype:
-    from vqtok.io.tokens import index_dtype
-
-    return index_dtype(token_vocab)
+storage_dtype = index_dtype  # the smallest unsigned dtype that holds the vocabulary
 
 
 def _encode_array(values: np.ndarray) -> bytes:

@@ -21,6 +21,7 @@ import numpy as np
 
 from vqtok.data.records import ClipRecord
 from vqtok.errors import MissingDependencyError, VqtokError
+from vqtok.io.tokens import index_dtype
 
 EXTRA = "webdataset"
 TOKENS_MEMBER = "tokens.npy"
@@ -35,10 +36,7 @@ def require() -> ModuleType:
     return webdataset
 
 
-def storage_dtype(token_vocab: int) -> np.dtype:
-    from vqtok.io.tokens import index_dtype
-
-    return index_dtype(token_vocab)
+storage_dtype = index_dtype  # the smallest unsigned dtype that holds the vocabulary
 
 
 def sample_key(row: int) -> str:
