@@ -40,9 +40,9 @@ from safetensors.torch import load_file, save_file
 
 from tests.tiny import save_tiny_model
 from vqtok.api import load
+from vqtok.io.remap import save_used
 from vqtok.io.video import probe
 from vqtok.pipeline.encode import EncodeOptions, encode_file
-from vqtok.quantizers.remap import save_used
 
 pytestmark = pytest.mark.slow  # spawns processes; `make test-fast` skips them
 

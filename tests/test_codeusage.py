@@ -8,10 +8,9 @@ import pytest
 from test_tokens import make_meta
 
 from vqtok.errors import OptionError, TokenFileError
+from vqtok.io.remap import load_used, load_used_sets
 from vqtok.io.tokens import save_tokens
-from vqtok.io.usedsets import load_used_sets
 from vqtok.pipeline.remap_build import build_remap
-from vqtok.quantizers.remap import load_used
 
 
 def test_level_picks_one_codebook_of_multi_codebook_files(tmp_path: Path) -> None:

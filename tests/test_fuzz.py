@@ -28,10 +28,9 @@ from hypothesis import strategies as st
 from vqtok.errors import VqtokError
 from vqtok.families.vqtok import TokenizerConfig
 from vqtok.io.checkpoint import read_info
+from vqtok.io.remap import load_used, load_used_sets
 from vqtok.io.tokens import EncodedInfo, SourceInfo, TokenMetadata, load_tokens
-from vqtok.io.usedsets import load_used_sets
-from vqtok.quantizers.remap import load_used
-from vqtok.quantizers.used_sets import UsedSets
+from vqtok.quantizers.remap import UsedSets
 from vqtok.train.config import RunConfig
 
 EXAMPLES = int(os.environ.get("VQTOK_FUZZ_EXAMPLES", "25"))

@@ -18,6 +18,7 @@ from vqtok.errors import RemapError, TokenFileError, VideoError, VqtokError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.pixels import frames_to_video, video_to_frames
+from vqtok.io.remap import load_used
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import probe, read_frames
 from vqtok.metrics import psnr
@@ -27,7 +28,6 @@ from vqtok.pipeline.encode import EncodeOptions, encode_file, encode_indices, pr
 from vqtok.pipeline.plan import Job, parse_shard, plan_inputs, shard, shard_from_env
 from vqtok.pipeline.reconstruct import reconstruct_file
 from vqtok.pipeline.remap_build import build_remap
-from vqtok.quantizers.remap import load_used
 
 KINDS = {"fsq": {"levels": [5, 4, 4, 3]}, "ema_vq": {"codebook_size": 16}}
 

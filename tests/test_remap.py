@@ -1,5 +1,5 @@
-"""Used-index remapping (vqtok.quantizers.remap): file validation, round trips, unknown-id
-policies."""
+"""Remap (in memory: vqtok.quantizers.remap; files: vqtok.io.remap): file validation, round
+trips, unknown-id policies."""
 
 import os
 import pickle
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vqtok.errors import ConfigError, QuantizerError, RemapError
-from vqtok.quantizers.remap import IndexRemap, build_used, load_used, save_used, validate_used
+from vqtok.io.remap import load_used, save_used
+from vqtok.quantizers.remap import IndexRemap, build_used, validate_used
 
 USED = torch.tensor([1, 4, 5, 9], dtype=torch.int64)
 
@@ -154,3 +155,16 @@ def test_remap_matches_naive_match_tensor():
     match = full.unsqueeze(-1) == used  # (3, 50, U), the reference's method
     expect = torch.where(match.any(-1), match.long().argmax(-1), torch.tensor(used.numel()))
     assert torch.equal(remap.remap_to_used(full), expect)
+
+
+def test_old_import_paths_name_the_same_objects():
+    """`vqtok.io.usedsets` and `vqtok.quantizers.used_sets`, the paths the README named before
+    remap had one home per layer, still give the same functions and class."""
+    from vqtok.io import remap as remap_files
+    from vqtok.io import usedsets
+    from vqtok.quantizers import remap, used_sets
+
+    assert usedsets.load_used_sets is remap_files.load_used_sets
+    assert usedsets.save_used_sets is remap_files.save_used_sets
+    assert usedsets.require_remap_file is remap_files.require_remap_file
+    assert usedsets.UsedSets is used_sets.UsedSets is remap.UsedSets

@@ -22,12 +22,12 @@ from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import REPO_MODELS
+from vqtok.io.remap import load_used_sets, save_used_sets
 from vqtok.io.tokens import load_tokens
-from vqtok.io.usedsets import load_used_sets, save_used_sets
 from vqtok.io.video import read_frames
 from vqtok.quantizers import build_quantizer
 from vqtok.quantizers.ema_residual import EMAResidualQuantizer
-from vqtok.quantizers.used_sets import UsedSets
+from vqtok.quantizers.remap import UsedSets
 
 KINDS = {
     "ema_rvq": ({"num_levels": 3, "codebook_sizes": 16}, 3),

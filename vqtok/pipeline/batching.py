@@ -37,8 +37,8 @@ from vqtok.pipeline.encode import (
     open_reader,
     prefetch,
 )
-from vqtok.pipeline.matching import RemapPlan
 from vqtok.pipeline.plan import Job
+from vqtok.pipeline.remap import RemapPlan
 
 Outcome = EncodeResult | Exception
 Encoded = tuple[np.ndarray, TokenMetadata, tuple[str, ...]] | VqtokError

@@ -29,7 +29,8 @@ from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_token
 from vqtok.io.video import as_fps, read_comment
 from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
-from vqtok.pipeline.matching import check_model_matches, load_remap_for
+from vqtok.pipeline.matching import check_model_matches
+from vqtok.pipeline.remap import load_remap_for
 
 __all__ = ["DecodeRecord", "DecodeResult", "decode_file", "decode_frames", "decode_indices"]
 

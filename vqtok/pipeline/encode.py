@@ -45,10 +45,8 @@ from vqtok.io.tokens import (
     save_tokens,
 )
 from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
-from vqtok.pipeline.matching import (
-    RemapPlan,
-    describe_quantizer,
-)
+from vqtok.pipeline.matching import describe_quantizer
+from vqtok.pipeline.remap import RemapPlan
 
 T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]

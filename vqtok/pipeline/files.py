@@ -32,6 +32,7 @@ from vqtok.errors import ConfigError, OptionError, VqtokError
 from vqtok.io.checkpoint import weights_sha256
 from vqtok.io.hub import DownloadFn
 from vqtok.io.model_dirs import resolve_model
+from vqtok.io.remap import is_remap_file, require_remap_file
 from vqtok.io.tokens import (
     TokenMetadata,
     fps_to_text,
@@ -40,15 +41,14 @@ from vqtok.io.tokens import (
     load_metadata,
     sidecar_path,
 )
-from vqtok.io.usedsets import is_remap_file, require_remap_file
 from vqtok.io.video import as_fps
 from vqtok.pipeline.batching import encode_jobs
 from vqtok.pipeline.decode import DecodeRecord, DecodeResult, decode_file
 from vqtok.pipeline.encode import DEFAULT_CHUNK, EncodeOptions, EncodeResult, ProgressFn
 from vqtok.pipeline.inputs import needs_sources, plan_clips
-from vqtok.pipeline.matching import RemapPlan
 from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
+from vqtok.pipeline.remap import RemapPlan
 from vqtok.pipeline.resume import Resume
 from vqtok.runtime import device_for_rank
 

@@ -2,7 +2,7 @@
 
 ``vqtok remap build`` counts how often each codebook entry occurs in the index files of a data
 set, level by level for files with several codebooks / residual levels, keeps the codes seen at
-least ``min_count`` times and writes the remap file of `vqtok.io.usedsets`: the sorted 1-D int64
+least ``min_count`` times and writes the remap file of `vqtok.io.remap`: the sorted 1-D int64
 ``.npy`` of taming-transformers (Esser et al., arXiv 2012.09841) for one level, a
 ``.safetensors`` with one used set per level for several. The report gives, per level, the
 numbers a user picks ``min_count`` by: codes used, perplexity exp(H) and bits per index
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from vqtok.errors import ConfigError, OptionError, TokenFileError, VqtokError
+from vqtok.io.remap import is_remap_file, load_used_sets, save_used_sets
 from vqtok.io.tokens import TokenMetadata, load_metadata, load_tokens, sidecar_path
-from vqtok.io.usedsets import is_remap_file, load_used_sets, save_used_sets
 from vqtok.pipeline.outputs import INDEX_SUFFIXES, check_parents
-from vqtok.quantizers.used_sets import UsedSets
+from vqtok.quantizers.remap import UsedSets
 
 __all__ = [
     "LevelUsage",
@@ -240,7 +240,7 @@ def build_remap(
         inputs: index files and directories of them.
         output: the remap file to write atomically; None only reports. One level (a
             single-codebook model, or ``level``) gives the 1-D ``.npy``; several need
-            ``.safetensors``, see `vqtok.io.usedsets` (a name without a suffix gets the one
+            ``.safetensors``, see `vqtok.io.remap` (a name without a suffix gets the one
             that fits).
         min_count: keep codes seen at least this many times (>= 1), at each level; or one
             threshold per level.

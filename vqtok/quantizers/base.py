@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, QuantizerError
-from vqtok.quantizers.used_sets import UsedSets
+from vqtok.quantizers.remap import UsedSets
 
 
 class QuantizerOutput(NamedTuple):
@@ -223,7 +223,7 @@ class Quantizer(nn.Module):
         Args:
             z: latents in any layout ``forward`` takes.
             allowed: L int64 tensors (U_l,) of distinct ids in [0, vocab_sizes[l]), usually
-                sorted (a remap file's used sets, `vqtok.quantizers.used_sets.UsedSets`).
+                sorted (a remap file's used sets, `vqtok.quantizers.remap.UsedSets`).
             channel_last: see `Layout.of`.
 
         Returns:

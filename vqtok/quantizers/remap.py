@@ -1,35 +1,39 @@
-"""Used-index remapping: a compact vocabulary made of the codes a tokenizer actually uses.
+"""Remap in memory: a compact vocabulary made of the codes a tokenizer actually uses.
 
-A trained VQ tokenizer rarely uses its whole codebook. Remapping keeps only the U used codes and
+A trained VQ tokenizer rarely uses its whole codebook. A remap keeps only the U used codes and
 renumbers them 0..U-1, which shrinks the vocabulary a downstream token model must learn. The
-mechanism and the file format follow taming-transformers' ``VectorQuantizer2`` (Esser et al.,
-"Taming Transformers for High-Resolution Image Synthesis", arXiv 2012.09841): a 1-D ``.npy`` of
-int64 original ids, strictly increasing; compact id ``j`` <-> original code ``used[j]``.
+mechanism follows taming-transformers' ``VectorQuantizer2`` (Esser et al., "Taming Transformers
+for High-Resolution Image Synthesis", arXiv 2012.09841): compact id ``j`` <-> original code
+``used[j]``, ``used`` strictly increasing.
 
-Deliberate fixes over the reference (quantizers.md Part 1):
+- `IndexRemap`: one used set as an ``nn.Module``, the reference's ``remap`` option;
+- `UsedSets`: a remap of a model with L codebooks / residual levels, one used set per level
+  (compact id ``j`` at level l stands for code ``used[l][j]``);
+- `validate_used`, `build_used`: check a used set, count one from index arrays.
+
+Remap files are `vqtok.io.remap`; a remap applied to a run of files is `vqtok.pipeline.remap`.
+Deliberate fixes over the reference:
 
 - the full -> compact map is a binary search on the sorted array, O(N log U) time and O(N)
   memory, instead of an (N, U) match tensor;
 - ``unknown_index="random"`` takes an optional ``torch.Generator`` so results are reproducible;
 - ``unmap_to_all`` never mutates its argument and rejects out-of-range ids with a clear error;
-- a remap file is validated on load (sorted, unique, 1-D, integer, in range, not pickled).
+- a used set is validated (sorted, unique, 1-D, integer, in range).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
-from collections.abc import Iterable
-from pathlib import Path
-from tokenize import TokenError
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vqtok.atomic import atomic_bytes
 from vqtok.errors import ConfigError, QuantizerError, RemapError
+
+__all__ = ["IndexRemap", "UsedLike", "UsedSets", "build_used", "describe_levels", "validate_used"]
 
 UsedLike = Tensor | np.ndarray | str | os.PathLike
 
@@ -86,52 +90,6 @@ def validate_used(
         )
     return torch.from_numpy(np.ascontiguousarray(arr)).clone()
 
-
-def load_used(path: str | os.PathLike, codebook_size: int | None = None) -> Tensor:
-    """Read and validate a remap ``.npy`` file (never unpickles).
-
-    Args:
-        path: a 1-D int64 ``.npy`` as written by `save_used` or the reference tools.
-        codebook_size: K of the full codebook, or None to skip the upper-bound check.
-
-    Returns:
-        (U,) int64 CPU tensor, strictly increasing.
-
-    Raises:
-        RemapError: the file is missing, unreadable, pickled, an ``.npz``, or fails
-            `validate_used`.
-    """
-    where = os.fspath(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError as e:
-        raise RemapError("remap file not found", where) from e
-    except (ValueError, SyntaxError, TokenError, zipfile.BadZipFile) as e:
-        # numpy raises ValueError for object (pickled) arrays when allow_pickle=False,
-        # tokenize / ast errors for a damaged header and BadZipFile for a damaged .npz.
-        raise RemapError(f"remap file is not a plain .npy integer array ({e})", where) from e
-    except (OSError, EOFError) as e:
-        raise RemapError(f"cannot read remap file ({e})", where) from e
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise RemapError("remap file is an .npz archive; expected a single 1-D .npy array", where)
-    return validate_used(arr, codebook_size, path)
-
-
-def save_used(path: str | os.PathLike, used: Tensor | np.ndarray) -> None:
-    """Write a validated used-index array as a 1-D int64 ``.npy``, atomically.
-
-    The data goes to a temporary file in the same directory, is flushed to disk, and then
-    replaces ``path`` in one rename, so a crash leaves the old file or the new one.
-
-    Raises:
-        RemapError: ``used`` fails `validate_used`.
-    """
-    arr = validate_used(used, path=path).numpy()
-    target = Path(path)
-    buffer = io.BytesIO()
-    np.save(buffer, arr, allow_pickle=False)
-    atomic_bytes(target, buffer.getvalue())
 
 
 def build_used(
@@ -200,6 +158,10 @@ class IndexRemap(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(used, str | os.PathLike):
+            # The reference's signature takes a file name; the file format is vqtok.io's, so
+            # it is imported on use (quantizers/ sits below io/ and does no file I/O itself).
+            from vqtok.io.remap import load_used
+
             table = load_used(used, codebook_size)
         else:
             table = validate_used(used, codebook_size)
@@ -289,3 +251,136 @@ def _as_ids(inds: Tensor) -> Tensor:
     if inds.dtype.is_floating_point or inds.dtype == torch.bool or inds.is_complex():
         raise QuantizerError(f"indices must be an integer tensor, got {inds.dtype}")
     return inds.long()
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare ``levels`` yourself
+class UsedSets:
+    """The used codes of each codebook / level.
+
+    Attributes:
+        levels: L CPU int64 tensors (U_l,), each strictly increasing and non-empty; build one
+            with `UsedSets.of` to have them checked.
+    """
+
+    levels: tuple[Tensor, ...]
+
+    @classmethod
+    def of(
+        cls,
+        arrays: Sequence[Tensor | np.ndarray],
+        codebook_size: int | None = None,
+        path: str | os.PathLike | None = None,
+    ) -> UsedSets:
+        """Check per-level arrays (see `validate_used`) and hold them.
+
+        Raises:
+            RemapError: no level, or a level that is not a sorted, unique, in-range 1-D
+                integer array (the message names the level when there are several).
+        """
+        where = None if path is None else os.fspath(path)
+        if not arrays:
+            raise RemapError("no used set: a remap file needs at least one level", where)
+        levels = []
+        for level, array in enumerate(arrays):
+            try:
+                levels.append(validate_used(array, codebook_size, path))
+            except RemapError as e:
+                if len(arrays) == 1:
+                    raise
+                raise RemapError(f"level {level}: {e.message}", where) from e
+        return cls(tuple(levels))
+
+    @property
+    def num_levels(self) -> int:
+        """L."""
+        return len(self.levels)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """U_l, the number of used codes of each level: compact ids of level l are below it."""
+        return tuple(int(level.numel()) for level in self.levels)
+
+    def check_for(self, vocab_sizes: Sequence[int], path: str | os.PathLike | None) -> None:
+        """Refuse a file that does not fit a quantizer with these per-level vocabularies.
+
+        Raises:
+            RemapError: another number of levels, or an id beyond its level's vocabulary.
+        """
+        where = None if path is None else os.fspath(path)
+        if len(vocab_sizes) != self.num_levels:
+            raise RemapError(
+                f"holds {describe_levels(self.num_levels)} but the model has {len(vocab_sizes)} "
+                f"codebook(s) / level(s); build the remap file from this model's index files "
+                f"(vqtok remap build, without --level)",
+                where,
+            )
+        for level, (used, size) in enumerate(zip(self.levels, vocab_sizes, strict=True)):
+            if int(used[-1]) >= size:
+                level_name = f"level {level} " if self.num_levels > 1 else ""
+                raise RemapError(
+                    f"{level_name}holds id {int(used[-1])}, beyond the codebook of {size} codes",
+                    where,
+                )
+
+    def to_compact(self, indices: Tensor, name: str | None = None) -> Tensor:
+        """Full ids -> compact ids, level by level; same shape, int64.
+
+        Args:
+            indices: integer (..., L), or any shape when L = 1.
+            name: the remap file's name, for the error message.
+
+        Raises:
+            RemapError: a code that is not in its level's used set, naming the level, how
+                many indices and a few of the codes.
+        """
+        out = indices.long().clone()
+        for level, used, column in self._columns(out):
+            used = used.to(column.device)
+            pos = torch.searchsorted(used, column.contiguous())
+            found = used[pos.clamp_max(used.numel() - 1)] == column
+            if not bool(found.all()):
+                missing = column[~found]
+                codes = sorted({int(c) for c in missing[:1000].tolist()})[:5]
+                where = f"level {level}: " if self.num_levels > 1 else ""
+                if self.num_levels > 1:
+                    what = "that level's used set" + ("" if name is None else f" in {name}")
+                else:
+                    what = "the used set" if name is None else f"the remap file {name}"
+                raise RemapError(
+                    f"{where}{int(missing.numel())} indices use codes that are not in {what} "
+                    f"(e.g. {codes})"
+                )
+            column.copy_(pos)
+        return out
+
+    def to_full(self, compact: Tensor) -> Tensor:
+        """Compact ids -> full ids, level by level; same shape, int64; never mutates ``compact``.
+
+        Raises:
+            RemapError: an id at level l that is not below U_l.
+        """
+        out = compact.long().clone()
+        for level, used, column in self._columns(out):
+            if column.numel() and (int(column.min()) < 0 or int(column.max()) >= used.numel()):
+                where = f"level {level}: " if self.num_levels > 1 else ""
+                raise RemapError(
+                    f"{where}remapped indices must lie in [0, {used.numel()}), found values in "
+                    f"[{int(column.min())}, {int(column.max())}]"
+                )
+            column.copy_(used.to(column.device)[column])
+        return out
+
+    def _columns(self, indices: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+        """(level, used, view of that level's ids in ``indices``) for each level."""
+        if self.num_levels == 1:
+            return [(0, self.levels[0], indices)]
+        if indices.ndim < 1 or indices.shape[-1] != self.num_levels:
+            raise RemapError(
+                f"indices of shape {tuple(indices.shape)} have no trailing axis of "
+                f"{self.num_levels} levels"
+            )
+        return [(level, used, indices[..., level]) for level, used in enumerate(self.levels)]
+
+
+def describe_levels(count: int) -> str:
+    return "1 used set (one level)" if count == 1 else f"{count} used sets (one per level)"
