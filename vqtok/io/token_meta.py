@@ -31,6 +31,7 @@ __all__ = [
     "TokenMetadata",
     "fps_from_text",
     "fps_to_text",
+    "vocabulary_of",
 ]
 
 FORMAT_VERSION = 1
@@ -250,6 +251,20 @@ class TokenMetadata:
         ]
         if problems:
             raise TokenFileError(f"invalid metadata: expected {'; '.join(problems)}", path)
+
+
+def vocabulary_of(quantizer: Any) -> dict[str, Any]:
+    """The `TokenMetadata` fields that describe a quantizer's vocabulary, as index files record
+    them: ``quantizer`` (its kind), ``codebook_size``, ``num_codebooks``, ``bit_order`` (LFQ)
+    and ``levels`` (FSQ), from a `vqtok.quantizers.base.Quantizer`'s class-level facts."""
+    levels = quantizer.levels
+    return {
+        "quantizer": quantizer.kind,
+        "codebook_size": int(quantizer.codebook_size),
+        "num_codebooks": int(quantizer.num_codebooks),
+        "bit_order": quantizer.bit_order,
+        "levels": None if levels is None else tuple(int(v) for v in levels),
+    }
 
 
 def _is_sha256(text: str | None) -> bool:

@@ -2,7 +2,7 @@
 dataset row's: `decode_indices`), or frames in memory.
 
 This is what ``vqtok decode`` runs for each file. The index file must have been made by the
-model given (`vqtok.pipeline.matching.check_model_matches`); remapped indices go back to full
+model given (`check_model_matches`); remapped indices go back to full
 codebook ids with the remap file they name. Frames stream out chunk by chunk, so memory is
 bounded by the chunk length, and the padding added at encode time is trimmed off. The video
 records what it was made from (`DecodeRecord`, in its ``comment`` tag), so that a resumed run
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +26,21 @@ from torch import Tensor
 from vqtok.api import Tokenizer
 from vqtok.errors import TokenFileError
 from vqtok.io.pixels import video_to_frames
+from vqtok.io.token_meta import vocabulary_of
 from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_tokens
 from vqtok.io.video import as_fps, read_comment
 from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
-from vqtok.pipeline.matching import check_model_matches
 from vqtok.pipeline.remap import load_remap_for
 
-__all__ = ["DecodeRecord", "DecodeResult", "decode_file", "decode_frames", "decode_indices"]
+__all__ = [
+    "DecodeRecord",
+    "DecodeResult",
+    "check_model_matches",
+    "decode_file",
+    "decode_frames",
+    "decode_indices",
+]
 
 RECORD_FORMAT = "vqtok-decode/1"
 
@@ -91,6 +99,41 @@ class DecodeResult:
     fps: Fraction
     size: tuple[int, int]
     seconds: float
+
+
+def check_model_matches(
+    meta: TokenMetadata, model: Any, weights_sha256: str | None, force: bool, path: str | Path
+) -> None:
+    """Refuse a model that cannot decode ``meta``'s indices.
+
+    A different vocabulary (family, kind, size, codebooks, levels, bit order) is always refused;
+    different weights (SHA-256 of ``model.safetensors``) are refused unless ``force``.
+
+    Raises:
+        TokenFileError: naming what differs and what to do.
+    """
+    vocabulary = vocabulary_of(model.quantizer)
+    expected = {"family": meta.family, **{key: getattr(meta, key) for key in vocabulary}}
+    actual = {"family": model.family, **vocabulary}
+    differ = [f"{k} {expected[k]!r} vs {actual[k]!r}" for k in expected if expected[k] != actual[k]]
+    if differ:
+        raise TokenFileError(
+            f"the model cannot decode these indices ({'; '.join(differ)} in the file vs the "
+            f"model); decode with the model it was encoded with ({meta.model!r})",
+            path,
+            cli_message=f"the model cannot decode these indices ({'; '.join(differ)} in the "
+            f"file vs the model); pass the model it was encoded with (--model {meta.model})",
+        )
+    if meta.model_sha256 and weights_sha256 and meta.model_sha256 != weights_sha256 and not force:
+        raise TokenFileError(
+            f"was encoded with model {meta.model!r} (weights sha256 {meta.model_sha256[:12]}...) "
+            f"but the model given has weights {weights_sha256[:12]}...; use the right model, "
+            "or force=True to decode anyway",
+            path,
+            cli_message=f"was encoded with model {meta.model!r} (weights sha256 "
+            f"{meta.model_sha256[:12]}...) but the model given has weights "
+            f"{weights_sha256[:12]}...; pass the right --model, or --force to decode anyway",
+        )
 
 
 def _index_chunks(indices: Tensor, latent_chunk: int, device: torch.device) -> Iterator[Tensor]:

@@ -36,6 +36,7 @@ from vqtok.api import Tokenizer
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.pixels import frames_to_video
 from vqtok.io.sources import ClipSource
+from vqtok.io.token_meta import vocabulary_of
 from vqtok.io.tokens import (
     EncodedInfo,
     EncodeSettings,
@@ -45,7 +46,6 @@ from vqtok.io.tokens import (
     save_tokens,
 )
 from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
-from vqtok.pipeline.matching import describe_quantizer
 from vqtok.pipeline.remap import RemapPlan
 
 T = TypeVar("T")
@@ -314,7 +314,6 @@ def build_metadata(
     """The index-file metadata of ``frames`` real frames read by ``reader``, encoded to
     a (t, h, w) ``grid``."""
     model, info = tokenizer.model, reader.info
-    quantizer = describe_quantizer(model)
     total = tokenizer.padded_frames(frames)
     windows = None
     if model.window is not None:
@@ -325,9 +324,7 @@ def build_metadata(
         model=tokenizer.name,
         model_sha256=tokenizer.weights_sha256,
         family=model.family,
-        quantizer=quantizer.kind,
-        codebook_size=quantizer.codebook_size,
-        num_codebooks=quantizer.num_codebooks,
+        **vocabulary_of(model.quantizer),
         grid=(grid[0], grid[1], grid[2]),
         source=SourceInfo(
             reader.name, info.frames, _fraction(info.fps), (info.height, info.width)
@@ -336,8 +333,6 @@ def build_metadata(
             frames, reader.size, resize, total - frames, _fraction(reader.fps),
             (padded[0] - reader.size[0], padded[1] - reader.size[1]),
         ),
-        bit_order=quantizer.bit_order,
-        levels=quantizer.levels,
         windows=windows,
         remap=None if plan is None else plan.info,
         settings=options.settings(),
