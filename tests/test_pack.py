@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,6 +84,33 @@ CASES = {
     "remapped-uint8": {"remap": RemapInfo(sha256="cd" * 32, size=100)},  # vocab: the remap's
 }
 DTYPES = {"uint32": np.uint32, "uint8": np.uint8, "remapped-uint8": np.uint8}
+
+
+def test_every_facts_column_is_read_from_a_sidecar_field() -> None:
+    """The shards' facts columns come from the sidecar's dataclass (`Column.field`): each path
+    names a field of `TokenMetadata` or of one of its parts (or its ``vocab`` property), so a
+    renamed sidecar field fails here instead of writing a column of Nones."""
+    from vqtok.io.shards import COLUMNS, SHARED_COLUMNS
+
+    def unwrap(hint: object) -> object:  # X | None -> X
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+    for column in COLUMNS:
+        owner: object = TokenMetadata
+        for part in column.field.split(".") if column.field else []:
+            if part.isdigit():
+                assert typing.get_origin(owner) is tuple, column
+                owner = typing.get_args(owner)[int(part)]
+                continue
+            hints = typing.get_type_hints(owner)
+            if part not in hints:
+                assert isinstance(getattr(owner, part, None), property), column
+                break
+            owner = unwrap(hints[part])
+    assert [c.name for c in COLUMNS if c.field is None] == ["index_file", "metadata"]
+    assert SHARED_COLUMNS == ("model", "model_sha256", "family", "quantizer", "codebook_size",
+                              "num_codebooks", "vocab", "remap_sha256", "remap_size", "levels")
 
 
 @pytest.mark.parametrize("case", CASES)

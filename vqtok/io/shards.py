@@ -27,6 +27,7 @@ import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,19 +51,62 @@ KEY_FIELD = b"vqtok.shard_key"
 ROW_GROUP_BYTES = 64 << 10
 SHARD_NAME = re.compile(r"^shard-\d{5}-of-\d{5}\.parquet$")
 TEMP_NAME = re.compile(r"^\.shard-\d{5}-of-\d{5}\.parquet\.[0-9a-f]{8}\.tmp$")
-# the per-row facts besides indices / shape, with their Arrow type names (see `schema`)
-COLUMNS = {
-    "index_file": "string", "source": "string", "model": "string", "model_sha256": "string",
-    "family": "string", "quantizer": "string", "codebook_size": "int64",
-    "num_codebooks": "int32", "vocab": "int64", "remap_sha256": "string", "remap_size": "int64",
-    "levels": "list<int32>", "source_frames": "int32", "source_fps": "string",
-    "source_height": "int32", "source_width": "int32", "frames": "int32", "fps": "string",
-    "height": "int32", "width": "int32", "resize": "string", "padding": "int32",
-    "metadata": "string",
-}
-# the columns every row of a dataset shares (one model, one remap), also in the manifest
-SHARED_COLUMNS = ("model", "model_sha256", "family", "quantizer", "codebook_size",
-                  "num_codebooks", "vocab", "remap_sha256", "remap_size", "levels")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One facts column of a shard: a field of the index file's sidecar (`TokenMetadata`).
+
+    Attributes:
+        name: the column's name.
+        field: where its value is in `TokenMetadata`: a field (``"model"``), a field of one of
+            its parts (``"source.frames"``), an item of a pair (``"encoded.size.0"``) or the
+            ``vocab`` property; None for the two that are not in the sidecar (``index_file``,
+            the file's name in the pack, and ``metadata``, the sidecar as JSON text). A part
+            that is None (no remap) gives None.
+        arrow: its Arrow type's name (see `schema`).
+        shared: every row of a dataset has the same value (one model, one remap); also in
+            the manifest.
+    """
+
+    name: str
+    field: str | None
+    arrow: str
+    shared: bool = False
+
+
+# the per-row facts besides indices / shape, in the shards' column order
+COLUMNS = (
+    Column("index_file", None, "string"), Column("source", "source.file", "string"),
+    Column("model", "model", "string", True),
+    Column("model_sha256", "model_sha256", "string", True),
+    Column("family", "family", "string", True), Column("quantizer", "quantizer", "string", True),
+    Column("codebook_size", "codebook_size", "int64", True),
+    Column("num_codebooks", "num_codebooks", "int32", True),
+    Column("vocab", "vocab", "int64", True),
+    Column("remap_sha256", "remap.sha256", "string", True),
+    Column("remap_size", "remap.size", "int64", True),
+    Column("levels", "levels", "list<int32>", True),
+    Column("source_frames", "source.frames", "int32"),
+    Column("source_fps", "source.fps", "string"),
+    Column("source_height", "source.size.0", "int32"),
+    Column("source_width", "source.size.1", "int32"),
+    Column("frames", "encoded.frames", "int32"), Column("fps", "encoded.fps", "string"),
+    Column("height", "encoded.size.0", "int32"), Column("width", "encoded.size.1", "int32"),
+    Column("resize", "encoded.resize", "string"), Column("padding", "encoded.padding", "int32"),
+    Column("metadata", None, "string"),
+)
+SHARED_COLUMNS = tuple(column.name for column in COLUMNS if column.shared)
+
+
+def sidecar_value(meta: TokenMetadata, field: str) -> Any:
+    """The value at a `Column.field` path of ``meta`` (a tuple as a list, for Arrow)."""
+    value: Any = meta
+    for part in field.split("."):
+        if value is None:
+            return None
+        value = value[int(part)] if part.isdigit() else getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def require_pyarrow() -> ModuleType:
@@ -136,27 +180,16 @@ def schema(meta: TokenMetadata, dtype: np.dtype | None = None) -> Any:
               pa.field("source", pa.string(), nullable=False),
               pa.field("indices", pa.list_(value), nullable=False),
               pa.field("shape", pa.list_(pa.int32()), nullable=False)]
-    fields += [pa.field(name, types[kind]) for name, kind in COLUMNS.items()
-               if name not in ("index_file", "source")]
+    fields += [pa.field(column.name, types[column.arrow]) for column in COLUMNS
+               if column.name not in ("index_file", "source")]
     return pa.schema(fields)
 
 
 def _row(name: str, meta: TokenMetadata, text: str) -> dict[str, Any]:
     """The facts columns of one clip (`COLUMNS`); ``text`` is its metadata JSON."""
-    source, encoded = meta.source, meta.encoded
-    return {
-        "index_file": name, "source": source.file, "model": meta.model,
-        "model_sha256": meta.model_sha256, "family": meta.family, "quantizer": meta.quantizer,
-        "codebook_size": meta.codebook_size, "num_codebooks": meta.num_codebooks,
-        "vocab": meta.vocab, "remap_sha256": meta.remap.sha256 if meta.remap else None,
-        "remap_size": meta.remap.size if meta.remap else None,
-        "levels": None if meta.levels is None else list(meta.levels),
-        "source_frames": source.frames, "source_fps": source.fps,
-        "source_height": source.size[0], "source_width": source.size[1],
-        "frames": encoded.frames, "fps": encoded.fps, "height": encoded.size[0],
-        "width": encoded.size[1], "resize": encoded.resize, "padding": encoded.padding,
-        "metadata": text,
-    }
+    row = {column.name: sidecar_value(meta, column.field) for column in COLUMNS
+           if column.field is not None}
+    return {**row, "index_file": name, "metadata": text}
 
 
 Row = tuple[str, np.ndarray, TokenMetadata, str]
