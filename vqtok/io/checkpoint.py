@@ -54,7 +54,7 @@ __all__ = [
     "weights_sha256",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one per file kind: README, "File formats and their versions"
 CARD_FILE = "README.md"
 
 

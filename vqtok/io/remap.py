@@ -35,7 +35,7 @@ from vqtok.errors import RemapError
 from vqtok.quantizers.remap import UsedSets, validate_used
 
 METADATA_KEY = "vqtok_remap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one per file kind: README, "File formats and their versions"
 MULTI_SUFFIX = ".safetensors"
 
 

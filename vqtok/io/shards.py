@@ -43,7 +43,7 @@ from vqtok.io.tokens import TokenMetadata, index_dtype
 MANIFEST = "_vqtok.json"
 LEGACY_MANIFEST = "manifest.json"  # dataset format 1's name: pyarrow cannot read a folder with it
 DATASET_FORMAT = "vqtok-dataset"
-DATASET_VERSION = 2
+DATASET_VERSION = 2  # one per file kind: README, "File formats and their versions"
 READ_VERSIONS = (1, 2)
 KEY_FIELD = b"vqtok.shard_key"
 # Index bytes per Parquet row group: the unit a random read decodes. 64 KB reads ~7x faster

@@ -34,7 +34,7 @@ __all__ = [
     "vocabulary_of",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one per file kind: README, "File formats and their versions"
 RESIZE_MODES = ("none", "size", "short_side")
 
 

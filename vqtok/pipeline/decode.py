@@ -42,7 +42,7 @@ __all__ = [
     "decode_indices",
 ]
 
-RECORD_FORMAT = "vqtok-decode/1"
+RECORD_FORMAT = "vqtok-decode/1"  # one per file kind: README, "File formats and their versions"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from vqtok.io.tokens import index_dtype
 
 EXTRA = None  # written here, no library needed
 INDEX = "index.json"
+MDS_VERSION = 2  # MosaicML streaming's own format version of index.json and its shard entries
 _SHAPE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)  # MDS NDArray shape-dtype codes 0-3
 
 
@@ -81,7 +82,7 @@ class Writer:
         self.names = sorted(columns(self.dtype))
         self.encodings = [columns(self.dtype)[n] for n in self.names]
         self.config = {
-            "version": 2, "format": "mds", "compression": None, "hashes": [],
+            "version": MDS_VERSION, "format": "mds", "compression": None, "hashes": [],
             "size_limit": self.size_limit, "column_names": self.names,
             "column_encodings": self.encodings,
             "column_sizes": [8 if e == "int" else None for e in self.encodings],
@@ -141,7 +142,7 @@ class Writer:
         """Write the last shard and ``index.json``; returns the shard files."""
         if self.samples:
             self._flush()
-        text = json.dumps({"version": 2, "shards": self.shards}, sort_keys=True)
+        text = json.dumps({"version": MDS_VERSION, "shards": self.shards}, sort_keys=True)
         (self.directory / INDEX).write_text(text)
         return [*self.files, {"file": INDEX}]
 
