@@ -4,7 +4,7 @@
         [--dtype fp32|bf16|fp16] [--clip FILE] [--short-side 128] [--frames 64] [--chunk 16]
         [--rss] [--results FILE]
 
-Measures on one real clip (``../shared/data/city.mpg`` when present, else a generated one):
+Measures on one real clip (`CITY`, when that file is present, else a generated one):
 
 - decode-only frames/s: PyAV decoding + resize into uint8 frames, no model;
 - model-only frames/s: ``encode_stream`` over frames already in memory;

@@ -1,6 +1,6 @@
 """Quantizer benchmark: vqtok against vector-quantize-pytorch, time and peak extra memory.
 
-Measures the cases of issue 2 ("Memory and speed", design.md §5) on the CPU:
+Measures the cases of issue 2 ("Memory and speed") on the CPU:
 
 - VQ inference (eval), nearest-code search of N tokens against K codes (VQ-VAE, van den Oord
   et al., arXiv 1711.00937): vqtok `VectorQuantizer` vs the peer's `VectorQuantize`, and a

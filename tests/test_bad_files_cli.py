@@ -1,5 +1,5 @@
 """Bad index files, model directories and remap files run through the real ``vqtok`` process
-(design.md §6, issue 6).
+(README, "Reliability"; issue 6).
 
 Processes are few because each pays the torch import:
 

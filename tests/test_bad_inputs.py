@@ -1,4 +1,4 @@
-"""The bad-input corpus (design.md §6, issue 6) run through the real ``vqtok`` CLI process.
+"""The bad-input corpus (README, "Reliability"; issue 6) run through the real ``vqtok`` CLI process.
 
 Three ``vqtok encode`` processes run side by side (each pays the torch import):
 

@@ -1,4 +1,5 @@
-"""Crash safety (design.md §6): ``kill -9`` in the middle of a directory encode loses nothing.
+"""Crash safety (README, "Reliability"): ``kill -9`` in the middle of a directory encode loses
+nothing.
 
 A real ``vqtok encode`` process is killed with SIGKILL once it has written part of its
 outputs. While it runs and after it dies, every output under its final name must be complete

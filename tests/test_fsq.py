@@ -1,4 +1,5 @@
-"""FSQ (quantizers.md A.7): bounding formulas, LSB-first digits, layouts, compat structures."""
+"""FSQ (Mentzer et al., arXiv 2309.15505; vector-quantize-pytorch's arithmetic): bounding formulas,
+LSB-first digits, layouts, compat structures."""
 
 import itertools
 import math

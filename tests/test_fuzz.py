@@ -3,8 +3,8 @@
 Each parser (index-file reader `load_tokens`, sidecar parser `TokenMetadata.from_dict`, remap
 loaders `load_used` and `load_used_sets`, config loaders `TokenizerConfig.from_dict`,
 `RunConfig.from_dict` and the model directory's ``config.json`` via `read_info`) must, for ANY
-input, return a value or raise a `VqtokError` — never another exception (design.md §6). Inputs
-are random JSON trees, random bytes and byte-level mutations of valid files.
+input, return a value or raise a `VqtokError` — never another exception (README, "Reliability").
+Inputs are random JSON trees, random bytes and byte-level mutations of valid files.
 
 CI runs a few examples per property; run longer locally with
 ``VQTOK_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_fuzz.py -q``.

@@ -1,4 +1,5 @@
-"""Gumbel VQ (quantizers.md A.4 + Part 1 fixes): KL formula, ST sampling, eval argmax, remap."""
+"""Gumbel VQ (the reference's GumbelQuantize + the README's fixes): KL formula, ST sampling, eval
+argmax, remap."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Security and determinism checks (design.md §6): no unpickling, no network, no escapes.
+"""Security and determinism checks (README, "Reliability"): no unpickling, no network, no escapes.
 
 * the package never calls ``torch.load`` / ``pickle`` / ``allow_pickle=True`` /
   ``weights_only=False`` outside the converters (`vqtok/convert/magvit2.py`,

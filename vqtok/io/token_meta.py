@@ -1,11 +1,11 @@
 """Index-file metadata: the dataclasses stored beside (or inside) an index file, and their parser.
 
 `TokenMetadata` (with `SourceInfo`, `EncodedInfo`, `RemapInfo`) is what `vqtok.io.tokens` writes as
-JSON in the ``.json`` sidecar or the safetensors header (design.md §4). `TokenMetadata.from_dict`
-parses that JSON strictly: unknown or missing keys, wrong types and a different
-`FORMAT_VERSION` are refused, and `TokenMetadata.validate` checks the values; every problem is a
-`TokenFileError` naming the offending key. Frame rates are stored exactly as ``"num/den"``
-(`fps_to_text`, `fps_from_text`).
+JSON in the ``.json`` sidecar or the safetensors header (README, "Index files").
+`TokenMetadata.from_dict` parses that JSON strictly: unknown or missing keys, wrong types and a
+different `FORMAT_VERSION` are refused, and `TokenMetadata.validate` checks the values; every
+problem is a `TokenFileError` naming the offending key. Frame rates are stored exactly as
+``"num/den"`` (`fps_to_text`, `fps_from_text`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The index file format: one video's codebook indices plus the metadata to decode them.
 
-Two layouts hold the same array and metadata (design.md §4):
+Two layouts hold the same array and metadata (README, "Index files"):
 
 - ``codes.npy`` + ``codes.json`` (same stem): the array in NumPy's format, the metadata as JSON
   beside it;

@@ -5,7 +5,7 @@ This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the
 nothing and report progress through a callback (`ProgressFn`: frames done since the last call,
 frames expected), so the CLI (or a notebook) draws it. `vqtok.pipeline.batching` runs many files.
 
-Memory is bounded by the chunk length, not by the video's length (design.md §5): frames are read
+Memory is bounded by the chunk length, not by the video's length: frames are read
 by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps the model) in
 windows of ``chunk`` frames, and flow through the tokenizer's streaming ``encode_stream`` /
 ``decode_stream``, which carry the causal convolutions' state from chunk to chunk. Only the

@@ -6,13 +6,14 @@ counts and sums with Laplace smoothing (van den Oord et al., "Neural Discrete Re
 Learning", arXiv 1711.00937, appendix A.1; Razavi et al., VQ-VAE-2, arXiv 1906.00446). The only
 loss is the commitment term ``beta * mse(sg(zq), z)``.
 
-Update equations (quantizers.md A.5.4), with gamma the decay, K codes and epsilon the smoothing:
+Update equations (the papers' appendix; `EMACodebook.ema_step`), with gamma the decay, K codes and
+epsilon the smoothing:
 
     c_k <- gamma c_k + (1 - gamma) #{n : idx_n = k}
     s_k <- gamma s_k + (1 - gamma) sum_{n : idx_n = k} z_n
     n = sum_k c_k;   c~_k = (c_k + eps) / (n + K eps) * n;   e_k <- s_k / c~_k
 
-Deliberate choices (quantizers.md Part 1, C.5):
+Deliberate choices (README, "Compatibility with the reference modules"):
 
 - the counts start at 1 and the sums at the codebook (helia_edge's start), so a code that is
   never chosen keeps its initial value; ``legacy_init=True`` gives CogVideo's zero counts, where
@@ -130,7 +131,8 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def ema_step(self, tokens: Tensor, indices: Tensor) -> None:
-        """One EMA update from a batch (quantizers.md A.5.4); no-op when ``update`` is False.
+        """One EMA update from a batch (the equations in the module docstring); no-op when
+        ``update`` is False.
 
         Args:
             tokens: (N, D) encoder outputs, any float dtype (accumulated in float32).

@@ -18,7 +18,8 @@ __all__ = ["EMAResidualQuantizer"]
 
 
 class EMAResidualQuantizer(ResidualStack):
-    """Residual VQ with one EMA codebook per level (kind ``"ema_rvq"``, quantizers.md B.1).
+    """Residual VQ with one EMA codebook per level (kind ``"ema_rvq"``; helia_edge's
+    EmaResidualVectorQuantizer).
 
     Args:
         dim: D, channels of the latent.

@@ -6,7 +6,7 @@ rounded with a straight-through gradient, and the implicit codebook is the grid 
 prod(L) combinations. No auxiliary loss.
 
 The arithmetic follows the reference (lucidrains' vector-quantize-pytorch FSQ, as copied into
-CogVideo and Cosmos; quantizers.md A.7) to the letter, so indices match it bit for bit:
+CogVideo and Cosmos) to the letter, so indices match it bit for bit:
 
 - ``half_l = (L - 1)(1 + 1e-3) / 2``, ``offset = 0.5`` for even L else 0,
   ``shift = atanh(offset / half_l)``, ``bounded = tanh(z + shift) * half_l - offset``;

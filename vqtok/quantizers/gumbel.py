@@ -1,19 +1,19 @@
 """Gumbel-softmax vector quantization: a categorical posterior over codes, sampled with noise.
 
-Jang, Gu and Poole, "Categorical Reparameterization with Gumbel-Softmax", arXiv 1611.01144, as
-used by taming-transformers' ``GumbelQuantize`` (after karpathy/deep-vector-quantization;
-quantizers.md A.4). A linear map over channels (the reference's 1x1 conv) turns each latent
-vector into K logits; in training a Gumbel-softmax sample picks the code (hard one-hot with a
-straight-through gradient by default) and the output is the sample times the codebook. A
-KL(q || Uniform(K)) term, ``kl_weight * mean_n sum_k q_k ln(q_k K + 1e-10)`` with q the clean
-softmax of the logits, pulls each position's posterior toward uniform.
+Jang, Gu and Poole, "Categorical Reparameterization with Gumbel-Softmax", arXiv 1611.01144, as used
+by taming-transformers' ``GumbelQuantize`` (after karpathy/deep-vector-quantization). A linear map
+over channels (the reference's 1x1 conv) turns each latent vector into K logits; in training a
+Gumbel-softmax sample picks the code (hard one-hot with a straight-through gradient by default) and
+the output is the sample times the codebook. A KL(q || Uniform(K)) term, ``kl_weight * mean_n sum_k
+q_k ln(q_k K + 1e-10)`` with q the clean softmax of the logits, pulls each position's posterior
+toward uniform.
 
-Deliberate fixes over the reference (quantizers.md Part 1): the temperature is a saved buffer
-with `set_temperature`; eval is deterministic (argmax of the logits) unless ``sample_in_eval``;
-a remap restricts the logits to the used codes and the returned indices are the compact ones;
-sampling takes an optional ``torch.Generator``; the logits are computed in float32 with
-autocast off, so an argmax does not depend on the ambient precision. With a remap the KL keeps
-the reference's ln(q K), K the full codebook size (a constant offset of ln(K / U), the same
+Deliberate fixes over the reference (README, "Compatibility with the reference modules"): the
+temperature is a saved buffer with `set_temperature`; eval is deterministic (argmax of the logits)
+unless ``sample_in_eval``; a remap restricts the logits to the used codes and the returned indices
+are the compact ones; sampling takes an optional ``torch.Generator``; the logits are computed in
+float32 with autocast off, so an argmax does not depend on the ambient precision. With a remap the
+KL keeps the reference's ln(q K), K the full codebook size (a constant offset of ln(K / U), the same
 gradients).
 """
 

@@ -3,7 +3,7 @@
 Level l quantizes the residual r_l to its nearest code q_l and passes on
 ``r_{l+1} = r_l - sg(q_l)``; the output is the sum of the level codes, with one straight-through
 estimator over the whole stack (Zeghidour et al., SoundStream, arXiv 2107.03312; Lee et al.,
-RQ-VAE, arXiv 2203.01941). Two codebook kinds (quantizers.md B.1, B.2):
+RQ-VAE, arXiv 2203.01941). Two codebook kinds:
 
 - `ResidualQuantizer` (``"rvq"``): gradient-trained codebooks, per-level loss
   ``beta * mse(sg(q_l), r_l) + mse(q_l, sg(r_l))``;
@@ -324,7 +324,7 @@ def _rvq_metrics(per_level: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 class ResidualQuantizer(ResidualStack):
-    """Residual VQ with gradient-trained codebooks (kind ``"rvq"``, quantizers.md B.2).
+    """Residual VQ with gradient-trained codebooks (kind ``"rvq"``).
 
     Args:
         dim: D, channels of the latent.

@@ -6,7 +6,7 @@ encoder, and two loss terms train the codebook (``mse(zq, sg(z))``) and keep the
 to it (``mse(sg(zq), z)``). The ``legacy`` switch reproduces taming-transformers' weighting
 (Esser et al., arXiv 2012.09841), where beta multiplies the codebook term instead of the
 commitment term; both forms have the value ``(1 + beta) * mse(zq, z)`` and differ only in
-where the gradient goes (quantizers.md A.3).
+where the gradient goes (`vq_losses`).
 
 Beyond the reference: the search is the bounded-memory, batch-independent `nearest_codes`
 (float32 even under bf16 autocast); with a remap file the search is *restricted* to the used

@@ -1,7 +1,7 @@
 """CogVideo / taming-transformers ``EmbeddingEMA`` and ``EMAVectorQuantizer``, for porting code.
 
-Same constructor and ``forward`` signatures and the same output dict as the reference
-(quantizers.md A.5.4), built on the core `vqtok.quantizers.ema` module (VQ-VAE with EMA
+Same constructor and ``forward`` signatures and the same output dict as the reference,
+built on the core `vqtok.quantizers.ema` module (VQ-VAE with EMA
 codebook updates, van den Oord et al., arXiv 1711.00937). Deliberate differences, all listed in
 the README's compatibility section:
 

@@ -1,7 +1,7 @@
 """`FSQ` with the reference constructor, call signature and return structure.
 
 For porting code written against vector-quantize-pytorch's / CogVideo's ``FSQ`` (finite scalar
-quantization, Mentzer et al., arXiv 2309.15505; quantizers.md A.7): ``forward(z)`` returns
+quantization, Mentzer et al., arXiv 2309.15505): ``forward(z)`` returns
 ``(out, indices)`` with int32 indices, ``indices_to_codes`` and ``codes_to_indices`` keep the
 reference layouts, and the state_dict has the same keys (``project_in``/``project_out`` only;
 the level buffers are not persistent). The math is `vqtok.quantizers.fsq`'s.

@@ -1,11 +1,12 @@
 """`GumbelQuantize` with the reference constructor, call signature and return tuples.
 
 For porting code written against taming-transformers' / CogVideo's ``GumbelQuantize``
-(Gumbel-softmax VQ, Jang et al. arXiv 1611.01144; quantizers.md A.4). Parameters keep the
+(Gumbel-softmax VQ, Jang et al. arXiv 1611.01144). Parameters keep the
 reference names and shapes (``proj`` a 1x1 ``Conv2d``, ``embed``, ``used`` under a remap), so a
 reference state_dict loads as is. The math is `vqtok.quantizers.gumbel`'s.
 
-The Part 1 fixes, deliberately different from the reference:
+The fixes, deliberately different from the reference (README, "Compatibility with the
+reference modules"):
 
 - ``temperature`` is a saved buffer (a reference state_dict without it still loads; the
   constructor's ``temp_init`` is then kept);

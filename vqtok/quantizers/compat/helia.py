@@ -1,7 +1,7 @@
 """helia_edge's residual quantizers (Keras layers) with their call signatures, in PyTorch.
 
 ``EmaResidualVectorQuantizer`` (one EMA codebook per level) and ``ResidualVectorQuantizer``
-(gradient codebooks), quantizers.md B.1 / B.2, for code ported from helia_edge. They wrap the
+(gradient codebooks), for code ported from helia_edge. They wrap the
 core `vqtok.quantizers.residual` modules (residual VQ: SoundStream, arXiv 2107.03312).
 
 Keras conventions kept: input (..., D) channel-last of any rank; ``forward`` returns ``y`` or

@@ -1,10 +1,10 @@
 """``VectorQuantizer2``: taming-transformers' / CogVideo's VQ module, same calls and tuples.
 
-For code ported from taming-transformers (Esser et al., arXiv 2012.09841) or CogVideo's
-``sat/sgm`` copy: the constructor, ``forward`` and ``get_codebook_entry`` signatures, the
-``(z_q, loss, (None, None, indices))`` return, the index shapes ((N,), (N, 1) with remap, the
-grid with ``sane_index_shape``), ``legacy=True`` by default and the state-dict keys
-(``embedding.weight``, ``used``) are the reference's (quantizers.md A.2, A.3). The math is the
+For code ported from taming-transformers (Esser et al., arXiv 2012.09841) or CogVideo's ``sat/sgm``
+copy: the constructor, ``forward`` and ``get_codebook_entry`` signatures, the ``(z_q, loss, (None,
+None, indices))`` return, the index shapes ((N,), (N, 1) with remap, the grid with
+``sane_index_shape``), ``legacy=True`` by default and the state-dict keys (``embedding.weight``,
+``used``) are the reference's (README, "Compatibility with the reference modules"). The math is the
 core `VectorQuantizer`'s (`vq_losses`, `straight_through`, `nearest_codes`).
 
 Deliberate differences (README, compatibility section):
@@ -35,7 +35,7 @@ from vqtok.quantizers.vq import straight_through, vq_losses
 
 
 class RemapMixin(nn.Module):
-    """The reference classes' remap surface (quantizers.md A.2) over a
+    """The reference classes' remap surface over a
     `vqtok.quantizers.remap.IndexRemap`: ``remap``, ``remapper``, ``re_embed``, ``unknown_index``,
     ``used``, ``remap_to_used``, ``unmap_to_all``; the table is saved under the reference's
     state-dict key ``used``."""
