@@ -1,4 +1,4 @@
-"""The ``vqtok`` command line (design.md §3): a thin Typer skin over the library.
+"""The ``vqtok`` command line (README, "Command line"): a thin Typer skin over the library.
 
 This module builds the app and registers the commands, one module per group: `vqtok.cli.files`
 (encode, decode, reconstruct), `vqtok.cli.inspect` (info, models, remap build),
