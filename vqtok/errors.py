@@ -8,7 +8,10 @@ caller's terms: where the fix is an argument, ``message`` names the Python argum
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 
 class VqtokError(Exception):
@@ -76,3 +79,13 @@ class MissingDependencyError(VqtokError):
         e.g. ``install("the Ray engine needs Ray Data", "ray")``."""
         return cls(f"{needs}, which is not installed; install it with: "
                    f"pip install 'vqtok[{extra}]'")
+
+    @classmethod
+    def require(cls, modules: Sequence[str], needs: str, extra: str) -> ModuleType:
+        """Import ``modules`` (a package, then the submodules it needs loaded) and return the
+        first; when one is missing, raise `install` (``needs``, ``extra``) instead."""
+        try:
+            loaded = [importlib.import_module(name) for name in modules]
+        except ImportError as e:
+            raise cls.install(needs, extra) from e
+        return loaded[0]

@@ -97,13 +97,10 @@ def _records(manifest: str) -> list[dict[str, Any]]:
 
 
 def _parquet_records(data: bytes) -> list[dict[str, Any]]:
+    pa = MissingDependencyError.require(("pyarrow", "pyarrow.parquet"),
+                                        "Parquet manifests need pyarrow", "data")
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise MissingDependencyError.install("Parquet manifests need pyarrow", "data") from e
-    try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pa.parquet.read_table(pa.BufferReader(data))
     except pa.ArrowException as e:
         raise ValueError(str(e)) from e
     return list(table.to_pylist())

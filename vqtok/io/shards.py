@@ -111,12 +111,8 @@ def sidecar_value(meta: TokenMetadata, field: str) -> Any:
 
 def require_pyarrow() -> ModuleType:
     """pyarrow (with its Parquet module) or a clear error saying how to install it."""
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401 - loads the submodule
-    except ImportError as e:
-        raise MissingDependencyError.install("token datasets need pyarrow", "data") from e
-    return pyarrow
+    return MissingDependencyError.require(("pyarrow", "pyarrow.parquet"),
+                                          "token datasets need pyarrow", "data")
 
 
 def manifest_path(directory: Path) -> Path:

@@ -68,12 +68,9 @@ def require_ray() -> ModuleType:
     Raises:
         MissingDependencyError: Ray (Ray Data) is not installed.
     """
-    try:
-        import ray
-        import ray.data  # noqa: F401 - Ray Data is a separate extra of ray
-    except ImportError as e:
-        raise MissingDependencyError.install("the Ray engine needs Ray Data", "ray") from e
-    return ray
+    # Ray Data is a separate extra of ray
+    return MissingDependencyError.require(("ray", "ray.data"), "the Ray engine needs Ray Data",
+                                          "ray")
 
 
 def clip_rows(clips: Iterable[Clip]) -> list[dict[str, str]]:

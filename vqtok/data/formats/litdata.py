@@ -30,12 +30,8 @@ INDEX = "index.json"
 
 def require() -> ModuleType:
     """litdata, or a one-line error naming the extra."""
-    try:
-        import litdata
-        import litdata.streaming.writer  # noqa: F401 - loads the submodule
-    except ImportError as e:
-        raise MissingDependencyError.install("the litdata format needs litdata", EXTRA) from e
-    return litdata
+    return MissingDependencyError.require(("litdata", "litdata.streaming.writer"),
+                                          "the litdata format needs litdata", EXTRA)
 
 
 storage_dtype = index_dtype  # the smallest unsigned dtype that holds the vocabulary

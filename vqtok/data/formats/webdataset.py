@@ -29,11 +29,8 @@ TOKENS_MEMBER = "tokens.npy"
 
 def require() -> ModuleType:
     """webdataset, or a one-line error naming the extra."""
-    try:
-        import webdataset
-    except ImportError as e:
-        raise MissingDependencyError.install("the webdataset format needs webdataset", EXTRA) from e
-    return webdataset
+    return MissingDependencyError.require(("webdataset",), "the webdataset format needs webdataset",
+                                          EXTRA)
 
 
 storage_dtype = index_dtype  # the smallest unsigned dtype that holds the vocabulary
