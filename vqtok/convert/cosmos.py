@@ -234,10 +234,7 @@ def convert_cosmos(
             or repository name (``Cosmos-0.1-Tokenizer-DV4x8x8``). The weights cannot tell them
             apart.
         legacy_mode: the older decoder upsampling order (8x variants only).
-        dtype: weight dtype to store (float32 default; bfloat16 halves the size).
-        name: model name in config.json (default: the directory name).
-        command: the command line to record in the model card.
-        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
+        dtype, name, command, on_download: as `vqtok.convert.common.ConvertOptions`.
 
     Returns:
         `Conversion`.

@@ -166,10 +166,7 @@ def convert_open_magvit2(
         ckpt: the Lightning checkpoint (a dict with ``state_dict``, or a bare state dict), or
             a Hub repository ``"owner/name[@revision]"`` holding ``video_128_262144.ckpt``.
         out_dir: model directory to write (replaced only if it holds just model files).
-        dtype: weight dtype to store (float32 default; bfloat16 halves the size).
-        name: model name in config.json (default: the directory name).
-        command: the command line to record in the model card.
-        on_download: progress of a Hub download (file name, bytes done, bytes in the file).
+        dtype, name, command, on_download: as `vqtok.convert.common.ConvertOptions`.
 
     Returns:
         `Conversion`.
