@@ -299,16 +299,16 @@ def test_bad_remap_file_fails_once(tmp_path: Path, videos: Path, run) -> None:  
 def test_unexpected_errors_are_one_line_and_do_not_stop_the_run(
     tmp_path: Path, videos: Path, run, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
-    import vqtok.pipeline.batching
+    import vqtok.pipeline.encode
 
-    real = vqtok.pipeline.batching.encode_file
+    real = vqtok.pipeline.encode.encode_file
 
     def flaky(source, *args, **kwargs):  # type: ignore[no-untyped-def]
         if Path(source).name == "a.mp4":
             raise RuntimeError("out of memory")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(vqtok.pipeline.batching, "encode_file", flaky)
+    monkeypatch.setattr(vqtok.pipeline.encode, "encode_file", flaky)
     result = run("encode", videos, "-o", tmp_path / "o", "-m", "tiny-fsq", code=1)
     line = _error_line(result, videos / "a.mp4")
     assert "RuntimeError: out of memory (rerun with --debug" in line

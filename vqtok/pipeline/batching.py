@@ -32,7 +32,7 @@ from vqtok.pipeline.encode import (
     EncodeOptions,
     EncodeResult,
     ProgressFn,
-    encode_file,
+    encode_each,
     finish_indices,
     open_reader,
     prefetch,
@@ -71,7 +71,7 @@ def encode_jobs(
         if job.done:
             continue
         if batch == 1 or tokenizer.model.window is not None:
-            yield from _alone([job], tokenizer, options, progress, on_start)
+            yield from encode_each([job], tokenizer, options, progress, on_start)
             continue
         try:
             reader = open_reader(job.source, tokenizer.model, options)
@@ -86,22 +86,6 @@ def encode_jobs(
         yield from _together(group, tokenizer, options, progress, on_start)
 
 
-def _alone(
-    jobs: list[Job],
-    tokenizer: Tokenizer,
-    options: EncodeOptions,
-    progress: ProgressFn | None,
-    on_start: Callable[[list[Job]], None] | None,
-) -> Iterator[tuple[Job, Outcome]]:
-    for job in jobs:
-        if on_start is not None:
-            on_start([job])
-        try:
-            yield job, encode_file(job.source, job.target, tokenizer, options, progress)
-        except Exception as e:  # every failure is that video's outcome
-            yield job, e
-
-
 def _together(
     group: list[tuple[Job, VideoReader]],
     tokenizer: Tokenizer,
@@ -111,7 +95,7 @@ def _together(
 ) -> Iterator[tuple[Job, Outcome]]:
     jobs = [job for job, _ in group]
     if len(group) == 1:
-        yield from _alone(jobs, tokenizer, options, progress, on_start)
+        yield from encode_each(jobs, tokenizer, options, progress, on_start)
         return
     if on_start is not None:
         on_start(jobs)
@@ -120,7 +104,7 @@ def _together(
         encoded = encode_batch([reader for _, reader in group], tokenizer, options, progress)
     except Exception:  # whatever spoiled the batch
         # one bad video spoils the batch: redo each alone, so each reports for itself
-        yield from _alone(jobs, tokenizer, options, progress, on_start)
+        yield from encode_each(jobs, tokenizer, options, progress, on_start)
         return
     seconds = (time.perf_counter() - start) / len(group)
     for job, item in zip(jobs, encoded, strict=True):

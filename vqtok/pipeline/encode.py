@@ -3,7 +3,8 @@
 This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the way back,
 `vqtok.pipeline.reconstruct` the round trip); they print
 nothing and report progress through a callback (`ProgressFn`: frames done since the last call,
-frames expected), so the CLI (or a notebook) draws it. `vqtok.pipeline.batching` runs many files.
+frames expected), so the CLI (or a notebook) draws it. `encode_each` runs many files one at a
+time, `vqtok.pipeline.batching` several together.
 
 Memory is bounded by the chunk length, not by the video's length: frames are read
 by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps the model) in
@@ -46,6 +47,7 @@ from vqtok.io.tokens import (
     save_tokens,
 )
 from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
+from vqtok.pipeline.plan import Job
 from vqtok.pipeline.remap import RemapPlan
 
 T = TypeVar("T")
@@ -372,3 +374,26 @@ def encode_file(
     written = save_tokens(target, indices, meta, options.format)
     where = source if isinstance(source, ClipSource) else Path(source)
     return EncodeResult(where, written, meta, time.perf_counter() - start, warnings)
+
+
+def encode_each(
+    jobs: Iterable[Job],
+    tokenizer: Tokenizer,
+    options: EncodeOptions = EncodeOptions(),
+    progress: ProgressFn | None = None,
+    on_start: Callable[[list[Job]], None] | None = None,
+) -> Iterator[tuple[Job, EncodeResult | Exception]]:
+    """Encode jobs one at a time with `encode_file`, in order (``--batch 1``; several together:
+    `vqtok.pipeline.batching.encode_jobs`).
+
+    Yields:
+        (job, `EncodeResult` or the exception that stopped it: a `VqtokError` for bad input,
+        anything else for a bug or e.g. running out of memory); ``on_start([job])`` first.
+    """
+    for job in jobs:
+        if on_start is not None:
+            on_start([job])
+        try:
+            yield job, encode_file(job.source, job.target, tokenizer, options, progress)
+        except Exception as e:  # every failure is that video's outcome
+            yield job, e

@@ -44,7 +44,13 @@ from vqtok.io.tokens import (
 from vqtok.io.video import as_fps
 from vqtok.pipeline.batching import encode_jobs
 from vqtok.pipeline.decode import DecodeRecord, DecodeResult, decode_file
-from vqtok.pipeline.encode import DEFAULT_CHUNK, EncodeOptions, EncodeResult, ProgressFn
+from vqtok.pipeline.encode import (
+    DEFAULT_CHUNK,
+    EncodeOptions,
+    EncodeResult,
+    ProgressFn,
+    encode_each,
+)
 from vqtok.pipeline.inputs import needs_sources, plan_clips
 from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
@@ -185,7 +191,10 @@ class EncodeRun:
             return
         if tokenizer is None:
             raise ConfigError("files are left to encode but no model was given")
-        yield from encode_jobs(todo, tokenizer, self.options, self.batch, progress, on_start)
+        if self.batch == 1:
+            yield from encode_each(todo, tokenizer, self.options, progress, on_start)
+        else:
+            yield from encode_jobs(todo, tokenizer, self.options, self.batch, progress, on_start)
 
 
 def encode_files(
