@@ -80,7 +80,7 @@ say ""
 say "### CUDA tests"
 say ""
 # only the files that hold a cuda marker: collecting the whole suite costs CPU time for nothing
-mapfile -t cuda_files < <(grep -l "pytest.mark.cuda" tests/test_*.py)
+mapfile -t cuda_files < <(grep -rl --include="test_*.py" "pytest.mark.cuda" tests | sort)
 run 90 cuda-tests "$PY" -m pytest -m cuda -rs -p no:cacheprovider "${cuda_files[@]}"
 say "- \`pytest -m cuda\` (${#cuda_files[@]} file(s)): $(grep -E '[0-9]+ (passed|failed|skipped|error)' "$WORK/cuda-tests.log" | tail -n 1)"
 [ "$has_cuda" -eq 1 ] || say "- no CUDA: the CUDA tests were skipped"

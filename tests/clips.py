@@ -12,9 +12,9 @@ moov box), `make_corrupted` (a damaged packet mid-stream), `make_audio_only`, `m
 `make_oversized` (a picture too large to read), `make_symlink_loop`; `chmod_unreadable` for
 permission errors. `make_vfr` writes a good clip with a variable frame rate.
 
-Usage from any test module (pytest puts ``tests/`` on ``sys.path``)::
+Usage from any test module (``tests`` is a package; pytest puts the repository on ``sys.path``)::
 
-    from clips import make_clip, make_truncated
+    from tests.clips import make_clip, make_truncated
     path = make_clip(tmp_path / "a.mp4", frames=9, size=(32, 48), fps=8)
 """
 

@@ -1,6 +1,15 @@
 """Fixtures shared by many test files; a file that needs another variant defines its own
 fixture of the same name, which pytest uses instead.
 
+The tests mirror the package: ``tests/<subpackage>/`` tests ``vqtok/<subpackage>/`` (the formats
+of ``vqtok/data`` are tested in ``tests/pipeline/test_formats.py``, beside ``vqtok pack``: the
+folder ``tests/data`` holds the held-out clips), the user-facing checks that run the CLI end to
+end are in ``tests/cli/``, and the top level holds the tests of the top-level modules and of the
+repository as a whole (packaging, shipped models, security, fuzzing). Every folder is a package
+(an ``__init__.py``), so test modules are imported by their full name and helpers as
+``from tests.clips import make_clip`` / ``from tests.tiny import save_tiny_model``; the data they
+read is in ``tests/data``, ``tests/fixtures`` and ``tests/fuzz_corpus``.
+
 - `models`: a folder of model directories holding one tiny model, ``tiny`` (`tiny.py`).
 - `run`: the CLI through Typer's `CliRunner`, with ``VQTOK_MODELS`` set to `models`:
   ``run("encode", clip, "-o", out, code=0)`` checks the exit code and returns the result.
@@ -15,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clips import make_clip
-from tiny import save_tiny_model
 from typer.testing import CliRunner, Result
 
+from tests.clips import make_clip
+from tests.tiny import save_tiny_model
 from vqtok.cli.app import app
 
 

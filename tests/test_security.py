@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from clips import make_clip
 from typer.testing import CliRunner
 
+from tests.clips import make_clip
 from vqtok.cli.app import app
 from vqtok.errors import CheckpointError
 from vqtok.io.model_dirs import resolve_model
