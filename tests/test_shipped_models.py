@@ -1,7 +1,8 @@
 """The pretrained models in models/: loadable, within the size budget, and really trained.
 
 Each shipped directory holds config.json + model.safetensors + README.md (the card) +
-train.json (the exact `vqtok train` config that made it) and the configs of any later stages.
+train.json (the exact `vqtok train` config that made it) and the configs of any later stages;
+the training log beside the card is TRAINING.md (packaged with the model, as every file there).
 """
 
 from __future__ import annotations
