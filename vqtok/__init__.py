@@ -21,6 +21,7 @@ from vqtok.errors import (
 
 if TYPE_CHECKING:
     from vqtok.api import Tokenizer, load
+    from vqtok.families.tiling import Tiling
     from vqtok.io.checkpoint import load_pretrained, save_pretrained
     from vqtok.io.videotensor import read_video, write_video
     from vqtok.pipeline.encode import EncodeOptions
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "vqtok.api",
     "Tokenizer": "vqtok.api",
+    "Tiling": "vqtok.families.tiling",
     "read_video": "vqtok.io.videotensor",
     "write_video": "vqtok.io.videotensor",
     "load_pretrained": "vqtok.io.checkpoint",
@@ -61,6 +63,7 @@ __all__ = [
     "__version__",
     "EncodeOptions",
     "EncodeRun",
+    "Tiling",
     "Tokenizer",
     "encode_files",
     "load",

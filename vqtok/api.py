@@ -34,6 +34,7 @@ from vqtok.clips import check_video, crop_padding
 from vqtok.encode_stream import EncodeStream
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.families.base import TokenizerModel
+from vqtok.families.tiling import Tiling
 from vqtok.io.checkpoint import load_pretrained, read_info, weights_sha256
 from vqtok.io.hub import DownloadFn, parse_hub_ref
 from vqtok.io.model_dirs import resolve_model
@@ -187,7 +188,7 @@ class Tokenizer:
 
     def encode(
         self, video: Tensor, remap: RemapLike | None = None, levels: int | None = None,
-        beam: int | None = None,
+        beam: int | None = None, tiling: Tiling | None = None,
     ) -> Tensor:
         """Video (B, 3, T, H, W) or images (B, 3, H, W) in [-1, 1] -> int64 indices.
 
@@ -205,6 +206,8 @@ class Tokenizer:
                 k * log2(K) bits per position that `decode` takes as it is.
             beam: residual models: search the levels with a beam of this many paths for this
                 call (1: greedy); None: the model's own ``beam_width``.
+            tiling: work one frame at a time in spatial tiles (`vqtok.Tiling`), in memory
+                bounded by the tile, not the frame: the same indices (vqtok family only).
 
         Raises:
             VqtokError: not a float tensor of that shape, or values clearly outside [-1, 1]
@@ -212,6 +215,8 @@ class Tokenizer:
             RemapError: a remap file that does not fit the model, or (LFQ, FSQ: no search to
                 restrict) a code outside its level's used set.
         """
+        if tiling is not None:  # the tiled pass is a stream of one frame at a time
+            return torch.cat(list(self.encode_stream([video], remap, levels, beam, tiling)), 1)
         video = self._prepare(video)
         allowed = self._allowed(remap)
         with self._running(beam):
@@ -250,12 +255,20 @@ class Tokenizer:
             raise ConfigError(f"beam width must be an integer >= 1, got {width!r}")
         return width
 
+    def check_tiling(self, tiling: Tiling) -> Tiling:
+        """``tiling`` if the model can work in spatial tiles, else a `ConfigError`."""
+        if not self.model.tiles:
+            raise ConfigError(f"spatial tiling needs a vqtok-family model; {self.name} is a "
+                              f"{self.family} model (use a smaller --chunk to save memory)")
+        return tiling
+
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:
         """Compact ids (from ``encode(..., remap=...)``) -> full ids that `decode` takes."""
         return self._used_sets(remap).to_full(indices)
 
     def decode(
-        self, indices: Tensor, frames: int | None = None, size: tuple[int, int] | None = None
+        self, indices: Tensor, frames: int | None = None, size: tuple[int, int] | None = None,
+        tiling: Tiling | None = None,
     ) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> float32 video (B, 3, T, H, W) clamped to [-1, 1].
 
@@ -265,7 +278,11 @@ class Tokenizer:
                 every decoded frame.
             size: the (H, W) passed to `encode`, to crop its spatial padding off; None keeps
                 the padded size.
+            tiling: decode one latent frame at a time in spatial tiles (`vqtok.Tiling`): the
+                same frames in memory bounded by the tile (vqtok family only).
         """
+        if tiling is not None:
+            return torch.cat(list(self.decode_stream([indices], frames, size, tiling)), dim=2)
         with self._running():
             video = self.model.decode(indices.to(self.device).long()).float().clamp_(-1.0, 1.0)
         if frames is not None:
@@ -278,7 +295,7 @@ class Tokenizer:
 
     def encode_stream(
         self, chunks: Iterable[Tensor], remap: RemapLike | None = None, levels: int | None = None,
-        beam: int | None = None,
+        beam: int | None = None, tiling: Tiling | None = None,
     ) -> EncodeStream:
         """Encode a long video given as consecutive chunks (B, 3, T_i, H, W), any T_i >= 1.
 
@@ -286,22 +303,25 @@ class Tokenizer:
         dim 1 equals ``encode`` of the whole video (with the same ``remap``, ``levels`` and
         ``beam``), exactly; the end is padded like ``encode`` does. After exhaustion its
         ``frames`` and ``padding`` say how many real frames it read and how many copies of the
-        last one it appended.
+        last one it appended. ``tiling``: as in `encode`.
         """
-        return EncodeStream(self, chunks, self._allowed(remap), levels, beam)
+        return EncodeStream(self, chunks, self._allowed(remap), levels, beam, tiling)
 
     def decode_stream(
         self,
         chunks: Iterable[Tensor],
         frames: int | None = None,
         size: tuple[int, int] | None = None,
+        tiling: Tiling | None = None,
     ) -> Iterator[Tensor]:
         """Decode consecutive index chunks; yields float32 video chunks clamped to [-1, 1].
 
         Their concatenation matches ``decode`` of all indices (within float tolerance),
         trimmed to ``frames`` in total and cropped to ``size`` (H, W) when given.
+        ``tiling``: as in `decode`.
         """
-        inner = self.model.decode_stream(c.to(self.device).long() for c in chunks)
+        tiled = {} if tiling is None else {"tiling": self.check_tiling(tiling)}
+        inner = self.model.decode_stream((c.to(self.device).long() for c in chunks), **tiled)
         emitted = 0
         while frames is None or emitted < frames:
             with self._running():

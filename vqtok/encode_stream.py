@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from vqtok.errors import VqtokError
+from vqtok.families.tiling import Tiling
 
 if TYPE_CHECKING:
     from vqtok.api import Tokenizer
@@ -35,13 +36,16 @@ class EncodeStream(Iterator[Tensor]):
         allowed: Sequence[Tensor] | None = None,
         levels: int | None = None,
         beam: int | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.frames = 0
         self.padding = 0
         self.beam = None if beam is None else tokenizer.check_beam(beam)
         levels = None if levels is None else tokenizer.check_levels(levels)
-        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed, levels)
+        tiled = {} if tiling is None else {"tiling": tokenizer.check_tiling(tiling)}
+        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed, levels,
+                                                    **tiled)
 
     def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
         last = None

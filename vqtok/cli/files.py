@@ -33,9 +33,11 @@ from vqtok.cli.support import (
     DTypeOpt,
     Format,
     JsonOpt,
+    MaxMemoryOpt,
     ModelDirOpt,
     ModelOpt,
     QuietOpt,
+    TileOpt,
     as_usage_error,
     check_runtime,
     download_bar,
@@ -43,6 +45,7 @@ from vqtok.cli.support import (
     err,
     handle_errors,
     load_tokenizer,
+    memory_plan,
     out,
     parse_size,
     plural,
@@ -76,7 +79,7 @@ MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N 
 def _encode_options(
     size: str | None, short_side: int | None, fps: str | None, max_frames: int | None,
     chunk: int, fmt: Format = Format.npy, remap: Path | None = None, strict: bool = False,
-    levels: int | None = None, beam: int | None = None,
+    levels: int | None = None, beam: int | None = None, memory: Any = None,
 ) -> Any:
     from vqtok.io.video import as_fps
     from vqtok.pipeline.encode import EncodeOptions
@@ -87,9 +90,8 @@ def _encode_options(
     rate: Fraction | None = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
     if levels is not None and remap is not None:
         raise usage_error("--levels", "cannot be combined with --remap yet; encode all levels")
-    return EncodeOptions(
-        parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict, levels, beam
-    )
+    return EncodeOptions(parsed, short_side, rate, max_frames, chunk, fmt.value, remap, strict,
+                         levels, beam, *([] if memory is None else [memory]))
 
 
 def encode(
@@ -112,6 +114,8 @@ def encode(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     chunk: ChunkOpt = 16,
+    tile: TileOpt = "auto",
+    max_memory: MaxMemoryOpt = None,
     batch: Annotated[
         int, typer.Option(min=1, help="Encode up to N videos of the same size together.")
     ] = 1,
@@ -142,7 +146,7 @@ def encode(
     check_ray_flags(engine, address, workers, gpus_per_worker, shard, format)
     fmt = _index_format(output, format)
     options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels,
-                              beam)
+                              beam, memory_plan(tile, max_memory, output))
     with handle_errors(debug):
         if engine is Engine.ray:  # a token dataset, written by a Ray cluster's workers
             encode_on_ray(inputs, output, model=model, model_dirs=model_dir, options=options,
@@ -200,6 +204,8 @@ def decode(
     fps: FpsOpt = None,
     remap: Annotated[Path | None, typer.Option(help="The remap file of remapped indices.")] = None,
     chunk: ChunkOpt = 16,
+    tile: TileOpt = "auto",
+    max_memory: MaxMemoryOpt = None,
     force: Annotated[bool, Flag("--force", help="Decode despite a model hash mismatch.")] = False,
     overwrite: Annotated[bool, Flag("--overwrite", help="Replace existing videos.")] = False,
     as_json: JsonOpt = False,
@@ -216,10 +222,12 @@ def decode(
     from vqtok.pipeline.decode_rows import plan_decode
 
     rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
+    memory = memory_plan(tile, max_memory, output)
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
         run = plan_decode(codes, key, output, model=model, model_dirs=model_dir or [], fps=rate,
-                          remap=remap, force=force, chunk=chunk, overwrite=overwrite,
+                          remap=remap, force=force, chunk=chunk, memory=memory,
+                          overwrite=overwrite,
                           shard=shard_option(shard))
         outcomes = run_jobs(
             run.jobs,
@@ -254,6 +262,8 @@ def reconstruct(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     chunk: ChunkOpt = 16,
+    tile: TileOpt = "auto",
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -262,7 +272,8 @@ def reconstruct(
     from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_file_output
     from vqtok.pipeline.reconstruct import reconstruct_file
 
-    options = _encode_options(size, short_side, fps, max_frames, chunk)
+    options = _encode_options(size, short_side, fps, max_frames, chunk,
+                              memory=memory_plan(tile, max_memory, output))
     with handle_errors(debug):
         if output is not None:  # before the model is loaded: fail before any work
             check_file_output(output, VIDEO_SUFFIXES, "a video")

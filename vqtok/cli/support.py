@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import signal
 import warnings
@@ -81,6 +82,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or warnings.")]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Frames per streaming step (bounds memory).")]
 DTypeOpt = Annotated[DType | None, typer.Option(help="Compute dtype (default fp32).")]
+TileOpt = Annotated[str, typer.Option(
+    metavar="auto|off|HxW", help="Work in spatial tiles of HxW pixels: the same result in less "
+    "memory, slower (vqtok models). auto: only when --max-memory would not suffice.")]
+MaxMemoryOpt = Annotated[float | None, typer.Option(
+    min=0.1, metavar="GB", help="Memory budget that --tile auto keeps to (default: half the "
+    "machine's memory).")]
+
+
+def memory_plan(tile: str, max_memory: float | None, output: str | Path | None) -> Any:
+    """``--tile`` / ``--max-memory`` -> a `vqtok.pipeline.memory.MemoryPlan`; carried frames
+    spill beside ``output`` when it is a local path (else into the temporary folder)."""
+    from vqtok.pipeline.memory import MemoryPlan, parse_tile
+
+    folder = None
+    if output is not None and "://" not in str(output):
+        folder = Path(output) if str(output).endswith(("/", os.sep)) else Path(output).parent
+    spill = str(folder) if folder is not None and folder.is_dir() else None
+    return MemoryPlan(as_usage_error(lambda: parse_tile(tile), "--tile"), max_memory, spill)
 
 
 def plural(count: int, noun: str) -> str:

@@ -38,6 +38,8 @@ class TokenizerModel(nn.Module):
         family: its name in `FAMILIES`.
         config_class: a frozen dataclass with ``from_dict`` (rejects unknown keys, raises
             `ConfigError`) and ``to_dict``.
+        tiles: whether ``encode_stream`` / ``decode_stream`` take ``tiling=`` (spatial tiles,
+            `vqtok.families.tiling`).
 
     Instance attributes:
         config: the config it was built from.
@@ -50,6 +52,7 @@ class TokenizerModel(nn.Module):
 
     family: ClassVar[str]
     config_class: ClassVar[Any]
+    tiles: ClassVar[bool] = False
 
     config: Any
     quantizer: Quantizer

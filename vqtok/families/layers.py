@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError
+from vqtok.families.tiling import Part, StreamState, conv3d_tiled, time_tail
 
 __all__ = [
     "CausalConv3d",
@@ -41,29 +42,6 @@ __all__ = [
     "swish",
     "zero_init",
 ]
-
-
-class StreamState:
-    """What the causal blocks of one model carry between the chunks of one stream.
-
-    Create one per stream (one video), pass the same object to every chunk's forward, and drop
-    it afterwards. Entries are keyed by module identity; a missing entry means "the stream has
-    not reached this module yet".
-    """
-
-    def __init__(self) -> None:
-        self._carry: dict[int, Tensor] = {}
-
-    def take(self, module: nn.Module) -> Tensor | None:
-        """Remove and return ``module``'s carried tensor (None at stream start)."""
-        return self._carry.pop(id(module), None)
-
-    def put(self, module: nn.Module, value: Tensor) -> None:
-        """Store ``value`` for ``module``'s next chunk."""
-        self._carry[id(module)] = value
-
-    def started(self, module: nn.Module) -> bool:
-        return id(module) in self._carry
 
 
 def swish(x: Tensor) -> Tensor:
@@ -181,8 +159,11 @@ class CausalConv3d(nn.Module):
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         """Convolve one clip (``state=None``) or the next chunk of a stream."""
+        if state is not None and state.tiling is not None:
+            return self.forward_tiled(x, state)
         kt, st = self.kernel[0], self.stride[0]
         carry = None if state is None else state.take(self)
+        assert carry is None or isinstance(carry, Tensor)
         if carry is None:
             if x.shape[2] == 0:  # the stream has not reached this layer yet
                 return self._empty_output(x)
@@ -199,9 +180,37 @@ class CausalConv3d(nn.Module):
         x = x[:, :, : (n_out - 1) * st + kt]
         return conv3d(x, self.weight, self.bias, self.stride, self.padding)
 
-    def _empty_output(self, x: Tensor) -> Tensor:
-        h = (x.shape[3] - 1) // self.stride[1] + 1
-        w = (x.shape[4] - 1) // self.stride[2] + 1
+    def forward_tiled(self, x: Tensor, state: StreamState, upsample: int = 1) -> Tensor:
+        """The next chunk of a tiled stream (`vqtok.families.tiling`); ``x`` is enlarged
+        ``upsample``-fold (nearest) on the fly, so the carried frames stay small."""
+        kt, st = self.kernel[0], self.stride[0]
+        carry = state.take(self)
+        if carry is None:
+            if x.shape[2] == 0:
+                return self._empty_output(x, upsample)
+            parts: list[Part] = [self._front_pad_view(x), x]
+        else:
+            assert isinstance(carry, list)
+            parts = [*carry, x]
+        frames = sum(part.shape[2] for part in parts)
+        n_out = (frames - kt) // st + 1 if frames >= kt else 0
+        assert state.tiling is not None
+        state.put(self, time_tail(parts, n_out * st, state.tiling.spill_dir))
+        if n_out == 0:
+            return self._empty_output(x, upsample)
+        w_out = (x.shape[4] * upsample - 1) // self.stride[2] + 1
+        return conv3d_tiled(parts, (n_out - 1) * st + kt, self, state.tile_at(w_out), upsample)
+
+    def _front_pad_view(self, x: Tensor) -> Tensor:
+        """The ``kt - 1`` causal padding frames alone, a view where possible."""
+        n = self.kernel[0] - 1
+        if self.temporal_pad == "replicate":
+            return x[:, :, :1].expand(-1, -1, n, -1, -1)
+        return x.new_zeros(x.shape[0], x.shape[1], n, *x.shape[3:])
+
+    def _empty_output(self, x: Tensor, upsample: int = 1) -> Tensor:
+        h = (x.shape[3] * upsample - 1) // self.stride[1] + 1
+        w = (x.shape[4] * upsample - 1) // self.stride[2] + 1
         return x.new_zeros(x.shape[0], self.out_channels, 0, h, w)
 
 
@@ -232,14 +241,22 @@ class FrameGroupNorm(nn.GroupNorm):
         out = rearrange(self._norm_frames(x), "(b t) c h w -> b c t h w", b=x.shape[0])
         return out.contiguous()
 
-    def swish(self, x: Tensor) -> Tensor:
+    def swish(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         """``swish(self(x))``; for float32 CPU inference in two fewer passes over the activations.
 
         On that path `swish` runs in float64, so the transpose back to (B, C, T, H, W) and the
-        rounding to float32 share one copy. Shapes: (B, C, T, H, W) -> same.
+        rounding to float32 share one copy; in a tiled stream (``state.tiling``) it runs band
+        by band in place, with the same values. Shapes: (B, C, T, H, W) -> same.
         """
         if not _exact_cpu_path(x) or x.ndim != 5 or x.shape[2] == 0:
             return swish(self(x))
+        if state is not None and state.tiling is not None:
+            normed = self._norm_frames(x)  # (B·T, C, H, W), the only whole-frame copy
+            rows = state.tile_at(x.shape[4])[0]
+            for r0 in range(0, normed.shape[2], rows):
+                band = normed[:, :, r0 : r0 + rows]
+                band.copy_(F.silu(band.double()))  # rounds to float32 like .to(float32)
+            return rearrange(normed, "(b t) c h w -> b c t h w", b=x.shape[0]).contiguous()
         out = F.silu(self._norm_frames(x).double(), inplace=True)
         out = rearrange(out, "(b t) c h w -> b c t h w", b=x.shape[0])
         return out.to(torch.float32, memory_format=torch.contiguous_format)
@@ -278,8 +295,8 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
-        h = self.conv1(self.norm1.swish(x), state)
-        h = self.conv2(self.norm2.swish(h), state)
+        h = self.conv1(self.norm1.swish(x, state), state)
+        h = self.conv2(self.norm2.swish(h, state), state)
         skip = x if self.skip is None else self.skip(x, state)
         return skip + h
 
@@ -323,6 +340,8 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3, temporal_pad=temporal_pad)
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        if state is not None and state.tiling is not None:
+            return self.enlarge(self.repeat_time(x, state), state)
         if self.temporal and x.shape[2] > 0:
             x = x.repeat_interleave(2, dim=2)  # (B, C, T, H, W) -> (B, C, 2T, H, W)
             first_chunk = state is None or not state.started(self)
@@ -336,6 +355,19 @@ class Upsample(nn.Module):
             x = x[:, :, :, :, None, :, None].expand(b, c, t, h, 2, w, 2)
             x = x.reshape(b, c, t, 2 * h, 2 * w)
         return self.conv(x, state)
+
+    def repeat_time(self, x: Tensor, state: StreamState) -> Tensor:
+        """Tiled streams, step 1: the temporal repeat alone (low resolution, cheap)."""
+        if self.temporal and x.shape[2] > 0:
+            x = x.repeat_interleave(2, dim=2)
+            if not state.started(self):
+                x = x[:, :, 1:]
+            state.put(self, x.new_empty(0))
+        return x
+
+    def enlarge(self, x: Tensor, state: StreamState) -> Tensor:
+        """Tiled streams, step 2: the spatial doubling and the convolution, tile by tile."""
+        return self.conv.forward_tiled(x, state, upsample=2 if self.spatial else 1)
 
 
 class LatentNorm(nn.LayerNorm):

@@ -42,6 +42,7 @@ from vqtok.families.shortcut import (
     PoolShortcut,
     UnpoolShortcut,
 )
+from vqtok.families.tiling import Tiling
 from vqtok.families.vqtok_config import TokenizerConfig
 from vqtok.quantizers import build_quantizer
 from vqtok.quantizers.base import QuantizerOutput
@@ -78,6 +79,11 @@ class Encoder(nn.Module):
             self.shortcut = PoolShortcut(*sizes)
 
     def forward(self, video: Tensor, state: StreamState | None = None) -> Tensor:
+        if state is not None and state.tiling is not None:
+            state.video_width = video.shape[4]
+            if video.shape[2] > 1:  # tiled: one frame at a time through every layer
+                return torch.cat([self(video[:, :, j : j + 1], state)
+                                  for j in range(video.shape[2])], dim=2)
         p = self.patch_size
         # space-to-depth: (B, 3, T, H, W) -> (B, 3*p*p, T, H/p, W/p)
         h = self.conv_in(
@@ -86,7 +92,7 @@ class Encoder(nn.Module):
         for block in self.blocks:
             h = block(h, state)
         h = self.mid(h, state)
-        z = self.conv_out(self.norm_out.swish(h), state)
+        z = self.conv_out(self.norm_out.swish(h, state), state)
         return z if self.shortcut is None else z + self.shortcut(video, state)
 
 
@@ -127,17 +133,42 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """``levels``: how many residual levels made ``codes`` (None: all); it picks the
         deblocking strength."""
+        tiled = state is not None and state.tiling is not None
+        if tiled:
+            assert state is not None
+            state.video_width = codes.shape[4] * self.spatial_factor
         h = self.mid(self.conv_in(codes, state), state)
-        for block in self.blocks:
-            h = block(h, state)
-        out = self.conv_out(self.norm_out.swish(h), state)
+        out = self._blocks_from(0, h, state) if tiled else self._blocks(h, state)
         p = self.patch_size
         # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
         video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
         if self.shortcut is not None:
             video = video + self.shortcut(codes, state)
         strength = self.deblock[-1 if levels is None else min(levels, len(self.deblock)) - 1]
+        if tiled:  # frame by frame: deblocking copies its input a few times
+            return torch.cat([deblock(video[:, :, j : j + 1], strength, self.spatial_factor)
+                              for j in range(video.shape[2])], dim=2)
         return deblock(video, strength, self.spatial_factor)
+
+    def _blocks(self, h: Tensor, state: StreamState | None) -> Tensor:
+        """The blocks after ``mid``, then the output conv: (B, top, t, h, w) -> (B, 3pp, T, H/p,
+        W/p)."""
+        for block in self.blocks:
+            h = block(h, state)
+        return self.conv_out(self.norm_out.swish(h), state)
+
+    def _blocks_from(self, start: int, h: Tensor, state: StreamState) -> Tensor:
+        """`_blocks` from block ``start`` on, in a tiled stream: after a temporal upsampling
+        each of its frames goes through the rest alone, so one frame is alive per layer."""
+        for i in range(start, len(self.blocks)):
+            block = self.blocks[i]
+            if isinstance(block, Upsample):
+                frames = block.repeat_time(h, state)
+                return torch.cat([self._blocks_from(i + 1, block.enlarge(frames[:, :, j : j + 1],
+                                                                         state), state)
+                                  for j in range(frames.shape[2])], dim=2)
+            h = block(h, state)
+        return self.conv_out(self.norm_out.swish(h, state), state)
 
 
 class VideoTokenizer(TokenizerModel):
@@ -155,6 +186,7 @@ class VideoTokenizer(TokenizerModel):
 
     family: ClassVar[str] = "vqtok"
     config_class: ClassVar[Any] = TokenizerConfig
+    tiles: ClassVar[bool] = True
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
@@ -265,7 +297,7 @@ class VideoTokenizer(TokenizerModel):
 
     def encode_stream(
         self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
-        levels: int | None = None,
+        levels: int | None = None, tiling: Tiling | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1.
 
@@ -273,22 +305,28 @@ class VideoTokenizer(TokenizerModel):
         that completes none yields nothing); their concatenation along dim 1 equals
         ``encode`` of the whole video (with the same ``allowed``). Frames after the last
         complete 1 + k*tau are dropped, so pad the video first
-        (`vqtok.Tokenizer.encode_stream` does).
+        (`vqtok.Tokenizer.encode_stream` does). With ``tiling``, frames are processed one at
+        a time in spatial tiles (`vqtok.families.tiling`): the same indices, bounded memory.
         """
-        state = StreamState()
+        state = StreamState(tiling)
         for chunk in chunks:
             z = self._latents(self._as_video(chunk), state)
             if z.shape[2]:
                 yield self.indices_of(z, allowed, levels)
 
-    def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+    def decode_stream(
+        self, chunks: Iterable[Tensor], tiling: Tiling | None = None
+    ) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w[, L]) of one video.
 
         Yields video chunks: 1 + (t_1 - 1)*tau frames for the first, t_i*tau after; their
-        concatenation matches ``decode`` of all indices within float tolerance.
+        concatenation matches ``decode`` of all indices within float tolerance. With
+        ``tiling``, one latent frame at a time in spatial tiles, the same frames as an untiled
+        stream of one latent frame per chunk.
         """
-        state = StreamState()
+        state = StreamState(tiling)
         for chunk in chunks:
-            if chunk.shape[1] == 0:
-                continue
-            yield self.decoder(self._codes(chunk), state, self._levels_in(chunk))
+            pieces = chunk.split(1, dim=1) if tiling is not None else [chunk]
+            for piece in pieces:
+                if piece.shape[1]:
+                    yield self.decoder(self._codes(piece), state, self._levels_in(piece))

@@ -144,8 +144,10 @@ def encode_batch(
     try:
         steps = _lockstep(streams, counts, tokenizer.device, progress, expected)
         search = None if plan is None else plan.search
+        tiling = options.memory.tiling_for(model, *readers[0].size, options.chunk,
+                                           batch=len(readers))
         encoded = tokenizer.encode_stream(steps, remap=search, levels=options.levels,
-                                          beam=options.beam)
+                                          beam=options.beam, tiling=tiling)
         pieces = [piece.cpu() for piece in encoded]
     finally:
         for stream in streams:

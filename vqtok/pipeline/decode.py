@@ -31,6 +31,7 @@ from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_token
 from vqtok.io.video import as_fps, read_comment
 from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
+from vqtok.pipeline.memory import MemoryPlan
 from vqtok.pipeline.remap import load_remap_for
 
 __all__ = [
@@ -147,10 +148,11 @@ def decode_frames(
     meta: TokenMetadata,
     tokenizer: Tokenizer,
     chunk: int = DEFAULT_CHUNK,
+    memory: MemoryPlan = MemoryPlan(),
 ) -> Iterator[np.ndarray]:
     """Stream decoded uint8 frames (T_i, H, W, 3) of full-codebook indices, trimmed to
     ``meta.encoded.frames`` and cropped to ``meta.encoded.size`` (the temporal and spatial
-    padding added at encode time is dropped).
+    padding added at encode time is dropped); in spatial tiles where ``memory`` says so.
 
     Raises:
         TokenFileError: the model decodes to a size other than the recorded one.
@@ -164,7 +166,10 @@ def decode_frames(
         )
     latent_chunk = max(1, chunk // tokenizer.model.temporal_factor)
     chunks = _index_chunks(torch.as_tensor(indices), latent_chunk, tokenizer.device)
-    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames, size=(height, width)):
+    tiling = memory.tiling_for(tokenizer.model, height + pad_h, width + pad_w, latent_chunk,
+                               decode=True)
+    for video in tokenizer.decode_stream(chunks, frames=meta.encoded.frames, size=(height, width),
+                                         tiling=tiling):
         frames = video_to_frames(video)
         if frames.shape[1:3] != tuple(meta.encoded.size):
             raise TokenFileError(
@@ -184,6 +189,7 @@ def decode_file(
     remap: str | Path | None = None,
     force: bool = False,
     chunk: int = DEFAULT_CHUNK,
+    memory: MemoryPlan = MemoryPlan(),
     progress: ProgressFn | None = None,
 ) -> DecodeResult:
     """Decode an index file into an MP4 (H.264), atomically.
@@ -196,6 +202,7 @@ def decode_file(
         remap: the remap file of remapped indices (checked against the recorded SHA-256).
         force: decode even if the model's weights hash differs from the recorded one.
         chunk: frames per streaming step.
+        memory: ``--tile`` / ``--max-memory``: when to decode in spatial tiles (same frames).
         progress: called with frames written since the last call.
 
     Returns:
@@ -208,7 +215,7 @@ def decode_file(
     indices, meta = load_tokens(source)
     return decode_indices(indices, meta, target, tokenizer, source=source,
                           record_sha256=index_sha256(source), fps=fps, remap=remap, force=force,
-                          chunk=chunk, progress=progress)
+                          chunk=chunk, memory=memory, progress=progress)
 
 
 def decode_indices(
@@ -223,6 +230,7 @@ def decode_indices(
     remap: str | Path | None = None,
     force: bool = False,
     chunk: int = DEFAULT_CHUNK,
+    memory: MemoryPlan = MemoryPlan(),
     progress: ProgressFn | None = None,
 ) -> DecodeResult:
     """Decode indices held in memory (an index file's, a dataset row's) into a video, as
@@ -246,7 +254,7 @@ def decode_indices(
     height, width = meta.encoded.size
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(target, rate, width, height, comment=record.to_text()) as writer:
-        for frames in decode_frames(full, meta, tokenizer, chunk):
+        for frames in decode_frames(full, meta, tokenizer, chunk, memory):
             writer.write(frames)
             if progress is not None:
                 progress(len(frames), meta.encoded.frames)

@@ -89,7 +89,8 @@ class RowDecodeRun(DecodeRun):
         return decode_indices(
             indices, meta, job.target, model_for(self.model or meta.model),
             source=str(job.source), record_sha256=row_sha256(indices, meta), fps=self.fps,
-            remap=self.remap, force=self.force, chunk=self.chunk, progress=progress)
+            remap=self.remap, force=self.force, chunk=self.chunk, memory=self.memory,
+            progress=progress)
 
 
 def plan_decode(codes: Sequence[str | Path], key: str | None, output: str | Path, *,

@@ -1,16 +1,16 @@
 """Encoding one file: a video file -> an index file (`encode_file`), or indices in memory.
 
 This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the way back,
-`vqtok.pipeline.reconstruct` the round trip); they print
-nothing and report progress through a callback (`ProgressFn`: frames done since the last call,
-frames expected), so the CLI (or a notebook) draws it. `encode_each` runs many files one at a
-time, `vqtok.pipeline.batching` several together.
+`vqtok.pipeline.reconstruct` the round trip); they print nothing and report progress through a
+callback (`ProgressFn`: frames done since the last call, frames expected), so the CLI draws it.
+`encode_each` runs many files one at a time, `vqtok.pipeline.batching` several together.
 
 Memory is bounded by the chunk length, not by the video's length: frames are read
 by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps the model) in
 windows of ``chunk`` frames, and flow through the tokenizer's streaming ``encode_stream`` /
 ``decode_stream``, which carry the causal convolutions' state from chunk to chunk. Only the
-index grid (tau * f^2 times smaller than the pixels) is kept whole.
+index grid (tau * f^2 times smaller than the pixels) is kept whole. Large frames are worked in
+spatial tiles when an untiled pass would exceed the memory budget (`vqtok.pipeline.memory`).
 
 The causal temporal convention: a clip of 1 + k*tau frames gives 1 + k latent frames. Other
 lengths are padded by repeating the last frame (for window-based families, the last window is
@@ -47,6 +47,7 @@ from vqtok.io.tokens import (
     save_tokens,
 )
 from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
+from vqtok.pipeline.memory import MemoryPlan
 from vqtok.pipeline.plan import Job
 from vqtok.pipeline.remap import RemapPlan
 
@@ -74,6 +75,7 @@ class EncodeOptions:
         levels: residual models: keep the first k levels (``--levels``); None keeps all.
         beam: residual models: search the levels with a beam of this many paths (``--beam``;
             1 is greedy); None keeps the model's own search.
+        memory: ``--tile`` / ``--max-memory``: when to work in spatial tiles (same indices).
     """
 
     size: tuple[int, int] | None = None
@@ -86,6 +88,7 @@ class EncodeOptions:
     strict: bool = False
     levels: int | None = None
     beam: int | None = None
+    memory: MemoryPlan = MemoryPlan()
 
     def settings(self) -> EncodeSettings:
         """What an index file records of these options (a resumed run compares them)."""
@@ -179,15 +182,11 @@ def open_reader(source: Source, model: Any, options: EncodeOptions) -> VideoRead
     Raises:
         ConfigError: frames smaller than one latent cell (the model's spatial factor).
     """
-    reader = VideoReader(
-        source,
-        size=options.size,
-        short_side=options.short_side,
-        fps=options.fps,
-        max_frames=options.max_frames,
-        window=options.chunk,
-    )
+    reader = VideoReader(source, size=options.size, short_side=options.short_side,
+                         fps=options.fps, max_frames=options.max_frames, window=options.chunk)
     check_frame_size(reader.size, model, source)
+    if options.memory.tiling_for(model, *reader.size, options.chunk) is not None:
+        reader.window = min(options.chunk, model.temporal_factor)  # tiled: a frame at a time
     return reader
 
 
@@ -275,7 +274,8 @@ def encode_windows(
     chunks = _video_chunks(windows, tokenizer.device, progress, reader.expected_frames)
     stream = tokenizer.encode_stream(
         chunks, remap=None if plan is None else plan.search, levels=options.levels,
-        beam=options.beam,
+        beam=options.beam, tiling=options.memory.tiling_for(tokenizer.model, *reader.size,
+                                                            options.chunk),
     )
     pieces = [piece.cpu() for piece in stream]
     if not pieces:

@@ -52,6 +52,7 @@ from vqtok.pipeline.encode import (
     encode_each,
 )
 from vqtok.pipeline.inputs import needs_sources, plan_clips
+from vqtok.pipeline.memory import MemoryPlan
 from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
 from vqtok.pipeline.remap import RemapPlan
@@ -255,6 +256,7 @@ class DecodeRun:
         remap: the remap file of remapped indices.
         force: decode despite a model hash mismatch.
         chunk: frames per streaming step.
+        memory: when to decode in spatial tiles (`vqtok.pipeline.memory`).
     """
 
     jobs: list[Job]
@@ -264,6 +266,7 @@ class DecodeRun:
     remap: Path | None = None
     force: bool = False
     chunk: int = DEFAULT_CHUNK
+    memory: MemoryPlan = MemoryPlan()
 
     @classmethod
     def plan(
@@ -349,7 +352,8 @@ class DecodeRun:
         """Decode one job's index file with the model it names (or ``model``)."""
         tokenizer = model_for(self.model or load_metadata(job.path).model)
         return decode_file(job.path, job.target, tokenizer, fps=self.fps, remap=self.remap,
-                           force=self.force, chunk=self.chunk, progress=progress)
+                           force=self.force, chunk=self.chunk, memory=self.memory,
+                           progress=progress)
 
 
 def decode_files(

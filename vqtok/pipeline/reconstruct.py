@@ -102,7 +102,7 @@ def reconstruct_file(
         height, width = meta.encoded.size
         writer = VideoWriter(target, as_fps(meta.encoded.fps), width * (1 + side_by_side), height)
     try:
-        decoded = decode_frames(indices, meta, tokenizer, options.chunk)
+        decoded = decode_frames(indices, meta, tokenizer, options.chunk, options.memory)
         per_psnr, per_ssim = _compare(reader, decoded, writer, side_by_side, half,
                                       meta.encoded.frames)
     except BaseException:

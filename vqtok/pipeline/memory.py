@@ -1,0 +1,147 @@
+"""How much memory an encode or decode needs, and the tiling that keeps it under a budget.
+
+``--tile auto`` (the default) estimates the peak memory of an untiled pass from the model and the
+frame size, and works in spatial tiles (`vqtok.families.tiling`) only when that estimate exceeds
+``--max-memory`` (default: half the machine's memory): tiles give the same indices and frames,
+but cost time. When tiled, carried frames go to disk if they would take more than a quarter of
+the budget.
+
+The estimate runs the model once on a tiny frame (two latent cells square) and records, per
+layer, the bytes of its input and output and the frames a causal convolution carries; all of
+them grow with the frame's area. Peak = the carried frames + `ACTIVATION_FACTOR` x the largest
+layer's input and output + the process's baseline (`BASELINE_BYTES`, torch and the weights).
+The factor is calibrated against measured peak RSS (``benchmarks/tiling.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from vqtok.errors import ConfigError
+from vqtok.families.base import TokenizerModel
+from vqtok.families.layers import CausalConv3d, StreamState
+from vqtok.families.tiling import Tiling
+
+__all__ = ["MemoryPlan", "estimate_bytes", "machine_memory", "parse_tile"]
+
+GB = 1 << 30
+# measured / estimated on vqtok-ema-video at 720p and 1080p (benchmarks/RESULTS.md, tiling)
+ACTIVATION_FACTOR = 5.0
+BASELINE_BYTES = 400 << 20
+DEFAULT_TILE = (512, 512)
+
+
+def parse_tile(text: str) -> tuple[int, int] | None | str:
+    """``"auto"`` -> "auto", ``"off"`` -> None, ``"HxW"`` -> (H, W) in pixels (each >= 16).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    text = text.strip().lower()
+    if text in ("auto", "off"):
+        return "auto" if text == "auto" else None
+    height, sep, width = text.partition("x")
+    if not (sep and height.isdigit() and width.isdigit()):
+        raise ConfigError(f"a tile is auto, off or HEIGHTxWIDTH in pixels (e.g. 512x512), "
+                          f"got {text!r}")
+    tiling = Tiling(int(height), int(width))  # checks the size
+    return tiling.height, tiling.width
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (8 GB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * GB
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """``--tile`` and ``--max-memory``: when to work in spatial tiles.
+
+    Attributes:
+        tile: "auto" (tile when an untiled pass would exceed ``max_memory``), None (never), or
+            (H, W) tile size in pixels (always).
+        max_memory: the budget in GB; None: half the machine's memory.
+        spill_dir: a folder for carried frames that would take over a quarter of the budget
+            (None: the system's temporary folder).
+    """
+
+    tile: tuple[int, int] | None | str = "auto"
+    max_memory: float | None = None
+    spill_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None and not self.max_memory > 0:
+            raise ConfigError(f"--max-memory must be > 0 GB, got {self.max_memory}")
+
+    @property
+    def budget(self) -> int:
+        """The memory budget in bytes."""
+        if self.max_memory is None:
+            return machine_memory() // 2
+        return int(self.max_memory * GB)
+
+    def tiling_for(
+        self, model: TokenizerModel, height: int, width: int, steps: int, decode: bool = False,
+        batch: int = 1,
+    ) -> Tiling | None:
+        """The tiling for ``batch`` videos of (``height``, ``width``) frames streamed ``steps``
+        frames (encode) or latent frames (decode) at a time; None to work on whole frames."""
+        if self.tile is None or not model.tiles:
+            return None
+        f = model.spatial_factor
+        carried, active = estimate_bytes(model, -(-height // f) * f, -(-width // f) * f, steps,
+                                         decode)
+        carried, active = carried * batch, active * batch
+        if self.tile == "auto":
+            if BASELINE_BYTES + carried + ACTIVATION_FACTOR * active <= self.budget:
+                return None
+            tile = DEFAULT_TILE
+        else:
+            assert isinstance(self.tile, tuple)
+            tile = self.tile
+        if carried <= self.budget // 4:
+            return Tiling(*tile)
+        folder = self.spill_dir  # (a Ray worker may not have the driver's folder)
+        return Tiling(*tile, spill_dir=folder if folder and os.path.isdir(folder)
+                      else tempfile.gettempdir())
+
+
+def estimate_bytes(
+    model: TokenizerModel, height: int, width: int, steps: int, decode: bool = False
+) -> tuple[int, int]:
+    """(carried, largest layer's input + output) bytes of an untiled streaming pass over
+    frames of (``height``, ``width``) (multiples of the spatial factor), ``steps`` frames (or
+    latent frames) per step, batch 1, float32."""
+    side = 2 * model.spatial_factor
+    carried, largest = 0, 0
+
+    def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal carried, largest
+        x = inputs[0]
+        largest = max(largest, (x.numel() + output.numel()) * 4)
+        if isinstance(module, CausalConv3d) and x.shape[2]:
+            carried += (module.kernel[0] - 1) * x[:, :, :1].numel() * 4
+
+    net = model.decoder if decode else model.encoder
+    hooks = [m.register_forward_hook(record) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            if decode:
+                grid = torch.zeros(1, steps, 2, 2, *([model.quantizer.num_codebooks]
+                                                    if model.quantizer.num_codebooks > 1 else []),
+                                   dtype=torch.long)
+                model.decoder(model._codes(grid), StreamState())
+            else:
+                model.encoder(torch.zeros(1, 3, steps, side, side), StreamState())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scale = height * width / (side * side)
+    return int(carried * scale), int(largest * scale)
