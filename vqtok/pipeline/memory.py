@@ -8,9 +8,12 @@ the budget.
 
 The estimate runs the model once on a tiny frame (two latent cells square) and records, per
 layer, the bytes of its input and output and the frames a causal convolution carries; all of
-them grow with the frame's area. Peak = the carried frames + `ACTIVATION_FACTOR` x the largest
-layer's input and output + the process's baseline (`BASELINE_BYTES`, torch and the weights).
-The factor is calibrated against measured peak RSS (``benchmarks/tiling.py``).
+them grow with the frame's area. Peak = `CARRY_FACTOR` x the carried frames +
+`ACTIVATION_FACTOR` x the largest layer's input and output + the process's baseline
+(`BASELINE_BYTES`: Python, torch, the weights). The factors bound the peak RSS measured on
+vqtok-ema-video at 1080p (encode with 4 and 16 frames per step: 4.1 / 7.9 GB, estimated 5.3 /
+9.1; decode with 1 and 4 latent frames: 5.5 / 9.5 GB, estimated 5.9 / 13.5): an estimate errs
+on the side of tiling.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from vqtok.families.base import TokenizerModel
 from vqtok.families.layers import CausalConv3d, StreamState
 from vqtok.families.tiling import Tiling
 
-__all__ = ["MemoryPlan", "estimate_bytes", "machine_memory", "parse_tile"]
+__all__ = ["MemoryPlan", "estimate_bytes", "machine_memory", "parse_tile", "peak_bytes"]
 
 GB = 1 << 30
-# measured / estimated on vqtok-ema-video at 720p and 1080p (benchmarks/RESULTS.md, tiling)
-ACTIVATION_FACTOR = 5.0
-BASELINE_BYTES = 400 << 20
+CARRY_FACTOR = 3.0
+ACTIVATION_FACTOR = 2.5
+BASELINE_BYTES = 300 << 20
 DEFAULT_TILE = (512, 512)
 
 
@@ -100,7 +103,7 @@ class MemoryPlan:
                                          decode)
         carried, active = carried * batch, active * batch
         if self.tile == "auto":
-            if BASELINE_BYTES + carried + ACTIVATION_FACTOR * active <= self.budget:
+            if peak_bytes(carried, active) <= self.budget:
                 return None
             tile = DEFAULT_TILE
         else:
@@ -111,6 +114,11 @@ class MemoryPlan:
         folder = self.spill_dir  # (a Ray worker may not have the driver's folder)
         return Tiling(*tile, spill_dir=folder if folder and os.path.isdir(folder)
                       else tempfile.gettempdir())
+
+
+def peak_bytes(carried: int, active: int) -> float:
+    """The estimated peak of an untiled pass from `estimate_bytes`'s two figures."""
+    return BASELINE_BYTES + CARRY_FACTOR * carried + ACTIVATION_FACTOR * active
 
 
 def estimate_bytes(
