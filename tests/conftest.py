@@ -10,9 +10,11 @@ repository as a whole (packaging, shipped models, security, fuzzing). Every fold
 ``from tests.clips import make_clip`` / ``from tests.tiny import save_tiny_model``; the data they
 read is in ``tests/data``, ``tests/fixtures`` and ``tests/fuzz_corpus``.
 
-- `models`: a folder of model directories holding one tiny model, ``tiny`` (`tiny.py`).
+- `models`: a folder of model directories holding one tiny model, ``tiny`` (`tiny.py`; its
+  `tiny_config(quantizer, options, **fields)` gives the same model with another quantizer).
 - `run`: the CLI through Typer's `CliRunner`, with ``VQTOK_MODELS`` set to `models`:
-  ``run("encode", clip, "-o", out, code=0)`` checks the exit code and returns the result.
+  ``run("encode", clip, "-o", out, code=0)`` checks the exit code and returns the result
+  (`invoke.invoker(env)` makes one with another environment).
 - `runner`: a bare `CliRunner`.
 - `clip`: an 11-frame 32x48 clip at 8 fps (`clips.make_clip`).
 """
@@ -21,14 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from tests.clips import make_clip
+from tests.invoke import invoker
 from tests.tiny import save_tiny_model
-from vqtok.cli.app import app
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(models: Path) -> Callable[..., Result]:
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: Any, code: int = 0) -> Result:
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
+    return invoker({"VQTOK_MODELS": str(models)})
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,18 @@ import pytest
 import torch
 
 import vqtok
+from tests.tiny import tiny_config
 from vqtok import runtime
 from vqtok.api import Tokenizer
 from vqtok.errors import CheckpointError, ConfigError, VqtokError
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io import checkpoint, model_dirs
 from vqtok.runtime import resolve_device, resolve_dtype
 
 
 def tiny_model() -> VideoTokenizer:
     torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-        latent_dim=4, quantizer="fsq", quantizer_options={"levels": [5, 4, 4, 3]}, norm_groups=4,
-    )
-    return VideoTokenizer(config).eval()
+    return VideoTokenizer(tiny_config("fsq", {"levels": [5, 4, 4, 3]})).eval()
 
 
 def clip(b: int = 2, t: int = 6) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,11 @@ TINY_CONFIG = TokenizerConfig(
     quantizer_options={"codebook_size": 16},
     norm_groups=4,
 )
+
+
+def tiny_config(quantizer: str, options: dict[str, Any], **fields: Any) -> TokenizerConfig:
+    """`TINY_CONFIG` with another quantizer and its options, and any other field changed."""
+    return replace(TINY_CONFIG, quantizer=quantizer, quantizer_options=options, **fields)
 
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:

@@ -13,9 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from tests.clips import make_audio_only, make_clip, make_text, make_truncated, make_zero_frames
+from tests.tiny import tiny_config
 from vqtok.cli.app import app
 from vqtok.errors import VqtokError
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import probe
@@ -28,11 +29,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     for kind, options in KINDS.items():
         torch.manual_seed(0)
-        config = TokenizerConfig(
-            channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-            latent_dim=4, quantizer=kind, quantizer_options=options, norm_groups=4,
-        )
-        save_pretrained(VideoTokenizer(config), root / f"tiny-{kind}")
+        save_pretrained(VideoTokenizer(tiny_config(kind, options)), root / f"tiny-{kind}")
     return root
 
 

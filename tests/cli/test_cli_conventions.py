@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.clips import make_clip
+from tests.invoke import invoker
 from tests.tiny import save_tiny_model
 from vqtok.cli.app import app
 
@@ -26,14 +27,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def run(models: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(models), "COLUMNS": "80"})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
+    return invoker({"VQTOK_MODELS": str(models), "COLUMNS": "80"})
 
 
 def test_output_suffix_contradicting_format_is_a_usage_error(tmp_path: Path, clip: Path,

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from tests.clips import make_clip
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from tests.tiny import tiny_config
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import probe
@@ -33,10 +34,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model directory, directory of three clips)."""
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-        latent_dim=4, quantizer="fsq", quantizer_options={"levels": [5, 4, 4, 3]}, norm_groups=4,
-    )
+    config = tiny_config("fsq", {"levels": [5, 4, 4, 3]})
     model = save_pretrained(VideoTokenizer(config), root / "tiny")
     clips = root / "clips"
     clips.mkdir()

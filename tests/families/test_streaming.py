@@ -8,19 +8,14 @@ from typing import Any
 import pytest
 import torch
 
+from tests.tiny import tiny_config
 from vqtok.families.layers import CausalConv3d, ResBlock, StreamState, Upsample
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 
 
 def tiny(kind: str = "fsq", options: dict[str, Any] | None = None, **kw: Any) -> VideoTokenizer:
-    fields: dict[str, Any] = dict(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-        latent_dim=4, quantizer=kind, quantizer_options=options or {"levels": [5, 4, 4, 3]},
-        norm_groups=4,
-    )
-    fields.update(kw)
     torch.manual_seed(0)
-    return VideoTokenizer(TokenizerConfig(**fields)).eval()
+    return VideoTokenizer(tiny_config(kind, options or {"levels": [5, 4, 4, 3]}, **kw)).eval()
 
 
 def clip(b: int, t: int, seed: int = 1) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.tiny import tiny_config
 from vqtok.errors import CheckpointError
 from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
 from vqtok.io import model_dirs
@@ -27,11 +28,7 @@ from vqtok.io.model_dirs import resolve_model
 
 def tiny(kind: str = "fsq", options: dict[str, Any] | None = None) -> VideoTokenizer:
     torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=2,
-        latent_dim=4, quantizer=kind, quantizer_options=options or {"levels": [5, 4, 4, 3]},
-        norm_groups=4,
-    )
+    config = tiny_config(kind, options or {"levels": [5, 4, 4, 3]}, temporal_factor=2)
     return VideoTokenizer(config).eval()
 
 

@@ -14,12 +14,11 @@ import fsspec
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from tests.clips import frame_index, make_clip
+from tests.invoke import invoker
 from tests.tiny import save_tiny_model
 from vqtok.api import load
-from vqtok.cli.app import app
 from vqtok.errors import ConfigError, VideoError, VqtokError
 from vqtok.io.manifests import read_manifest_rows
 from vqtok.io.pixels import frames_to_video
@@ -177,14 +176,7 @@ def test_urls_are_read_through_fsspec(root: Path, tmp_path: Path) -> None:
 
 @pytest.fixture()
 def cli(root: Path):  # type: ignore[no-untyped-def]
-    runner = CliRunner(env={"VQTOK_MODELS": str(root)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
+    return invoker({"VQTOK_MODELS": str(root)})
 
 
 def test_cli_encodes_a_manifest_and_resumes(root: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

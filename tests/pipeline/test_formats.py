@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from tests.clips import make_clip
+from tests.invoke import invoker
 from tests.pipeline.test_pack import write_clips
-from vqtok.cli.app import app
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from tests.tiny import tiny_config
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import read_frames
@@ -53,18 +53,8 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "mds-streaming"
 def cli(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     models = tmp_path_factory.mktemp("models")
     for name, (kind, options) in MODELS.items():
-        config = TokenizerConfig(channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
-                                 temporal_factor=4, latent_dim=4, quantizer=kind,
-                                 quantizer_options=options, norm_groups=4)
-        save_pretrained(VideoTokenizer(config), models / f"tiny-{name}")
-    runner = CliRunner(env={"VQTOK_MODELS": str(models)})
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
+        save_pretrained(VideoTokenizer(tiny_config(kind, options)), models / f"tiny-{name}")
+    return invoker({"VQTOK_MODELS": str(models)})
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.invoke import invoker
 from vqtok.cli.app import app
 from vqtok.errors import VqtokError
 from vqtok.io.tokens import (
@@ -263,14 +264,7 @@ def test_missing_pyarrow_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.fixture()
 def cli():  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def invoke(*args: object, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
+    return invoker()
 
 
 def error_line(result, path: Path) -> str:  # type: ignore[no-untyped-def]

@@ -14,8 +14,9 @@ import torch
 
 import vqtok.api as api
 from tests.clips import clip_frames, make_clip
+from tests.tiny import tiny_config
 from vqtok.errors import RemapError, TokenFileError, VideoError, VqtokError
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.pixels import frames_to_video, video_to_frames
 from vqtok.io.remap import load_used
@@ -34,11 +35,7 @@ KINDS = {"fsq": {"levels": [5, 4, 4, 3]}, "ema_vq": {"codebook_size": 16}}
 
 def _tiny(kind: str) -> VideoTokenizer:
     torch.manual_seed(0)
-    config = TokenizerConfig(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-        latent_dim=4, quantizer=kind, quantizer_options=KINDS[kind], norm_groups=4,
-    )
-    return VideoTokenizer(config).eval()
+    return VideoTokenizer(tiny_config(kind, KINDS[kind])).eval()
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ import safetensors.numpy
 import torch
 
 from tests.clips import make_clip
+from tests.tiny import tiny_config
 from vqtok.api import load
 from vqtok.errors import QuantizerError, RemapError
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import REPO_MODELS
@@ -42,11 +43,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     for kind, (options, _) in KINDS.items():
         torch.manual_seed(0)
-        config = TokenizerConfig(
-            channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-            latent_dim=4, quantizer=kind, quantizer_options=options, norm_groups=4,
-        )
-        save_pretrained(VideoTokenizer(config), root / f"tiny-{kind}")
+        save_pretrained(VideoTokenizer(tiny_config(kind, options)), root / f"tiny-{kind}")
     return root
 
 

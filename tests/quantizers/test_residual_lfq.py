@@ -4,8 +4,9 @@ errors, and a tiny tokenizer that uses it."""
 import pytest
 import torch
 
+from tests.tiny import tiny_config
 from vqtok.errors import ConfigError, QuantizerError
-from vqtok.families.vqtok import TokenizerConfig, VideoTokenizer
+from vqtok.families.vqtok import VideoTokenizer
 from vqtok.quantizers import ResidualLFQ, build_quantizer
 from vqtok.quantizers.lfq import pack_bits
 
@@ -99,11 +100,7 @@ def test_build_by_kind_and_errors() -> None:
 
 def test_tiny_tokenizer_encodes_levels_and_decodes() -> None:
     torch.manual_seed(5)
-    config = TokenizerConfig(
-        channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1, temporal_factor=4,
-        latent_dim=4, quantizer="residual_lfq",
-        quantizer_options={"codebook_size": 16, "num_levels": 3}, norm_groups=4,
-    )
+    config = tiny_config("residual_lfq", {"codebook_size": 16, "num_levels": 3})
     model = VideoTokenizer(config).eval()
     assert model.pre_quant_norm is None and model.max_levels == 3
     video = torch.rand(2, 3, 9, 16, 16) * 2 - 1
