@@ -53,3 +53,12 @@ def test_auto_tiles_only_past_the_budget(model: VideoTokenizer, tmp_path: Path) 
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="max-memory"):
         MemoryPlan(max_memory=0)
+
+
+def test_a_tile_size_for_a_model_that_cannot_tile_is_an_error() -> None:
+    from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
+
+    model = Magvit2Tokenizer(Magvit2Config(ch=32, num_res_blocks=1, z_channels=4))
+    assert MemoryPlan(max_memory=0.1).tiling_for(model, 2160, 3840, 16) is None  # auto: untiled
+    with pytest.raises(ConfigError, match="--tile needs a vqtok-family model"):
+        MemoryPlan(tile=(512, 512)).tiling_for(model, 64, 64, 16)

@@ -95,7 +95,14 @@ class MemoryPlan:
         batch: int = 1,
     ) -> Tiling | None:
         """The tiling for ``batch`` videos of (``height``, ``width``) frames streamed ``steps``
-        frames (encode) or latent frames (decode) at a time; None to work on whole frames."""
+        frames (encode) or latent frames (decode) at a time; None to work on whole frames.
+
+        Raises:
+            ConfigError: a tile size given for a model that cannot tile.
+        """
+        if isinstance(self.tile, tuple) and not model.tiles:
+            raise ConfigError(f"--tile needs a vqtok-family model, not a {model.family} one "
+                              "(use a smaller --chunk to save memory)")
         if self.tile is None or not model.tiles:
             return None
         f = model.spatial_factor
