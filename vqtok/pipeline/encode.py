@@ -185,7 +185,7 @@ def open_reader(source: Source, model: Any, options: EncodeOptions) -> VideoRead
     reader = VideoReader(source, size=options.size, short_side=options.short_side,
                          fps=options.fps, max_frames=options.max_frames, window=options.chunk)
     check_frame_size(reader.size, model, source)
-    if options.memory.tiling_for(model, *reader.size, options.chunk) is not None:
+    if model.tiles and options.memory.tiling_for(model, *reader.size, options.chunk):
         reader.window = min(options.chunk, model.temporal_factor)  # tiled: a frame at a time
     return reader
 

@@ -167,9 +167,11 @@ def decode_clips(batch: dict[str, np.ndarray], options: EncodeOptions,
 
 @dataclass(frozen=True)
 class _Factor:
-    """The one model fact `open_reader` needs, in a task that has no model."""
+    """The model facts `open_reader` needs, in a task that has no model (the actor that
+    encodes decides on tiling; frames are read in windows of ``--chunk`` here)."""
 
     spatial_factor: int
+    tiles: bool = False
 
 
 class EncodeClips:
