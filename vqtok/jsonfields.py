@@ -1,11 +1,13 @@
-"""Strict JSON -> frozen dataclass parsing for vqtok's config files.
+"""Strict JSON -> frozen dataclass parsing for vqtok's config files, and the way back.
 
     config = dataclass_from_json(TrainConfig, {"steps": 100}, "train option")
+    data = dataclass_to_json(config)
 
 Unknown keys and values of the wrong JSON type are a `ConfigError` naming the key. JSON has
-no tuples, so lists become tuples where the field is one; ints are accepted for floats; bools
-are never numbers. Supported field types: bool, int, float, str, ``tuple[int, ...]``,
-``tuple[float, ...]``, ``dict[str, Any]`` and ``X | None`` of those.
+no tuples, so lists become tuples where the field is one (and `dataclass_to_json` writes them
+as lists again); ints are accepted for floats; bools are never numbers. Supported field types:
+bool, int, float, str, ``tuple[int, ...]``, ``tuple[float, ...]``, ``dict[str, Any]`` and
+``X | None`` of those.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from vqtok.errors import ConfigError
 
-__all__ = ["dataclass_from_json"]
+__all__ = ["dataclass_from_json", "dataclass_to_json"]
 
 
 def dataclass_from_json(cls: type, data: Any, what: str) -> Any:
@@ -46,6 +48,13 @@ def dataclass_from_json(cls: type, data: Any, what: str) -> Any:
             raise ConfigError(f"{what} {key!r} must be {_describe(hints[key])}, got {value!r}")
         values[key] = parsed
     return cls(**values)
+
+
+def dataclass_to_json(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(obj)`` with its tuple fields as lists: the JSON form that
+    `dataclass_from_json` (or a family's ``from_dict``) turns back into an equal dataclass."""
+    out = dataclasses.asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 def _parse(value: Any, hint: Any) -> tuple[bool, Any]:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from vqtok.errors import ConfigError
+from vqtok.errors import ConfigError, VqtokError
+from vqtok.jsonfields import dataclass_to_json
 from vqtok.quantizers.base import Quantizer, QuantizerOutput
 
 # family name -> "module:Class"
@@ -37,7 +38,7 @@ class TokenizerModel(nn.Module):
     Class attributes a family sets:
         family: its name in `FAMILIES`.
         config_class: a frozen dataclass with ``from_dict`` (rejects unknown keys, raises
-            `ConfigError`) and ``to_dict``.
+            `ConfigError`) and ``to_dict`` (`FamilyConfig`).
         tiles: whether ``encode_stream`` / ``decode_stream`` take ``tiling=`` (spatial tiles,
             `vqtok.families.tiling`).
 
@@ -104,6 +105,12 @@ class TokenizerModel(nn.Module):
                 return self.quantizer(latents.float(), levels=levels).indices
             return self.quantizer(latents.float()).indices
 
+    def quantize(self, latents: Tensor) -> QuantizerOutput:
+        """The quantizer's output (codes straight-through) for pre-quantizer latents
+        (B, D, t, h, w), in float32 with autocast off, as `indices_of`."""
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.quantizer(latents.float())  # type: ignore[no-any-return]
+
     def decode(self, indices: Tensor) -> Tensor:
         """int64 indices (B, t, h, w[, L]) -> video (B, 3, 1 + (t-1)*tau, H, W), unclamped."""
         raise NotImplementedError
@@ -127,19 +134,53 @@ class TokenizerModel(nn.Module):
         raise NotImplementedError
 
 
-def config_from_dict(cls: Any, data: dict[str, Any], family: str) -> Any:
-    """Build the frozen dataclass ``cls`` from a plain dict (e.g. config.json).
+C = TypeVar("C", bound="FamilyConfig")
+
+
+class FamilyConfig:
+    """Base of a family's frozen config dataclass (`TokenizerModel.config_class`): a plain
+    dict (config.json) in, one out. A subclass sets ``family``, its name in messages."""
+
+    family: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from a plain dict (e.g. config.json).
+
+        Raises:
+            ConfigError: unknown keys (named), or values the dataclass refuses.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.family} config key(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"bad {cls.family} config: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists) that `from_dict` turns back into an equal config."""
+        return dataclass_to_json(self)
+
+
+def check_video(video: Tensor, spatial_factor: int) -> Tensor:
+    """``video`` as a float (B, 3, T, H, W) clip (an image batch (B, 3, H, W) is one frame).
 
     Raises:
-        ConfigError: unknown keys (named), or values the dataclass refuses.
+        VqtokError: another shape or dtype, or H, W not multiples of ``spatial_factor``.
     """
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ConfigError(f"unknown {family} config key(s): {', '.join(unknown)}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"bad {family} config: {e}") from e
+    if video.ndim == 4:  # (B, 3, H, W) images are one-frame clips
+        video = video.unsqueeze(2)
+    if video.ndim != 5 or video.shape[1] != 3 or not video.is_floating_point():
+        raise VqtokError(
+            f"expected a float video (B, 3, T, H, W) in [-1, 1], got {video.dtype} "
+            f"of shape {tuple(video.shape)}"
+        )
+    f = spatial_factor
+    if video.shape[3] % f or video.shape[4] % f:
+        raise VqtokError(f"height and width must be multiples of {f}, got {video.shape[3:]}")
+    return video
 
 
 def family_class(name: str) -> type[TokenizerModel]:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.families.base import TokenizerModel, config_from_dict
+from vqtok.families.base import FamilyConfig, TokenizerModel, check_video
 from vqtok.families.cosmos_layers import (
     CausalConv3d,
     FactorizedConv,
@@ -50,7 +50,7 @@ _VARIANT = re.compile(r"DV(\d+)x(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
-class CosmosConfig:
+class CosmosConfig(FamilyConfig):
     """Architecture of a Cosmos DV tokenizer (defaults: the released DV4x8x8).
 
     Attributes:
@@ -66,6 +66,8 @@ class CosmosConfig:
         native_frames: the clip length the official pipeline works on (information only:
             the model is causal and streams any length).
     """
+
+    family: ClassVar[str] = "cosmos-dv"
 
     variant: str = "DV4x8x8"
     channels: int = 128
@@ -126,18 +128,6 @@ class CosmosConfig:
         spatial = (self.spatial_factor // self.patch_size).bit_length() - 1
         temporal = (self.temporal_factor // self.patch_size).bit_length() - 1
         return spatial, temporal
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CosmosConfig:
-        """Build from a plain dict (e.g. config.json); unknown keys are a `ConfigError`."""
-        config: CosmosConfig = config_from_dict(cls, data, "cosmos-dv")
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["channel_mult"] = list(self.channel_mult)
-        out["levels"] = list(self.levels)
-        return out
 
 
 class MidBlock(nn.Module):
@@ -258,16 +248,7 @@ class CosmosTokenizer(TokenizerModel):
         self.decoder = CosmosDecoder(config)
 
     def _check_video(self, video: Tensor, stream: bool = False) -> Tensor:
-        if video.ndim == 4:  # (B, 3, H, W) images are one-frame clips
-            video = video.unsqueeze(2)
-        if video.ndim != 5 or video.shape[1] != 3 or not video.is_floating_point():
-            raise VqtokError(
-                f"expected a float video (B, 3, T, H, W) in [-1, 1], got {video.dtype} "
-                f"of shape {tuple(video.shape)}"
-            )
-        f = self.spatial_factor
-        if video.shape[3] % f or video.shape[4] % f:
-            raise VqtokError(f"height and width must be multiples of {f}, got {video.shape[3:]}")
+        video = check_video(video, self.spatial_factor)
         if not stream and (video.shape[2] - 1) % self.temporal_factor:
             raise VqtokError(
                 f"a clip needs 1 + k*{self.temporal_factor} frames, got {video.shape[2]}; "
@@ -278,11 +259,6 @@ class CosmosTokenizer(TokenizerModel):
     def latents(self, video: Tensor, state: StreamState | None = None) -> Tensor:
         """Pre-quantizer latents (B, len(levels), t, h, w) of a valid clip (or stream chunk)."""
         return self.quant_conv(self.encoder(video, state))  # type: ignore[no-any-return]
-
-    def quantize(self, latents: Tensor) -> QuantizerOutput:
-        """FSQ in float32 (even under autocast), so indices do not depend on the dtype."""
-        with torch.autocast(latents.device.type, enabled=False):
-            return self.quantizer(latents.float())  # type: ignore[no-any-return]
 
     def encode(
         self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None

@@ -25,7 +25,7 @@ Parameter names are the release's with the ``.conv_1`` level of its conv wrapper
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.errors import ConfigError, VqtokError
-from vqtok.families.base import TokenizerModel, config_from_dict
+from vqtok.families.base import FamilyConfig, TokenizerModel, check_video
 from vqtok.families.layers import CausalConv3d
 from vqtok.quantizers.base import QuantizerOutput
 from vqtok.quantizers.lfq import LookupFreeQuantizer
@@ -44,7 +44,7 @@ EPS = 1e-6
 
 
 @dataclass(frozen=True)
-class Magvit2Config:
+class Magvit2Config(FamilyConfig):
     """Architecture of the Open-MAGVIT2 video tokenizer (defaults: the released model).
 
     Attributes:
@@ -56,6 +56,8 @@ class Magvit2Config:
         window: frames of the independent windows a long video is cut into.
         native_size: (H, W) the model was trained at (information only).
     """
+
+    family: ClassVar[str] = "open-magvit2-video"
 
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 4)
@@ -90,18 +92,6 @@ class Magvit2Config:
     @property
     def spatial_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Magvit2Config:
-        """Build from a plain dict (e.g. config.json); unknown keys are a `ConfigError`."""
-        config: Magvit2Config = config_from_dict(cls, data, "open-magvit2-video")
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["ch_mult"] = list(self.ch_mult)
-        out["native_size"] = list(self.native_size)
-        return out
 
 
 def swish(x: Tensor) -> Tensor:
@@ -298,34 +288,16 @@ class Magvit2Tokenizer(TokenizerModel):
         t = full * self.latent_window + (1 + (rest - 1) // self.temporal_factor if rest else 0)
         return t, height // self.spatial_factor, width // self.spatial_factor
 
-    def _check_video(self, video: Tensor) -> Tensor:
-        if video.ndim == 4:  # (B, 3, H, W) images are one-frame clips
-            video = video.unsqueeze(2)
-        if video.ndim != 5 or video.shape[1] != 3 or not video.is_floating_point():
-            raise VqtokError(
-                f"expected a float video (B, 3, T, H, W) in [-1, 1], got {video.dtype} "
-                f"of shape {tuple(video.shape)}"
-            )
-        f = self.spatial_factor
-        if video.shape[3] % f or video.shape[4] % f:
-            raise VqtokError(f"height and width must be multiples of {f}, got {video.shape[3:]}")
-        return video
-
     def latents(self, video: Tensor) -> Tensor:
         """Pre-quantizer latents (B, z, t, h, w) of ONE window (B, 3, T <= window, H, W)."""
-        return self.encoder(self._check_video(video))  # type: ignore[no-any-return]
-
-    def quantize(self, latents: Tensor) -> QuantizerOutput:
-        """LFQ in float32 (even under autocast), so bits do not depend on the dtype."""
-        with torch.autocast(latents.device.type, enabled=False):
-            return self.quantizer(latents.float())  # type: ignore[no-any-return]
+        return self.encoder(check_video(video, self.spatial_factor))  # type: ignore[no-any-return]
 
     def encode(
         self, video: Tensor, allowed: Sequence[Tensor] | None = None, levels: int | None = None
     ) -> Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> int64 indices (B, t, H/8, W/8), window by window;
         compact ids of the ``allowed`` codes when given (`TokenizerModel.indices_of`)."""
-        video = self._check_video(video)
+        video = check_video(video, self.spatial_factor)
         windows = video.split(self.config.window, dim=2)
         return torch.cat([self.indices_of(self.latents(w), allowed, levels) for w in windows],
                          dim=1)

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from vqtok.errors import ConfigError
-from vqtok.jsonfields import dataclass_from_json
+from vqtok.jsonfields import dataclass_from_json, dataclass_to_json
 from vqtok.quantizers import KINDS
 
 __all__ = ["SHORTCUTS", "TokenizerConfig"]
@@ -140,8 +139,4 @@ class TokenizerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
-        out = dataclasses.asdict(self)
-        out["channel_multipliers"] = list(self.channel_multipliers)
-        if isinstance(self.deblock, tuple):
-            out["deblock"] = list(self.deblock)
-        return out
+        return dataclass_to_json(self)

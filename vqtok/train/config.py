@@ -7,7 +7,6 @@ Both parts are frozen dataclasses whose ``from_dict`` rejects unknown keys and w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import TokenizerConfig
-from vqtok.jsonfields import dataclass_from_json
+from vqtok.jsonfields import dataclass_from_json, dataclass_to_json
 
 TRAINABLE = ("all", "decoder")
 
@@ -188,11 +187,8 @@ class RunConfig:
             raise ConfigError(e.message, path) from e
 
     def to_dict(self) -> dict[str, Any]:
-        train = dataclasses.asdict(self.train)
-        for key, value in train.items():
-            if isinstance(value, tuple):
-                train[key] = list(value)
-        return {"name": self.name, "model": self.model.to_dict(), "train": train}
+        return {"name": self.name, "model": self.model.to_dict(),
+                "train": dataclass_to_json(self.train)}
 
 
 def train_config_from_dict(data: Any) -> TrainConfig:
