@@ -4,7 +4,8 @@
 with the one signature ``(sources, out_dir, options) -> Conversion``, the source-specific
 options it takes); `ConvertOptions`: what every converter is given besides its sources.
 
-Strict accounting of source tensors, shape checks, the dtype cast, the model card and the
+The architecture inferred from tensor shapes (`required_tensor`, `inferred_config`), strict
+accounting of source tensors, shape checks, the dtype cast, the model card and the
 atomic write of the model directory through `vqtok.io.checkpoint.save_pretrained`. Nothing here
 reads pickle or TorchScript.
 """
@@ -20,13 +21,14 @@ import torch
 from torch import Tensor
 
 from vqtok import __version__
-from vqtok.errors import CheckpointError, OptionError
+from vqtok.errors import CheckpointError, ConfigError, OptionError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.digest import file_sha256
 from vqtok.io.hub import DownloadFn
 
 M = TypeVar("M", bound=TokenizerModel)
+C = TypeVar("C")
 
 
 @dataclass
@@ -134,6 +136,28 @@ def meta_model(cls: type[M], config: Any) -> M:
     """Build the architecture without allocating weights (they come from the source)."""
     with torch.device("meta"):
         return cls(config)
+
+
+def required_tensor(get: Callable[[str], Tensor | None], path: Path) -> Callable[[str], Tensor]:
+    """``need(key)``: the source tensor ``key`` that the architecture is inferred from, by
+    ``get`` (None when absent); a missing one is a `CheckpointError` naming it."""
+
+    def need(key: str) -> Tensor:
+        t = get(key)
+        if t is None:
+            raise CheckpointError(f"missing tensor {key} (needed to infer the architecture)", path)
+        return t
+
+    return need
+
+
+def inferred_config(cls: Callable[..., C], path: Path, **fields: Any) -> C:
+    """``cls(**fields)``, an architecture read from tensor shapes; the config's refusal is a
+    `CheckpointError` (the shapes are impossible)."""
+    try:
+        return cls(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"tensor shapes give an impossible architecture: {e}", path) from e
 
 
 def check_accounting(path: Path, missing: Sequence[str], unexpected: Sequence[str]) -> None:

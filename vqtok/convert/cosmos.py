@@ -25,12 +25,14 @@ from vqtok.convert.common import (
     Converter,
     ConvertOptions,
     check_accounting,
+    inferred_config,
     meta_model,
     model_card,
     names,
+    required_tensor,
     write_model,
 )
-from vqtok.errors import CheckpointError, ConfigError
+from vqtok.errors import CheckpointError
 from vqtok.families.cosmos import VARIANTS, CosmosConfig, CosmosTokenizer
 from vqtok.io.hub import DownloadFn, HubRef, fetch_files, hub_origin, parse_hub_ref
 from vqtok.io.sniff import file_kind
@@ -179,11 +181,7 @@ def _check_constants(tensors: dict[str, Tensor], config: CosmosConfig, path: Pat
 def infer_cosmos_config(
     tensors: dict[str, Tensor], variant: str, legacy: bool, path: Path
 ) -> CosmosConfig:
-    def need(key: str) -> Tensor:
-        if key not in tensors:
-            raise CheckpointError(f"missing tensor {key} (needed to infer the architecture)", path)
-        return tensors[key]
-
+    need = required_tensor(tensors.get, path)
     conv_in = need("encoder.conv_in.0.conv3d.weight")
     channels, patch = conv_in.shape[0], round((conv_in.shape[1] / 3) ** (1 / 3))
     mult: list[int] = []
@@ -203,14 +201,11 @@ def infer_cosmos_config(
             f"{code_dim} code channels for levels {list(levels)})",
             path,
         )
-    try:
-        return CosmosConfig(
-            variant=variant, channels=channels, channel_mult=tuple(w // channels for w in mult),
-            num_res_blocks=blocks, z_channels=z, levels=levels, patch_size=patch,
-            legacy_mode=legacy,
-        )
-    except ConfigError as e:
-        raise CheckpointError(f"tensor shapes give an impossible architecture: {e}", path) from e
+    return inferred_config(
+        CosmosConfig, path, variant=variant, channels=channels,
+        channel_mult=tuple(w // channels for w in mult), num_res_blocks=blocks, z_channels=z,
+        levels=levels, patch_size=patch, legacy_mode=legacy,
+    )
 
 
 def convert_cosmos(

@@ -33,12 +33,14 @@ from vqtok.convert.common import (
     Converter,
     ConvertOptions,
     check_accounting,
+    inferred_config,
     meta_model,
     model_card,
     names,
+    required_tensor,
     write_model,
 )
-from vqtok.errors import CheckpointError, ConfigError, OptionError
+from vqtok.errors import CheckpointError, OptionError
 from vqtok.families.layers import CausalConv3d
 from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.io.hub import DownloadFn, fetch_files, hub_origin, parse_hub_ref
@@ -105,12 +107,7 @@ def _unpickler_reason(error: Exception) -> str:
 
 
 def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Magvit2Config:
-    def need(key: str) -> Tensor:
-        t = get(key)
-        if t is None:
-            raise CheckpointError(f"missing tensor {key} (needed to infer the architecture)", path)
-        return t
-
+    need = required_tensor(get, path)
     ch = need("encoder.conv_in.conv_1.weight").shape[0]
     ch_mult: list[int] = []
     blocks = 0
@@ -120,10 +117,9 @@ def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Mag
     while get(f"encoder.down.0.block.{blocks}.norm1.weight") is not None:
         blocks += 1
     z = need("encoder.conv_out.conv_1.weight").shape[0]
-    try:
-        return Magvit2Config(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=blocks, z_channels=z)
-    except ConfigError as e:
-        raise CheckpointError(f"tensor shapes give an impossible architecture: {e}", path) from e
+    return inferred_config(
+        Magvit2Config, path, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=blocks, z_channels=z
+    )
 
 
 def _magvit2_ignored(key: str, use_ema: bool, raw_used: set[str]) -> str | None:
