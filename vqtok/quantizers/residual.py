@@ -64,7 +64,9 @@ def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ..
 
 
 class ResidualStack(Quantizer):
-    """The residual loop shared by both codebook kinds; subclasses provide one level's step."""
+    """The residual loop shared by both codebook kinds; subclasses provide one level's step
+    and its codes (`level_weight`), and override the re-seeding and setting of a level's codes
+    where a codebook holds more than those rows (EMA statistics)."""
 
     def __init__(
         self, dim: int, num_levels: int, codebook_sizes: int | list[int], beta: float,
@@ -137,8 +139,10 @@ class ResidualStack(Quantizer):
         threshold: float,
         generator: torch.Generator | None,
     ) -> int:
-        """Re-seed level ``level``'s dead codes from ``residuals`` (M, D); returns how many."""
-        raise NotImplementedError
+        """Re-seed level ``level``'s dead codes from ``residuals`` (M, D); returns how many.
+        This default moves the rows of `level_weight` only (codebooks that hold no more)."""
+        weight = self.level_weight(level)
+        return int(reseed_dead_codes(weight.data, counts, residuals, threshold, generator).sum())
 
     @torch.no_grad()
     def reseed_dead_codes(
@@ -185,8 +189,8 @@ class ResidualStack(Quantizer):
             r = r - centroids[nearest_codes(r, centroids)]
 
     def _set_level(self, level: int, codes: Tensor) -> None:
-        """Replace level ``level``'s (K_l, D) codes."""
-        raise NotImplementedError
+        """Replace level ``level``'s (K_l, D) codes (this default: the rows of `level_weight`)."""
+        self.level_weight(level).data.copy_(codes)
 
     def quantize_tokens(
         self, tokens: Tensor, update: bool, levels: int | None = None
@@ -359,22 +363,6 @@ class ResidualQuantizer(ResidualStack):
 
     def level_weight(self, level: int) -> Tensor:
         return self.codebooks[level]
-
-    def _reseed_level(
-        self,
-        level: int,
-        residuals: Tensor,
-        counts: Tensor,
-        threshold: float,
-        generator: torch.Generator | None,
-    ) -> int:
-        dead = reseed_dead_codes(
-            self.codebooks[level].data, counts, residuals, threshold, generator
-        )
-        return int(dead.sum())
-
-    def _set_level(self, level: int, codes: Tensor) -> None:
-        self.codebooks[level].data.copy_(codes)
 
     def _level_step(self, level: int, r: Tensor, update: bool) -> tuple[Tensor, Tensor, Tensor]:
         weight = self.codebooks[level]
