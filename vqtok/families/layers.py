@@ -356,14 +356,16 @@ class Upsample(nn.Module):
             x = x.reshape(b, c, t, 2 * h, 2 * w)
         return self.conv(x, state)
 
-    def repeat_time(self, x: Tensor, state: StreamState) -> Tensor:
-        """Tiled streams, step 1: the temporal repeat alone (low resolution, cheap)."""
-        if self.temporal and x.shape[2] > 0:
-            x = x.repeat_interleave(2, dim=2)
-            if not state.started(self):
-                x = x[:, :, 1:]
-            state.put(self, x.new_empty(0))
-        return x
+    def repeat_time(self, x: Tensor, state: StreamState) -> list[Tensor]:
+        """Tiled streams, step 1: the temporal repeat alone, as a list of one-frame views of
+        ``x`` (each frame twice; the stream's very first once), so nothing is copied."""
+        frames = list(x.split(1, dim=2))
+        if not self.temporal or not frames:
+            return frames
+        first = not state.started(self)
+        state.put(self, x.new_empty(0))
+        return [frame for t, frame in enumerate(frames) for _ in range(1 if first and t == 0
+                                                                         else 2)]
 
     def enlarge(self, x: Tensor, state: StreamState) -> Tensor:
         """Tiled streams, step 2: the spatial doubling and the convolution, tile by tile."""

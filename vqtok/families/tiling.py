@@ -110,10 +110,11 @@ class SpilledFrames:
     def __init__(self, tensor: Tensor, folder: str) -> None:
         self.shape = tuple(tensor.shape)
         self.dtype = tensor.dtype
+        self.device = tensor.device
         fd, name = tempfile.mkstemp(prefix=".vqtok-carry-", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             for t in range(self.shape[2]):  # one frame at a time: no second whole copy
-                f.write(tensor[:, :, t].contiguous().numpy().tobytes())
+                f.write(tensor[:, :, t].contiguous().cpu().numpy().tobytes())
         self.path = Path(name)
 
     def read(self, t0: int, t1: int, rows: slice, cols: slice) -> Tensor:
@@ -124,7 +125,7 @@ class SpilledFrames:
         data = np.memmap(self.path, dtype=dtype, mode="r", shape=(t, b, c, h, w))
         part = np.array(data[t0:t1, :, :, rows, cols])
         del data
-        return torch.from_numpy(part).permute(1, 2, 0, 3, 4)
+        return torch.from_numpy(part).permute(1, 2, 0, 3, 4).to(self.device)
 
     def __del__(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -216,7 +217,12 @@ def conv3d_tiled(
         # oneDNN computes 1x1 convolutions by a matrix product whose blocking depends on the
         # frame's extent: only a whole frame gives the untiled pass's last bits
         tile = (h_out, w_out)
-    out = torch.empty(b, weight.shape[0], n_out, h_out, w_out, dtype=weight.dtype)
+        whole = [part for part in parts if part.shape[2]]
+        if kt == 1 and upsample == 1 and len(whole) == 1 and isinstance(whole[0], Tensor):
+            # a pointwise conv of one stored tensor: no halo, no carried frame, no copy
+            return conv3d(whole[0][:, :, :frames], weight, bias, (st, sh, sw), (0, 0, 0))
+    out = torch.empty(b, weight.shape[0], n_out, h_out, w_out, dtype=weight.dtype,
+                      device=weight.device)
     for r0 in range(0, h_out, tile[0]):
         r1 = min(h_out, r0 + tile[0])
         rows = _window(r0 * sh - ph, (r1 - 1) * sh - ph + kh, h, upsample)
@@ -234,7 +240,8 @@ def _gather(parts: Sequence[Part], frames: int, rows: _Window, cols: _Window, up
     first = parts[0]
     block = torch.empty(first.shape[0], first.shape[1], frames,
                         rows.before + rows.count + rows.after,
-                        cols.before + cols.count + cols.after, dtype=first.dtype)
+                        cols.before + cols.count + cols.after, dtype=first.dtype,
+                        device=first.device)
     # zeros only where the tile runs past the frame's edge
     block[:, :, :, : rows.before].zero_()
     block[:, :, :, rows.before + rows.count :].zero_()

@@ -133,22 +133,41 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """``levels``: how many residual levels made ``codes`` (None: all); it picks the
         deblocking strength."""
-        tiled = state is not None and state.tiling is not None
-        if tiled:
-            assert state is not None
-            state.video_width = codes.shape[4] * self.spatial_factor
+        if state is not None and state.tiling is not None:
+            return torch.cat(list(self.frames_tiled(codes, state, levels)), dim=2)
         h = self.mid(self.conv_in(codes, state), state)
-        out = self._blocks_from(0, h, state) if tiled else self._blocks(h, state)
-        p = self.patch_size
-        # depth-to-space: (B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)
-        video = rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+        out = self._blocks(h, state)
+        video = self._depth_to_space(out)
         if self.shortcut is not None:
             video = video + self.shortcut(codes, state)
-        strength = self.deblock[-1 if levels is None else min(levels, len(self.deblock)) - 1]
-        if tiled:  # frame by frame: deblocking copies its input a few times
-            return torch.cat([deblock(video[:, :, j : j + 1], strength, self.spatial_factor)
-                              for j in range(video.shape[2])], dim=2)
-        return deblock(video, strength, self.spatial_factor)
+        return deblock(video, self._strength(levels), self.spatial_factor)
+
+    def frames_tiled(
+        self, codes: Tensor, state: StreamState, levels: int | None = None
+    ) -> Iterator[Tensor]:
+        """`forward` in a tiled stream, frame by frame (B, 3, 1, H, W): after the last
+        temporal upsampling each frame goes to the end alone, so no whole chunk of
+        full-resolution frames is alive at once. Drain it before the next chunk."""
+        state.video_width = codes.shape[4] * self.spatial_factor
+        shortcut = None if self.shortcut is None else self.shortcut(codes, state)
+        outs = self._blocks_from(0, self.mid(self.conv_in(codes, state), state), state)
+        for j, out in enumerate(outs):
+            video = self._depth_to_space(out)
+            del out  # nothing of frame j but what is yielded stays alive while j + 1 is made
+            if shortcut is not None:
+                video = video + shortcut[:, :, j : j + 1]
+            frame = deblock(video, self._strength(levels), self.spatial_factor)
+            del video
+            yield frame
+            del frame
+
+    def _depth_to_space(self, out: Tensor) -> Tensor:
+        """(B, 3*p*p, T, h, w) -> (B, 3, T, h*p, w*p)."""
+        p = self.patch_size
+        return rearrange(out, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+
+    def _strength(self, levels: int | None) -> float:
+        return self.deblock[-1 if levels is None else min(levels, len(self.deblock)) - 1]
 
     def _blocks(self, h: Tensor, state: StreamState | None) -> Tensor:
         """The blocks after ``mid``, then the output conv: (B, top, t, h, w) -> (B, 3pp, T, H/p,
@@ -157,18 +176,18 @@ class Decoder(nn.Module):
             h = block(h, state)
         return self.conv_out(self.norm_out.swish(h), state)
 
-    def _blocks_from(self, start: int, h: Tensor, state: StreamState) -> Tensor:
-        """`_blocks` from block ``start`` on, in a tiled stream: after a temporal upsampling
-        each of its frames goes through the rest alone, so one frame is alive per layer."""
+    def _blocks_from(self, start: int, h: Tensor, state: StreamState) -> Iterator[Tensor]:
+        """`_blocks` from block ``start`` on, in a tiled stream, output frame by output frame:
+        after a temporal upsampling each of its frames goes through the rest alone, so one
+        frame is alive per layer."""
         for i in range(start, len(self.blocks)):
             block = self.blocks[i]
             if isinstance(block, Upsample):
-                frames = block.repeat_time(h, state)
-                return torch.cat([self._blocks_from(i + 1, block.enlarge(frames[:, :, j : j + 1],
-                                                                         state), state)
-                                  for j in range(frames.shape[2])], dim=2)
+                for frame in block.repeat_time(h, state):
+                    yield from self._blocks_from(i + 1, block.enlarge(frame, state), state)
+                return
             h = block(h, state)
-        return self.conv_out(self.norm_out.swish(h, state), state)
+        yield self.conv_out(self.norm_out.swish(h, state), state)
 
 
 class VideoTokenizer(TokenizerModel):
@@ -326,7 +345,11 @@ class VideoTokenizer(TokenizerModel):
         """
         state = StreamState(tiling)
         for chunk in chunks:
-            pieces = chunk.split(1, dim=1) if tiling is not None else [chunk]
-            for piece in pieces:
-                if piece.shape[1]:
-                    yield self.decoder(self._codes(piece), state, self._levels_in(piece))
+            if chunk.shape[1] == 0:
+                continue
+            if tiling is None:
+                yield self.decoder(self._codes(chunk), state, self._levels_in(chunk))
+                continue
+            for piece in chunk.split(1, dim=1):  # a latent frame, yielded frame by frame
+                yield from self.decoder.frames_tiled(self._codes(piece), state,
+                                                     self._levels_in(piece))

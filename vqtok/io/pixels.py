@@ -31,7 +31,8 @@ def frames_to_video(frames: np.ndarray, device: torch.device | None = None) -> T
 def video_to_pixels(video: Tensor) -> Tensor:
     """Video (1, 3, T, H, W), any float dtype, ~[-1, 1] -> uint8 pixels (T, H, W, 3) on the
     video's device."""
-    pixels = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    # one float copy, then in place: a 4K frame is 100 MB a copy
+    pixels = video[0].float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
     return pixels.permute(1, 2, 3, 0)  # (3, T, H, W) -> (T, H, W, 3)
 
 

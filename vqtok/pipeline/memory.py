@@ -83,12 +83,14 @@ class MemoryPlan:
         if self.max_memory is not None and not self.max_memory > 0:
             raise ConfigError(f"--max-memory must be > 0 GB, got {self.max_memory}")
 
-    @property
-    def budget(self) -> int:
-        """The memory budget in bytes."""
-        if self.max_memory is None:
-            return machine_memory() // 2
-        return int(self.max_memory * GB)
+    def budget(self, device: torch.device | None = None) -> int:
+        """The memory budget in bytes; by default half of the machine's memory, or of the
+        GPU's for a model on CUDA."""
+        if self.max_memory is not None:
+            return int(self.max_memory * GB)
+        if device is not None and device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory // 2
+        return machine_memory() // 2
 
     def tiling_for(
         self, model: TokenizerModel, height: int, width: int, steps: int, decode: bool = False,
@@ -109,14 +111,15 @@ class MemoryPlan:
         carried, active = estimate_bytes(model, -(-height // f) * f, -(-width // f) * f, steps,
                                          decode)
         carried, active = carried * batch, active * batch
+        budget = self.budget(next(model.parameters()).device)
         if self.tile == "auto":
-            if peak_bytes(carried, active) <= self.budget:
+            if peak_bytes(carried, active) <= budget:
                 return None
             tile = DEFAULT_TILE
         else:
             assert isinstance(self.tile, tuple)
             tile = self.tile
-        if carried <= self.budget // 4:
+        if carried <= budget // 4:
             return Tiling(*tile)
         folder = self.spill_dir  # (a Ray worker may not have the driver's folder)
         return Tiling(*tile, spill_dir=folder if folder and os.path.isdir(folder)
@@ -145,16 +148,17 @@ def estimate_bytes(
             carried += (module.kernel[0] - 1) * x[:, :, :1].numel() * 4
 
     net = model.decoder if decode else model.encoder
+    device = next(model.parameters()).device  # the probe runs where the model is
     hooks = [m.register_forward_hook(record) for m in net.modules() if not list(m.children())]
     try:
         with torch.inference_mode():
             if decode:
                 grid = torch.zeros(1, steps, 2, 2, *([model.quantizer.num_codebooks]
                                                     if model.quantizer.num_codebooks > 1 else []),
-                                   dtype=torch.long)
+                                   dtype=torch.long, device=device)
                 model.decoder(model._codes(grid), StreamState())
             else:
-                model.encoder(torch.zeros(1, 3, steps, side, side), StreamState())
+                model.encoder(torch.zeros(1, 3, steps, side, side, device=device), StreamState())
     finally:
         for hook in hooks:
             hook.remove()
