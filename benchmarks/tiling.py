@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     gflops = matmul_gflops(os.cpu_count() or 1)
-    lines = ["| size | step | run | seconds | peak RSS (GB) | notes |", "|---|---|---|---|---|---|"]
+    lines = ["| size | step | run | seconds | peak RSS (GiB) | notes |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.sizes:
             height, width = (int(v) for v in text.split("x"))
