@@ -89,7 +89,11 @@ class VideoWriter:
             self._stream.codec_context.time_base = 1 / self.fps
             self._stream.codec_context.thread_count = threads
             if self._stream.codec_context.name == "libx264":
-                self._stream.options = {"crf": str(crf), "preset": "medium"}
+                # without macroblock-tree rate control x264 writes the same bytes for the same
+                # frames, run after run and whatever the thread count; with it, small frames
+                # came out different from one run to the next (README, Reliability)
+                self._stream.options = {"crf": str(crf), "preset": "medium",
+                                        "x264-params": "mbtree=0"}
             else:
                 # mpeg4 has no crf: ask for a generous bit rate so round trips stay close
                 self._stream.bit_rate = max(1_000_000, int(width * height * self.fps * 2))
