@@ -118,9 +118,8 @@ def measure_size(model_name: str, height: int, width: int, folder: Path) -> list
 
 
 def _same(outputs: dict[tuple[str, str], Path], height: int, width: int) -> str:
-    """A row saying whether the budgeted run's index file equals the untiled run's. (Decoded
-    frames are compared as tensors by the test suite: the MP4s cannot be, libx264 through
-    PyAV does not write the same bytes twice for the same frames here.)"""
+    """A row saying whether the budgeted run's index file equals the untiled run's (decoded
+    frames are compared as tensors by the test suite, tests/families/test_tiling.py)."""
     a, b = outputs.get(("untiled", "encode")), outputs.get(("budget", "encode"))
     if a is None or b is None:
         fact = "no untiled run to compare"
