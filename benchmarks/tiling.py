@@ -4,7 +4,7 @@ For each size (256², 720p, 1080p, 4K by default) a 17-frame clip with motion is
 drifting colour pattern with noise, H.264), then encoded and decoded by the ``vqtok`` command in
 a child process, once untiled (``--tile off``) and once under a memory budget (``--max-memory``:
 1.5 GB encode / 2 GB decode, 3 / 4 GB at 4K; ``--tile auto`` then tiles and spills as
-`vqtok.pipeline.memory` decides). Reported: wall time, the process's peak resident memory
+`vqtok.families.memory` decides). Reported: wall time, the process's peak resident memory
 (``ru_maxrss`` of the child: everything, Python and torch included), whether the tiled index
 file equals the untiled one, and the machine's float32 matmul rate measured in the
 same run. An untiled run whose estimated peak exceeds the memory available is not started.
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import loadavg, meminfo_gib, write_section  # noqa: E402
 
 import vqtok  # noqa: E402
+from vqtok.families.memory import GB, estimate_bytes, peak_bytes  # noqa: E402
 from vqtok.io.video_writer import VideoWriter  # noqa: E402
-from vqtok.pipeline.memory import GB, estimate_bytes, peak_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -137,7 +137,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     gflops = matmul_gflops(os.cpu_count() or 1)
-    lines = ["| size | step | run | seconds | peak RSS (GiB) | notes |", "|---|---|---|---|---|---|"]
+    lines = ["| size | step | run | seconds | peak RSS (GiB) | notes |",
+             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.sizes:
             height, width = (int(v) for v in text.split("x"))

@@ -9,6 +9,7 @@ other inputs were done), 2 for usage errors. Registered on the app by `vqtok.cli
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,7 +46,6 @@ from vqtok.cli.support import (
     err,
     handle_errors,
     load_tokenizer,
-    memory_plan,
     out,
     parse_size,
     plural,
@@ -74,6 +74,22 @@ ShardOpt = Annotated[
     ),
 ]
 MaxFramesOpt = Annotated[int | None, typer.Option(min=1, help="Encode at most N frames.")]
+
+
+def _memory_plan(tile: str, max_memory: float | None, output: str | Path | None) -> Any:
+    """``--tile`` / ``--max-memory`` -> a `vqtok.families.memory.MemoryPlan`; carried frames
+    spill beside ``output`` when it is a local path (else into the temporary folder)."""
+    from vqtok.errors import ConfigError
+    from vqtok.families.memory import MemoryPlan, parse_tile
+
+    folder = None
+    if output is not None and "://" not in str(output):
+        folder = Path(output) if str(output).endswith(("/", os.sep)) else Path(output).parent
+    spill = str(folder) if folder is not None and folder.is_dir() else None
+    try:  # not as_usage_error: the one step of the walk from here to the model (code_walk.md)
+        return MemoryPlan(parse_tile(tile), max_memory, spill)
+    except ConfigError as e:
+        raise usage_error("--tile", e.cli_message) from None
 
 
 def _encode_options(
@@ -146,7 +162,7 @@ def encode(
     check_ray_flags(engine, address, workers, gpus_per_worker, shard, format)
     fmt = _index_format(output, format)
     options = _encode_options(size, short_side, fps, max_frames, chunk, fmt, remap, strict, levels,
-                              beam, memory_plan(tile, max_memory, output))
+                              beam, _memory_plan(tile, max_memory, output))
     with handle_errors(debug):
         if engine is Engine.ray:  # a token dataset, written by a Ray cluster's workers
             encode_on_ray(inputs, output, model=model, model_dirs=model_dir, options=options,
@@ -222,7 +238,7 @@ def decode(
     from vqtok.pipeline.decode_rows import plan_decode
 
     rate = None if fps is None else as_usage_error(lambda: as_fps(fps), "--fps")
-    memory = memory_plan(tile, max_memory, output)
+    memory = _memory_plan(tile, max_memory, output)
     with handle_errors(debug):
         compute = check_runtime(device, dtype, quiet or as_json)
         run = plan_decode(codes, key, output, model=model, model_dirs=model_dir or [], fps=rate,
@@ -273,7 +289,7 @@ def reconstruct(
     from vqtok.pipeline.reconstruct import reconstruct_file
 
     options = _encode_options(size, short_side, fps, max_frames, chunk,
-                              memory=memory_plan(tile, max_memory, output))
+                              memory=_memory_plan(tile, max_memory, output))
     with handle_errors(debug):
         if output is not None:  # before the model is loaded: fail before any work
             check_file_output(output, VIDEO_SUFFIXES, "a video")

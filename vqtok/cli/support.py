@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import signal
 import warnings
@@ -88,18 +87,6 @@ TileOpt = Annotated[str, typer.Option(
 MaxMemoryOpt = Annotated[float | None, typer.Option(
     min=0.1, metavar="GB", help="Memory budget that --tile auto keeps to (default: half the "
     "machine's memory).")]
-
-
-def memory_plan(tile: str, max_memory: float | None, output: str | Path | None) -> Any:
-    """``--tile`` / ``--max-memory`` -> a `vqtok.pipeline.memory.MemoryPlan`; carried frames
-    spill beside ``output`` when it is a local path (else into the temporary folder)."""
-    from vqtok.pipeline.memory import MemoryPlan, parse_tile
-
-    folder = None
-    if output is not None and "://" not in str(output):
-        folder = Path(output) if str(output).endswith(("/", os.sep)) else Path(output).parent
-    spill = str(folder) if folder is not None and folder.is_dir() else None
-    return MemoryPlan(as_usage_error(lambda: parse_tile(tile), "--tile"), max_memory, spill)
 
 
 def plural(count: int, noun: str) -> str:

@@ -10,7 +10,7 @@ by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps
 windows of ``chunk`` frames, and flow through the tokenizer's streaming ``encode_stream`` /
 ``decode_stream``, which carry the causal convolutions' state from chunk to chunk. Only the
 index grid (tau * f^2 times smaller than the pixels) is kept whole. Large frames are worked in
-spatial tiles when an untiled pass would exceed the memory budget (`vqtok.pipeline.memory`).
+spatial tiles when an untiled pass would exceed the memory budget (`vqtok.families.memory`).
 
 The causal temporal convention: a clip of 1 + k*tau frames gives 1 + k latent frames. Other
 lengths are padded by repeating the last frame (for window-based families, the last window is
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from vqtok.api import Tokenizer
 from vqtok.errors import ConfigError, VideoError
+from vqtok.families.memory import MemoryPlan
 from vqtok.io.pixels import frames_to_video
 from vqtok.io.sources import ClipSource
 from vqtok.io.token_meta import vocabulary_of
@@ -47,7 +48,6 @@ from vqtok.io.tokens import (
     save_tokens,
 )
 from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
-from vqtok.pipeline.memory import MemoryPlan
 from vqtok.pipeline.plan import Job
 from vqtok.pipeline.remap import RemapPlan
 

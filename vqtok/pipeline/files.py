@@ -29,6 +29,7 @@ from typing import Any
 
 from vqtok.api import DEFAULT_MODEL, Tokenizer, load
 from vqtok.errors import ConfigError, OptionError, VqtokError
+from vqtok.families.memory import MemoryPlan
 from vqtok.io.checkpoint import weights_sha256
 from vqtok.io.hub import DownloadFn
 from vqtok.io.model_dirs import resolve_model
@@ -52,7 +53,6 @@ from vqtok.pipeline.encode import (
     encode_each,
 )
 from vqtok.pipeline.inputs import needs_sources, plan_clips
-from vqtok.pipeline.memory import MemoryPlan
 from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
 from vqtok.pipeline.remap import RemapPlan
@@ -256,7 +256,7 @@ class DecodeRun:
         remap: the remap file of remapped indices.
         force: decode despite a model hash mismatch.
         chunk: frames per streaming step.
-        memory: when to decode in spatial tiles (`vqtok.pipeline.memory`).
+        memory: when to decode in spatial tiles (`vqtok.families.memory`).
     """
 
     jobs: list[Job]

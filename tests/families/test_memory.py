@@ -1,4 +1,4 @@
-"""`vqtok.pipeline.memory`: when a run works in tiles, and when it spills carried frames."""
+"""`vqtok.families.memory`: when a run works in tiles, and when it spills carried frames."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 from tests.tiny import TINY_CONFIG
 from vqtok.errors import ConfigError
+from vqtok.families.memory import GB, MemoryPlan, estimate_bytes, parse_tile
 from vqtok.families.vqtok import VideoTokenizer
-from vqtok.pipeline.memory import GB, MemoryPlan, estimate_bytes, parse_tile
 
 
 @pytest.fixture(scope="module")
