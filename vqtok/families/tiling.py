@@ -23,12 +23,12 @@ Why the result is *identical* to an untiled pass, bit for bit:
 The carried frames of large layers can be kept on disk (``Tiling.spill_dir``): at 4K they are
 several GB. They are written once per frame and read back tile by tile.
 
+`StreamState` (what the causal blocks carry from chunk to chunk, tiled or not) lives here too.
 Shapes are (B, C, T, H, W) throughout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -65,9 +65,6 @@ class Tiling:
         if self.height < 16 or self.width < 16:
             raise ConfigError(f"a tile must be at least 16x16 pixels, got "
                               f"{self.height}x{self.width}")
-
-    def replace(self, **changes: object) -> Tiling:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 class StreamState:
