@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -136,8 +137,24 @@ def estimate_bytes(
 ) -> tuple[int, int]:
     """(carried, largest layer's input + output) bytes of an untiled streaming pass over
     frames of (``height``, ``width``) (multiples of the spatial factor), ``steps`` frames (or
-    latent frames) per step, batch 1, float32."""
+    latent frames) per step, batch 1, float32. The probe runs once per model and step length."""
     side = 2 * model.spatial_factor
+    probes = _PROBES.setdefault(model, {})
+    if (steps, decode) not in probes:
+        probes[(steps, decode)] = _probe(model, side, steps, decode)
+    carried, largest = probes[(steps, decode)]
+    scale = height * width / (side * side)
+    return int(carried * scale), int(largest * scale)
+
+
+# per model: (steps, decode) -> the probe's figures at side x side; shapes only, so they hold
+# for the model's lifetime
+_PROBES: WeakKeyDictionary[TokenizerModel, dict[tuple[int, bool], tuple[int, int]]] = (
+    WeakKeyDictionary())
+
+
+def _probe(model: TokenizerModel, side: int, steps: int, decode: bool) -> tuple[int, int]:
+    """Run the encoder (or decoder) once on a ``side`` x ``side`` frame; (carried, largest)."""
     carried, largest = 0, 0
 
     def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -162,5 +179,4 @@ def estimate_bytes(
     finally:
         for hook in hooks:
             hook.remove()
-    scale = height * width / (side * side)
-    return int(carried * scale), int(largest * scale)
+    return carried, largest
