@@ -258,8 +258,8 @@ class Tokenizer:
     def check_tiling(self, tiling: Tiling) -> Tiling:
         """``tiling`` if the model can work in spatial tiles, else a `ConfigError`."""
         if not self.model.tiles:
-            raise ConfigError(f"spatial tiling needs a vqtok-family model; {self.name} is a "
-                              f"{self.family} model (use a smaller --chunk to save memory)")
+            raise ConfigError(f"{self.name} cannot work in spatial tiles: {self.model.untiled_why}"
+                              " (use a smaller --chunk to save memory)")
         return tiling
 
     def unmap(self, indices: Tensor, remap: RemapLike) -> Tensor:

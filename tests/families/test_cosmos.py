@@ -1,4 +1,5 @@
-"""Cosmos DV family: Haar patcher, resampling flags, fixture activations, exact streaming."""
+"""Cosmos DV family: Haar patcher, resampling flags, fixture activations, exact streaming and
+tiling."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vqtok.families.tiling as tiling_module
+from vqtok.api import Tokenizer
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.families.cosmos import CosmosConfig, CosmosTokenizer
 from vqtok.families.haar import (
@@ -18,6 +21,8 @@ from vqtok.families.haar import (
     haar_signs,
     haar_synthesis,
 )
+from vqtok.families.memory import MemoryPlan
+from vqtok.families.tiling import Tiling
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "cosmos-dv4x8x8"
 ATOL = 1e-4
@@ -171,3 +176,40 @@ def test_bad_clip_lengths_are_refused(model: CosmosTokenizer) -> None:
         model.encode(torch.zeros(1, 3, 4, 16, 16))
     with pytest.raises(VqtokError, match="multiples of 8"):
         model.encode(torch.zeros(1, 3, 1, 12, 16))
+
+
+@pytest.mark.parametrize(("variant", "spill"), [("DV4x8x8", False), ("DV8x16x16", True)])
+def test_tiled_stream_gives_the_untiled_indices_and_frames(
+    ref: dict[str, torch.Tensor], variant: str, spill: bool, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Convolutions in tiles, norms and attention on whole frames: bit-identical, on a frame
+    that is not a multiple of the tile (DV8x16x16 adds the spatial and temporal resampling),
+    with the carried frames on disk or not."""
+    monkeypatch.setattr(tiling_module, "_SPILL_MIN_BYTES", 0)  # spill every carried tensor
+    model = CosmosTokenizer(CosmosConfig(variant=variant, channels=16)).eval()
+    model.load_state_dict({k: ref[k] for k in model.state_dict()}, strict=True)
+    f, tau = model.spatial_factor, model.temporal_factor
+    torch.manual_seed(3)
+    video = torch.rand(1, 3, 1 + 2 * tau, 3 * f, 5 * f) * 2 - 1
+    tiling = Tiling(16, 24, spill_dir=str(tmp_path) if spill else None)
+    with torch.no_grad():
+        whole = model.encode(video)
+        tiled = torch.cat(list(model.encode_stream(video.split([3, 2 * tau - 2], dim=2),
+                                                   tiling=tiling)), dim=1)
+        assert torch.equal(tiled, whole)
+        per_frame = list(model.decode_stream(whole.split(1, dim=1)))
+        tiled_frames = list(model.decode_stream([whole], tiling=tiling))
+    assert [p.shape[2] for p in tiled_frames] == [1, tau, tau]
+    assert all(torch.equal(a, b) for a, b in zip(tiled_frames, per_frame, strict=True))
+    assert list(tmp_path.iterdir()) == []  # spilled frames are removed
+
+
+def test_tokenizer_tiles_a_cosmos_model_and_the_planner_probes_it(model: CosmosTokenizer) -> None:
+    tok = Tokenizer(model)
+    video = torch.rand(1, 3, 5, 24, 40) * 2 - 1
+    assert torch.equal(tok.encode(video, tiling=Tiling(16, 16)), tok.encode(video))
+    plan = MemoryPlan(max_memory=0.5)
+    assert plan.tiling_for(model, 256, 256, 16) is None  # small frames fit the budget
+    assert plan.tiling_for(model, 2160, 3840, 16).height == 512  # type: ignore[union-attr]
+    assert MemoryPlan(tile=(64, 96)).tiling_for(model, 64, 64, 4, decode=True) == Tiling(64, 96)

@@ -60,5 +60,5 @@ def test_a_tile_size_for_a_model_that_cannot_tile_is_an_error() -> None:
 
     model = Magvit2Tokenizer(Magvit2Config(ch=32, num_res_blocks=1, z_channels=4))
     assert MemoryPlan(max_memory=0.1).tiling_for(model, 2160, 3840, 16) is None  # auto: untiled
-    with pytest.raises(ConfigError, match="--tile needs a vqtok-family model"):
+    with pytest.raises(ConfigError, match="open-magvit2-video model cannot work in spatial"):
         MemoryPlan(tile=(512, 512)).tiling_for(model, 64, 64, 16)

@@ -103,5 +103,20 @@ def test_tiles_below_16_pixels_are_refused() -> None:
 
 def test_families_without_tiling_refuse_it() -> None:
     tok = Tokenizer(Magvit2Tokenizer(Magvit2Config(ch=32, num_res_blocks=1, z_channels=4)))
-    with pytest.raises(ConfigError, match="needs a vqtok-family model"):
+    with pytest.raises(ConfigError, match="cannot work in spatial tiles: its norms pool"):
         tok.encode(torch.zeros(1, 3, 5, 16, 16), tiling=Tiling())
+
+
+@pytest.mark.parametrize(("spatial", "temporal"), [(True, True), (True, False), (False, True)])
+def test_upsample_alone_in_a_tiled_stream_equals_untiled(spatial: bool, temporal: bool) -> None:
+    from vqtok.families.layers import StreamState, Upsample
+
+    torch.manual_seed(0)
+    layer = Upsample(4, spatial=spatial, temporal=temporal).eval()
+    x = torch.randn(1, 4, 3, 10, 13)
+    with torch.no_grad():
+        whole = layer(x, StreamState())
+        state = StreamState(Tiling(16, 16))
+        state.video_width = 13 * (1 + spatial)
+        tiled = torch.cat([layer(part, state) for part in x.split([1, 2], dim=2)], dim=2)
+    assert torch.equal(tiled, whole)

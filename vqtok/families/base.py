@@ -40,7 +40,8 @@ class TokenizerModel(nn.Module):
         config_class: a frozen dataclass with ``from_dict`` (rejects unknown keys, raises
             `ConfigError`) and ``to_dict`` (`FamilyConfig`).
         tiles: whether ``encode_stream`` / ``decode_stream`` take ``tiling=`` (spatial tiles,
-            `vqtok.families.tiling`).
+            `vqtok.families.tiling`), with the same indices and frames as untiled.
+        untiled_why: for a family that does not tile, why (one clause, shown to users).
 
     Instance attributes:
         config: the config it was built from.
@@ -54,6 +55,7 @@ class TokenizerModel(nn.Module):
     family: ClassVar[str]
     config_class: ClassVar[Any]
     tiles: ClassVar[bool] = False
+    untiled_why: ClassVar[str] = "its family has no tiled pass"
 
     config: Any
     quantizer: Quantizer

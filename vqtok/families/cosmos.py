@@ -42,6 +42,7 @@ from vqtok.families.cosmos_layers import (
 )
 from vqtok.families.haar import HaarPatcher, HaarUnpatcher
 from vqtok.families.layers import StreamState
+from vqtok.families.tiling import Tiling
 from vqtok.quantizers.base import QuantizerOutput
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 
@@ -234,6 +235,7 @@ class CosmosTokenizer(TokenizerModel):
 
     family: ClassVar[str] = "cosmos-dv"
     config_class: ClassVar[Any] = CosmosConfig
+    tiles: ClassVar[bool] = True
 
     def __init__(self, config: CosmosConfig) -> None:
         super().__init__()
@@ -289,33 +291,46 @@ class CosmosTokenizer(TokenizerModel):
 
     def encode_stream(
         self, chunks: Iterable[Tensor], allowed: Sequence[Tensor] | None = None,
-        levels: int | None = None,
+        levels: int | None = None, tiling: Tiling | None = None,
     ) -> Iterator[Tensor]:
         """Encode consecutive chunks (B, 3, T_i, H, W) of one video, any T_i >= 1 (compact
         ids of the ``allowed`` codes when given).
 
         Frames are buffered so the network sees 1 + k*tau frames first and multiples of tau
-        afterwards; each yields (B, t_i, h, w) indices, and their concatenation along dim 1
+        afterwards; each step yields (B, t, h, w) indices, and their concatenation along dim 1
         equals ``encode`` of the whole video. Frames after the last complete 1 + k*tau are
-        dropped, so pad the video first.
+        dropped, so pad the video first. With ``tiling``, the steps are the shortest ones (1
+        frame, then tau) and convolutions run in spatial tiles (`vqtok.families.tiling`);
+        norms and attention see whole frames, so the indices are the same.
         """
-        state, tau = StreamState(), self.temporal_factor
+        state, tau = StreamState(tiling), self.temporal_factor
         pending: Tensor | None = None
         started = False
         for chunk in chunks:
             chunk = self._check_video(chunk, stream=True)
             pending = chunk if pending is None else torch.cat([pending, chunk], dim=2)
-            frames = pending.shape[2]
-            usable = (1 + (frames - 1) // tau * tau) if not started else frames // tau * tau
-            if usable <= 0:
-                continue
-            yield self.indices_of(self.latents(pending[:, :, :usable], state), allowed, levels)
-            pending, started = pending[:, :, usable:], True
+            state.video_width = pending.shape[4]
+            while True:
+                frames = pending.shape[2]
+                usable = frames // tau * tau if started else 1 + (frames - 1) // tau * tau
+                if tiling is not None:
+                    usable = min(usable, tau if started else 1)
+                if usable <= 0:
+                    break
+                yield self.indices_of(self.latents(pending[:, :, :usable], state), allowed,
+                                      levels)
+                pending, started = pending[:, :, usable:], True
 
-    def decode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+    def decode_stream(
+        self, chunks: Iterable[Tensor], tiling: Tiling | None = None
+    ) -> Iterator[Tensor]:
         """Decode consecutive index chunks (B, t_i, h, w): 1 + (t_1 - 1)*tau frames for the
-        first, t_i*tau after; their concatenation matches ``decode`` within float tolerance."""
-        state = StreamState()
+        first, t_i*tau after; their concatenation matches ``decode`` within float tolerance.
+        With ``tiling``, one latent frame at a time with convolutions in spatial tiles: the
+        same frames as an untiled stream of one latent frame per chunk."""
+        state = StreamState(tiling)
         for chunk in chunks:
-            if chunk.shape[1]:
-                yield self.decode_codes(self.indices_to_codes(chunk), state)
+            state.video_width = chunk.shape[3] * self.spatial_factor
+            for step in chunk.split(1 if tiling is not None else max(chunk.shape[1], 1), dim=1):
+                if step.shape[1]:
+                    yield self.decode_codes(self.indices_to_codes(step), state)

@@ -19,12 +19,15 @@ converted state dict keeps the release's keys and `vqtok.convert` needs no renam
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.families.layers import StreamState, conv3d
+from vqtok.families.tiling import Part, conv3d_tiled, time_tail
 
 
 def swish(x: Tensor) -> Tensor:
@@ -52,6 +55,8 @@ class CausalConv3d(nn.Module):
 
     (B, cin, T, H, W) -> (B, cout, ceil(T / st), ...): ``kt - st`` frames are prepended, which
     are copies of frame 0 on the first chunk and the previous chunk's last frames afterwards.
+    In a tiled stream (``state.tiling``) it runs tile by tile (`vqtok.families.tiling`), with
+    the same result.
     """
 
     def __init__(
@@ -67,9 +72,17 @@ class CausalConv3d(nn.Module):
         self.time_pad = kernel[0] - stride[0]
         self.space_pad = padding
 
+    @property
+    def carried_frames(self) -> int:
+        """Input frames a stream keeps from one chunk for the next (`vqtok.families.memory`)."""
+        return self.time_pad
+
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        if state is not None and state.tiling is not None:
+            return self._forward_tiled(x, state)
         if self.time_pad:
             front = None if state is None else state.take(self)
+            assert front is None or isinstance(front, Tensor)
             if front is None:
                 front = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
             x = torch.cat([front, x], dim=2)
@@ -79,6 +92,25 @@ class CausalConv3d(nn.Module):
         conv = self.conv3d
         stride = (conv.stride[0], conv.stride[1], conv.stride[2])
         return conv3d(x, conv.weight, conv.bias, stride, (0, p, p))
+
+    def _forward_tiled(self, x: Tensor, state: StreamState) -> Tensor:
+        """The next chunk of a tiled stream: tile by tile, the carried frames as parts that
+        may sit on disk (`vqtok.families.tiling`)."""
+        assert state.tiling is not None
+        parts: list[Part] = [x]
+        if self.time_pad:
+            carry = state.take(self)
+            assert carry is None or isinstance(carry, list)
+            front = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+            parts = [front, x] if carry is None else [*carry, x]
+            frames = sum(part.shape[2] for part in parts)
+            state.put(self, time_tail(parts, frames - self.time_pad, state.tiling.spill_dir))
+        conv, p = self.conv3d, self.space_pad
+        spec = SimpleNamespace(weight=conv.weight, bias=conv.bias, kernel=conv.kernel_size,
+                               stride=conv.stride, padding=(0, p, p))
+        w_out = (x.shape[4] + 2 * p - conv.kernel_size[2]) // conv.stride[2] + 1
+        frames = sum(part.shape[2] for part in parts)
+        return conv3d_tiled(parts, frames, spec, state.tile_at(w_out))
 
 
 class FactorizedConv(nn.Sequential):
@@ -90,7 +122,7 @@ class FactorizedConv(nn.Sequential):
         )
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:  # type: ignore[override]
-        return self[1](self[0](x), state)  # type: ignore[no-any-return]
+        return self[1](self[0](x, state), state)  # type: ignore[no-any-return]
 
 
 class FrameNorm(nn.Module):
@@ -160,6 +192,7 @@ class TemporalAttention(_Attention):
         past = 0
         if state is not None:
             carried = state.take(self)  # (2, B*h*w, 1, past, C): earlier keys and values
+            assert carried is None or isinstance(carried, Tensor)
             if carried is not None:
                 past = carried.shape[3]
                 k, v = torch.cat([carried[0], k], dim=2), torch.cat([carried[1], v], dim=2)
@@ -191,7 +224,7 @@ class HybridDownsample(nn.Module):
             return x
         if self.spatial:
             x = F.pad(x, (0, 1, 0, 1))
-            x = self.conv1(x) + F.avg_pool3d(x, (1, 2, 2), stride=(1, 2, 2))
+            x = self.conv1(x, state) + F.avg_pool3d(x, (1, 2, 2), stride=(1, 2, 2))
         if self.temporal:
             if is_first(self, state):
                 x = torch.cat([x[:, :, :1], x], dim=2)
@@ -224,5 +257,5 @@ class HybridUpsample(nn.Module):
             x = self.conv1(x, state) + x
         if self.spatial:
             x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
-            x = self.conv2(x) + x
+            x = self.conv2(x, state) + x
         return self.conv3(x)  # type: ignore[no-any-return]

@@ -148,6 +148,11 @@ class CausalConv3d(nn.Module):
         self.bias = conv.bias
         self.out_channels = out_channels
 
+    @property
+    def carried_frames(self) -> int:
+        """Input frames a stream keeps from one chunk for the next (`vqtok.families.memory`)."""
+        return self.kernel[0] - 1
+
     def _front_pad(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, C, kt - 1 + T, H, W): the causal padding before frame 0."""
         n = self.kernel[0] - 1
@@ -341,7 +346,8 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         if state is not None and state.tiling is not None:
-            return self.enlarge(self.repeat_time(x, state), state)
+            frames = [self.enlarge(frame, state) for frame in self.repeat_time(x, state)]
+            return torch.cat(frames, dim=2) if frames else self.conv._empty_output(x, 1 + self.spatial)
         if self.temporal and x.shape[2] > 0:
             x = x.repeat_interleave(2, dim=2)  # (B, C, T, H, W) -> (B, C, 2T, H, W)
             first_chunk = state is None or not state.started(self)

@@ -268,6 +268,10 @@ class Magvit2Tokenizer(TokenizerModel):
 
     family: ClassVar[str] = "open-magvit2-video"
     config_class: ClassVar[Any] = Magvit2Config
+    # every GroupNorm (and the decoder's code statistics) pools a whole window of frames, so
+    # no tile sees what the untiled pass sees, and holding the window is the memory itself
+    untiled_why: ClassVar[str] = ("its norms pool statistics over a whole window of frames, "
+                                  "so no tile can give the untiled indices")
 
     def __init__(self, config: Magvit2Config) -> None:
         super().__init__()

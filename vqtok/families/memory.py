@@ -27,7 +27,8 @@ import torch
 
 from vqtok.errors import ConfigError
 from vqtok.families.base import TokenizerModel
-from vqtok.families.layers import CausalConv3d, StreamState
+from vqtok.families.cosmos_layers import CausalConv3d as CosmosCausalConv3d
+from vqtok.families.layers import CausalConv3d
 from vqtok.families.tiling import Tiling
 
 __all__ = ["MemoryPlan", "estimate_bytes", "machine_memory", "parse_tile", "peak_bytes"]
@@ -104,8 +105,8 @@ class MemoryPlan:
             ConfigError: a tile size given for a model that cannot tile.
         """
         if isinstance(self.tile, tuple) and not model.tiles:
-            raise ConfigError(f"--tile needs a vqtok-family model, not a {model.family} one "
-                              "(use a smaller --chunk to save memory)")
+            raise ConfigError(f"--tile: a {model.family} model cannot work in spatial tiles: "
+                              f"{model.untiled_why} (use a smaller --chunk to save memory)")
         if self.tile is None or not model.tiles:
             return None
         f = model.spatial_factor
@@ -154,28 +155,36 @@ _PROBES: WeakKeyDictionary[TokenizerModel, dict[tuple[int, bool], tuple[int, int
 
 
 def _probe(model: TokenizerModel, side: int, steps: int, decode: bool) -> tuple[int, int]:
-    """Run the encoder (or decoder) once on a ``side`` x ``side`` frame; (carried, largest)."""
+    """Stream the encoder (or decoder) once over a ``side`` x ``side`` frame; (carried,
+    largest). Causal convolutions (any module with ``carried_frames``) count as carrying."""
     carried, largest = 0, 0
 
     def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal carried, largest
         x = inputs[0]
-        largest = max(largest, (x.numel() + output.numel()) * 4)
-        if isinstance(module, CausalConv3d) and x.shape[2]:
-            carried += (module.kernel[0] - 1) * x[:, :, :1].numel() * 4
+        if module in leaves:
+            largest = max(largest, (x.numel() + output.numel()) * 4)
+        if module in carriers and x.shape[2]:
+            carried += carriers[module] * x[:, :, :1].numel() * 4
 
-    net = model.decoder if decode else model.encoder
+    net: torch.nn.Module = model.decoder if decode else model.encoder  # type: ignore[assignment]
+    leaves = {m for m in net.modules() if not list(m.children())}
+    carriers = {m: m.carried_frames for m in net.modules()
+                if isinstance(m, CausalConv3d | CosmosCausalConv3d)}
     device = next(model.parameters()).device  # the probe runs where the model is
-    hooks = [m.register_forward_hook(record) for m in net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves | carriers.keys()]
     try:
         with torch.inference_mode():
             if decode:
                 grid = torch.zeros(1, steps, 2, 2, *([model.quantizer.num_codebooks]
                                                     if model.quantizer.num_codebooks > 1 else []),
                                    dtype=torch.long, device=device)
-                model.decoder(model._codes(grid), StreamState())
+                for _ in model.decode_stream([grid]):
+                    pass
             else:
-                model.encoder(torch.zeros(1, 3, steps, side, side, device=device), StreamState())
+                video = torch.zeros(1, 3, steps, side, side, device=device)
+                for _ in model.encode_stream([video]):
+                    pass
     finally:
         for hook in hooks:
             hook.remove()
