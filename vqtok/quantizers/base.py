@@ -293,6 +293,7 @@ class Quantizer(nn.Module):
     def indices_to_codes(self, indices: Tensor, channel_last: bool | None = None) -> Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
     def reseed_dead_codes(
         self,
         samples: Tensor,
@@ -302,16 +303,27 @@ class Quantizer(nn.Module):
     ) -> int:
         """Move codes used fewer than ``threshold`` times onto random recent latents.
 
+        Runs without autograd on detached ``samples``; the quantizer's `_reseed` does the work.
+
         Args:
-            samples: (M, dim) recent quantizer inputs (channel-last tokens).
-            counts: (K,) how often each code was chosen since the last call.
+            samples: (M, dim) recent quantizer inputs (channel-last tokens), float.
+            counts: how often each index was chosen since the last call (e.g.
+                `CodeUsage.counts`): (codebook_size,), compact ids with a remap; residual
+                quantizers take (L, K), one row per level (see their `_reseed`).
             threshold: codes with ``counts < threshold`` are re-seeded.
-            generator: optional, for reproducible choices.
+            generator: optional, on ``samples``' device, for reproducible choices.
 
         Returns:
             The number of codes re-seeded; 0 for quantizers without a learned codebook
-            (LFQ, FSQ), which is what this default does.
+            (LFQ, FSQ).
         """
+        return self._reseed(samples.detach(), counts, threshold, generator)
+
+    def _reseed(
+        self, samples: Tensor, counts: Tensor, threshold: float, generator: torch.Generator | None
+    ) -> int:
+        """`reseed_dead_codes`' work (no autograd, ``samples`` detached); this default, for
+        quantizers without a learned codebook, re-seeds nothing and returns 0."""
         return 0
 
     def check_levels(self, levels: int | None) -> int:

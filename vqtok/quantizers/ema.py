@@ -178,10 +178,16 @@ class EMACodebook(nn.Module):
         """
         counts = self.cluster_size if counts is None else counts
         dead = reseed_dead_codes(self.weight, counts, samples, threshold, generator)
+        self.restart_statistics(dead, threshold)
+        return dead
+
+    @torch.no_grad()
+    def restart_statistics(self, dead: Tensor, threshold: float) -> None:
+        """Statistics of the codes ``dead`` ((K,) bool) just moved to new rows of ``weight``:
+        each seen ``max(threshold, 1)`` times at its row (see `reseed_dead`)."""
         reset = max(float(threshold), 1.0)
         self.cluster_size[dead] = reset
         self.embed_avg[dead] = self.weight[dead] * reset
-        return dead
 
 
 def ema_lookup(

@@ -64,16 +64,9 @@ class EMAResidualQuantizer(ResidualStack):
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
         return codebook.weight
 
-    def _reseed_level(
-        self,
-        level: int,
-        residuals: Tensor,
-        counts: Tensor,
-        threshold: float,
-        generator: torch.Generator | None,
-    ) -> int:
+    def _level_reseeded(self, level: int, dead: Tensor, threshold: float) -> None:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]
-        return int(codebook.reseed_dead(residuals, counts, threshold, generator).sum())
+        codebook.restart_statistics(dead, threshold)
 
     def _set_level(self, level: int, codes: Tensor) -> None:
         codebook: EMACodebook = self.codebooks[level]  # type: ignore[assignment]

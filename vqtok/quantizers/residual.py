@@ -65,8 +65,8 @@ def level_sizes(num_levels: int, codebook_sizes: int | list[int] | tuple[int, ..
 
 class ResidualStack(Quantizer):
     """The residual loop shared by both codebook kinds; subclasses provide one level's step
-    and its codes (`level_weight`), and override the re-seeding and setting of a level's codes
-    where a codebook holds more than those rows (EMA statistics)."""
+    and its codes (`level_weight`), and override `_level_reseeded` and `_set_level` where a
+    codebook holds more than those rows (EMA statistics)."""
 
     def __init__(
         self, dim: int, num_levels: int, codebook_sizes: int | list[int], beta: float,
@@ -131,50 +131,32 @@ class ResidualStack(Quantizer):
         """Quantize residual ``r`` (N, D) float32 -> (q (N, D), idx (N,), loss scalar)."""
         raise NotImplementedError
 
-    def _reseed_level(
-        self,
-        level: int,
-        residuals: Tensor,
-        counts: Tensor,
-        threshold: float,
-        generator: torch.Generator | None,
-    ) -> int:
-        """Re-seed level ``level``'s dead codes from ``residuals`` (M, D); returns how many.
-        This default moves the rows of `level_weight` only (codebooks that hold no more)."""
-        weight = self.level_weight(level)
-        return int(reseed_dead_codes(weight.data, counts, residuals, threshold, generator).sum())
-
-    @torch.no_grad()
-    def reseed_dead_codes(
-        self,
-        samples: Tensor,
-        counts: Tensor,
-        threshold: float = 1.0,
-        generator: torch.Generator | None = None,
+    def _reseed(
+        self, samples: Tensor, counts: Tensor, threshold: float, generator: torch.Generator | None
     ) -> int:
         """Re-seed every level's rarely used codes from the residuals that level sees.
 
         Level l is re-seeded from ``r_l`` of the samples (after levels < l, already re-seeded,
         took their share), so a new code lands where that level's inputs really are.
-
-        Args:
-            samples: (M, dim) recent quantizer inputs.
-            counts: (L, K) usage per level since the last call (row l uses its first K_l
-                entries); a (K,) tensor is accepted when L = 1.
-            threshold: codes with count < threshold are re-seeded.
-            generator: optional, for reproducible choices.
-
-        Returns:
-            The number of codes re-seeded over all levels.
+        ``counts``: (L, K) usage per level (row l uses its first K_l entries); a (K,) tensor is
+        accepted when L = 1. Returns the number of codes re-seeded over all levels.
         """
         counts = counts.reshape(self.num_levels, -1)
-        r, total = samples.detach().float(), 0
+        r, total = samples.float(), 0
         for level in range(self.num_levels):
             k = self.codebook_sizes[level]
-            total += self._reseed_level(level, r, counts[level, :k], threshold, generator)
-            weight = self.level_weight(level).float()
+            weight = self.level_weight(level)
+            dead = reseed_dead_codes(weight.data, counts[level, :k], r, threshold, generator)
+            self._level_reseeded(level, dead, threshold)
+            total += int(dead.sum())
+            weight = weight.float()
             r = r - weight[nearest_codes(r, weight)]
         return total
+
+    def _level_reseeded(self, level: int, dead: Tensor, threshold: float) -> None:
+        """Level ``level``'s codes ``dead`` ((K_l,) bool) were just moved to new rows of
+        `level_weight`; this default has nothing more to update (codebooks that hold no
+        statistics besides those rows)."""
 
     @torch.no_grad()
     def init_from_samples(

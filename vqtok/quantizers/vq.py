@@ -186,28 +186,13 @@ class VectorQuantizer(Quantizer):
         codes = F.embedding(self.to_full_ids(ids.reshape(-1)), self.embedding.weight)
         return layout.from_tokens(codes)
 
-    @torch.no_grad()
-    def reseed_dead_codes(
-        self,
-        samples: Tensor,
-        counts: Tensor,
-        threshold: float = 1.0,
-        generator: torch.Generator | None = None,
+    def _reseed(
+        self, samples: Tensor, counts: Tensor, threshold: float, generator: torch.Generator | None
     ) -> int:
-        """Move codes chosen fewer than ``threshold`` times onto random recent latents.
-
-        Args:
-            samples: (M, dim) recent quantizer inputs (channel-last tokens).
-            counts: (codebook_size,) how often each index was chosen since the last call
-                (e.g. `CodeUsage.counts`); with remap these are the compact ids.
-            threshold: codes with ``counts < threshold`` are re-seeded.
-            generator: optional, on ``samples``' device, for reproducible choices.
-
-        Returns:
-            The number of codes re-seeded.
-        """
+        """Re-seed the searchable codes; ``counts`` (codebook_size,) are per index (compact
+        ids with remap), so codes outside the used set are never moved."""
         rows = self.searchable_codes().detach().clone()
-        dead = reseed_rows(rows, counts, samples.detach(), threshold, generator)
+        dead = reseed_rows(rows, counts, samples, threshold, generator)
         self._write_rows(rows, dead)
         return int(dead.sum())
 
