@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -270,32 +271,11 @@ class VideoReader(WindowedFrames):
         return rgb[top : top + out_h, left : left + out_w]
 
 
-def read_frames(
-    path: Source,
-    *,
-    size: tuple[int, int] | None = None,
-    short_side: int | None = None,
-    crop_multiple: int = 1,
-    fps: Fraction | int | float | str | None = None,
-    max_frames: int | None = None,
-    window: int = 16,
-    threads: int = 0,
-    on_warning: Callable[[str], None] | None = None,
-) -> Iterator[np.ndarray]:
-    """Stream a video as uint8 RGB windows (T_i, H, W, 3); see `VideoReader` for the arguments.
+def read_frames(path: Source, **options: Any) -> Iterator[np.ndarray]:
+    """Stream a video as uint8 RGB windows (T_i, H, W, 3): ``iter(VideoReader(path, ...))``,
+    ``options`` being `VideoReader`'s keyword arguments (size, short_side, crop_multiple, fps,
+    max_frames, window, threads, on_warning).
 
     Opening errors (missing file, not a video, audio-only) raise here, before the first window.
     """
-    return iter(
-        VideoReader(
-            path,
-            size=size,
-            short_side=short_side,
-            crop_multiple=crop_multiple,
-            fps=fps,
-            max_frames=max_frames,
-            window=window,
-            threads=threads,
-            on_warning=on_warning,
-        )
-    )
+    return iter(VideoReader(path, **options))
