@@ -181,16 +181,7 @@ def decode_frames(
 
 
 def decode_file(
-    source: str | Path,
-    target: str | Path,
-    tokenizer: Tokenizer,
-    *,
-    fps: Fraction | int | float | str | None = None,
-    remap: str | Path | None = None,
-    force: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-    memory: MemoryPlan = MemoryPlan(),
-    progress: ProgressFn | None = None,
+    source: str | Path, target: str | Path, tokenizer: Tokenizer, **options: Any
 ) -> DecodeResult:
     """Decode an index file into an MP4 (H.264), atomically.
 
@@ -198,12 +189,8 @@ def decode_file(
         source: the index file (``.npy`` with its ``.json`` sidecar, or ``.safetensors``).
         target: the video to write (``.mp4``, ``.mov``, ``.mkv``).
         tokenizer: the model the file was encoded with.
-        fps: frame rate of the output; default the recorded encoded rate.
-        remap: the remap file of remapped indices (checked against the recorded SHA-256).
-        force: decode even if the model's weights hash differs from the recorded one.
-        chunk: frames per streaming step.
-        memory: ``--tile`` / ``--max-memory``: when to decode in spatial tiles (same frames).
-        progress: called with frames written since the last call.
+        options: `decode_indices`' keyword arguments (fps, remap, force, chunk, memory,
+            progress).
 
     Returns:
         `DecodeResult` (frames = the recorded encoded frame count, padding trimmed).
@@ -214,8 +201,7 @@ def decode_file(
     """
     indices, meta = load_tokens(source)
     return decode_indices(indices, meta, target, tokenizer, source=source,
-                          record_sha256=index_sha256(source), fps=fps, remap=remap, force=force,
-                          chunk=chunk, memory=memory, progress=progress)
+                          record_sha256=index_sha256(source), **options)
 
 
 def decode_indices(
@@ -234,14 +220,23 @@ def decode_indices(
     progress: ProgressFn | None = None,
 ) -> DecodeResult:
     """Decode indices held in memory (an index file's, a dataset row's) into a video, as
-    `decode_file` does.
+    `decode_file` does for an index file.
 
     Args:
         indices: (t, h, w) or (t, h, w, L) integer ids, as the index file stores them.
         meta: their sidecar.
+        target: the video to write (``.mp4``, ``.mov``, ``.mkv``), atomically.
+        tokenizer: the model the indices were encoded with.
         source: what they came from, for messages and the result.
         record_sha256: what the video records as its indices' hash (`DecodeRecord`).
-        The rest as `decode_file`.
+        fps: frame rate of the output; default the recorded encoded rate.
+        remap: the remap file of remapped indices (checked against the recorded SHA-256).
+        force: decode even if the model's weights hash differs from the recorded one.
+        chunk: frames per streaming step.
+        memory: ``--tile`` / ``--max-memory``: when to decode in spatial tiles (same frames).
+        progress: called with frames written since the last call.
+
+    Returns and raises as `decode_file`.
     """
     start = time.perf_counter()
     check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source)
