@@ -32,6 +32,7 @@ from torch import Tensor
 
 from vqtok.atomic import atomic_bytes
 from vqtok.errors import RemapError
+from vqtok.io.header_json import header_json
 from vqtok.quantizers.remap import UsedSets, validate_used
 
 METADATA_KEY = "vqtok_remap"
@@ -207,12 +208,8 @@ def is_remap_file(path: str | os.PathLike) -> bool:
 
 def _read_header(metadata: dict[str, str], where: str) -> dict[str, int]:
     """The checked ``vqtok_remap`` header: format_version, num_levels, codebook_size."""
-    if METADATA_KEY not in metadata:
-        raise RemapError(f"no {METADATA_KEY!r} metadata: not a vqtok remap file", where)
-    try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise RemapError(f"the {METADATA_KEY!r} metadata is not valid JSON ({e})", where) from e
+    header = header_json(metadata, METADATA_KEY, RemapError, where, ": not a vqtok remap file",
+                         repr(METADATA_KEY))
     keys = ("format_version", "num_levels", "codebook_size")
     if not isinstance(header, dict) or sorted(header) != sorted(keys):
         raise RemapError(f"the {METADATA_KEY!r} metadata must hold exactly {keys}", where)

@@ -40,6 +40,7 @@ import safetensors.numpy
 from vqtok.atomic import atomic_bytes
 from vqtok.errors import TokenFileError
 from vqtok.io.digest import file_sha256
+from vqtok.io.header_json import header_json
 from vqtok.io.sniff import file_kind
 from vqtok.io.token_meta import (
     FORMAT_VERSION,
@@ -335,12 +336,8 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, TokenMetadata]:
         raise TokenFileError(
             f"not a readable safetensors file ({e}); encode the video again", path
         ) from e
-    if SAFETENSORS_KEY not in header:
-        raise TokenFileError(f"no {SAFETENSORS_KEY!r} metadata in the safetensors header", path)
-    try:
-        data = json.loads(header[SAFETENSORS_KEY])
-    except json.JSONDecodeError as e:
-        raise TokenFileError(f"the header metadata is not valid JSON ({e})", path) from e
+    data = header_json(header, SAFETENSORS_KEY, TokenFileError, path,
+                       " in the safetensors header", "header")
     return array, TokenMetadata.from_dict(data, path)
 
 
