@@ -177,7 +177,10 @@ class SpatialAttention(_Attention):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, t, h, w = x.shape
-        q, k, v = (rearrange(z, "b c t h w -> (b t) 1 (h w) c") for z in self.qkv(x))
+        # contiguous: PyTorch's CPU flash kernel, O(h*w) memory; strided views fall back to
+        # the kernel that holds the (h*w)^2 matrix (6.7 GB for 4 frames at 720p)
+        q, k, v = (rearrange(z, "b c t h w -> (b t) 1 (h w) c").contiguous()
+                   for z in self.qkv(x))
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "(b t) 1 (h w) c -> b c t h w", b=b, t=t, h=h, w=w)
         return x + self.proj_out(out)
