@@ -347,7 +347,9 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         if state is not None and state.tiling is not None:
             frames = [self.enlarge(frame, state) for frame in self.repeat_time(x, state)]
-            return torch.cat(frames, dim=2) if frames else self.conv._empty_output(x, 1 + self.spatial)
+            if not frames:
+                return self.conv._empty_output(x, 2 if self.spatial else 1)
+            return torch.cat(frames, dim=2)
         if self.temporal and x.shape[2] > 0:
             x = x.repeat_interleave(2, dim=2)  # (B, C, T, H, W) -> (B, C, 2T, H, W)
             first_chunk = state is None or not state.started(self)
