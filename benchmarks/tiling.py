@@ -145,8 +145,11 @@ def main() -> None:
             for row in measure_size(args.model, height, width, Path(tmp)):
                 print(row, flush=True)
                 lines.append(row)
+    title = "## Tiling: memory and time by resolution (`benchmarks/tiling.py`)"
+    if args.model != "vqtok-ema-video":
+        title += f", {Path(args.model).name}"
     head = [
-        "## Tiling: memory and time by resolution (`benchmarks/tiling.py`)", "",
+        title, "",
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, float32 matmul {gflops:.0f} GFLOP/s in the same run, "
         f"load {loadavg()} at the end; model {args.model}, {FRAMES} frames, `vqtok encode` / "
