@@ -93,10 +93,9 @@ class CausalConv3d(nn.Module):
         stride = (conv.stride[0], conv.stride[1], conv.stride[2])
         return conv3d(x, conv.weight, conv.bias, stride, (0, p, p))
 
-    def _forward_tiled(self, x: Tensor, state: StreamState, upsample: int = 1) -> Tensor:
+    def _forward_tiled(self, x: Tensor, state: StreamState) -> Tensor:
         """The next chunk of a tiled stream: tile by tile, the carried frames as parts that
-        may sit on disk (`vqtok.families.tiling`); ``x`` enlarged ``upsample``-fold (nearest)
-        on the fly."""
+        may sit on disk (`vqtok.families.tiling`)."""
         assert state.tiling is not None
         parts: list[Part] = [x]
         if self.time_pad:
@@ -104,14 +103,14 @@ class CausalConv3d(nn.Module):
             assert carry is None or isinstance(carry, list)
             front = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
             parts = [front, x] if carry is None else [*carry, x]
-        frames = sum(part.shape[2] for part in parts)
-        if self.time_pad:
+            frames = sum(part.shape[2] for part in parts)
             state.put(self, time_tail(parts, frames - self.time_pad, state.tiling.spill_dir))
         conv, p = self.conv3d, self.space_pad
         spec = SimpleNamespace(weight=conv.weight, bias=conv.bias, kernel=conv.kernel_size,
                                stride=conv.stride, padding=(0, p, p))
-        w_out = (x.shape[4] * upsample + 2 * p - conv.kernel_size[2]) // conv.stride[2] + 1
-        return conv3d_tiled(parts, frames, spec, state.tile_at(w_out), upsample)
+        w_out = (x.shape[4] + 2 * p - conv.kernel_size[2]) // conv.stride[2] + 1
+        frames = sum(part.shape[2] for part in parts)
+        return conv3d_tiled(parts, frames, spec, state.tile_at(w_out))
 
 
 class FactorizedConv(nn.Sequential):
@@ -259,14 +258,7 @@ class HybridUpsample(nn.Module):
             if is_first(self, state):
                 x = x[:, :, 1:]
             x = self.conv1(x, state) + x
-        if self.spatial and state is not None and state.tiling is not None:
-            # conv2 reads the doubled frame tile by tile and the sum adds x through a broadcast
-            # view: no whole doubled copy of x (the same values as below)
-            b, c, t, h, w = x.shape
-            out = self.conv2._forward_tiled(x, state, upsample=2)
-            out.view(b, c, t, h, 2, w, 2).add_(x[:, :, :, :, None, :, None])
-            x = out
-        elif self.spatial:
+        if self.spatial:
             x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
             x = self.conv2(x, state) + x
         return self.conv3(x)  # type: ignore[no-any-return]
