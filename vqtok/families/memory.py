@@ -12,8 +12,9 @@ them grow with the frame's area. Peak = `CARRY_FACTOR` x the carried frames +
 `ACTIVATION_FACTOR` x the largest layer's input and output + the process's baseline
 (`BASELINE_BYTES`: Python, torch, the weights). The factors bound the peak RSS measured on
 vqtok-ema-video at 1080p (encode with 4 and 16 frames per step: 4.1 / 7.9 GB, estimated 5.3 /
-9.1; decode with 1 and 4 latent frames: 5.5 / 9.5 GB, estimated 5.9 / 13.5): an estimate errs
-on the side of tiling.
+9.1; decode with 1 and 4 latent frames: 5.5 / 9.5 GB, estimated 5.9 / 13.5) and a full-size
+Cosmos DV4x8x8 (720p encode / decode 3.3 / 6.8 GB, estimated 4.9 / 10.5; 1080p encode 6.6,
+estimated 10.6): an estimate errs on the side of tiling.
 """
 
 from __future__ import annotations
