@@ -331,6 +331,7 @@ class CosmosTokenizer(TokenizerModel):
         state = StreamState(tiling)
         for chunk in chunks:
             state.video_width = chunk.shape[3] * self.spatial_factor
-            for step in chunk.split(1 if tiling is not None else max(chunk.shape[1], 1), dim=1):
+            steps = chunk.split(1, dim=1) if tiling is not None else [chunk]
+            for step in steps:
                 if step.shape[1]:
                     yield self.decode_codes(self.indices_to_codes(step), state)

@@ -103,13 +103,13 @@ class CausalConv3d(nn.Module):
             assert carry is None or isinstance(carry, list)
             front = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
             parts = [front, x] if carry is None else [*carry, x]
-            frames = sum(part.shape[2] for part in parts)
+        frames = sum(part.shape[2] for part in parts)
+        if self.time_pad:
             state.put(self, time_tail(parts, frames - self.time_pad, state.tiling.spill_dir))
         conv, p = self.conv3d, self.space_pad
         spec = SimpleNamespace(weight=conv.weight, bias=conv.bias, kernel=conv.kernel_size,
                                stride=conv.stride, padding=(0, p, p))
         w_out = (x.shape[4] + 2 * p - conv.kernel_size[2]) // conv.stride[2] + 1
-        frames = sum(part.shape[2] for part in parts)
         return conv3d_tiled(parts, frames, spec, state.tile_at(w_out))
 
 

@@ -157,7 +157,8 @@ _PROBES: WeakKeyDictionary[TokenizerModel, dict[tuple[int, bool], tuple[int, int
 
 def _probe(model: TokenizerModel, side: int, steps: int, decode: bool) -> tuple[int, int]:
     """Stream the encoder (or decoder) once over a ``side`` x ``side`` frame; (carried,
-    largest). Causal convolutions (any module with ``carried_frames``) count as carrying."""
+    largest). The causal convolutions of both conv families count as carrying
+    (their ``carried_frames``)."""
     carried, largest = 0, 0
 
     def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
