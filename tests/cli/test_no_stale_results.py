@@ -27,7 +27,7 @@ import torch
 from tests.clips import VFR_GAPS_MS, make_clip, make_vfr
 from tests.tiny import save_tiny_model
 from tests.train.test_train import tiny_run
-from vqtok.atomic import LEGACY_AGE, remove_stale, temp_path
+from vqtok.disk import LEGACY_AGE, remove_stale, temp_path
 from vqtok.io.checkpoint import load_pretrained
 from vqtok.pipeline.decode import DecodeRecord
 from vqtok.train.config import RunConfig

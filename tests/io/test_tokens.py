@@ -335,7 +335,7 @@ def test_failed_write_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monkey
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("vqtok.atomic.os.replace", broken_replace)
+    monkeypatch.setattr("vqtok.disk.os.replace", broken_replace)
     with pytest.raises(TokenFileError, match="disk full"):
         save_tokens(path, indices_for(meta, 2), meta)
     assert path.read_bytes() == before

@@ -18,10 +18,10 @@ import torch
 from tests.clips import make_clip
 from tests.tiny import tiny_config
 from vqtok.api import load
+from vqtok.disk import file_sha256
 from vqtok.errors import QuantizerError, RemapError
 from vqtok.families.vqtok import VideoTokenizer
 from vqtok.io.checkpoint import save_pretrained
-from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import REPO_MODELS
 from vqtok.io.remap import load_used_sets, save_used_sets
 from vqtok.io.tokens import load_tokens

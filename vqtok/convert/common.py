@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from vqtok import __version__
+from vqtok.disk import file_sha256
 from vqtok.errors import CheckpointError, ConfigError, OptionError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import save_pretrained
-from vqtok.io.digest import file_sha256
 from vqtok.io.hub import DownloadFn
 
 M = TypeVar("M", bound=TokenizerModel)

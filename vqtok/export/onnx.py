@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.api import Tokenizer, load
-from vqtok.atomic import atomic_bytes, remove_stale
+from vqtok.disk import atomic_bytes, remove_stale
 from vqtok.errors import MissingDependencyError, OptionError, VqtokError
 from vqtok.export import onnx_runner
 from vqtok.export.graphs import build_graphs, dynamic_shapes

@@ -38,9 +38,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vqtok import __version__
+from vqtok.disk import file_sha256
 from vqtok.errors import CheckpointError, ConfigError
 from vqtok.families.base import FAMILIES, TokenizerModel, family_class
-from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import CONFIG_FILE, WEIGHTS_FILE, resolve_model, search_dirs
 
 __all__ = [

@@ -30,7 +30,7 @@ import safetensors
 import safetensors.numpy
 from torch import Tensor
 
-from vqtok.atomic import atomic_bytes
+from vqtok.disk import atomic_bytes
 from vqtok.errors import RemapError
 from vqtok.io.header_json import header_json
 from vqtok.quantizers.remap import UsedSets, validate_used

@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 
 from vqtok import __version__
-from vqtok.atomic import atomic_bytes
+from vqtok.disk import atomic_bytes, file_sha256
 from vqtok.errors import MissingDependencyError, VqtokError
-from vqtok.io.digest import file_sha256
 from vqtok.io.tokens import TokenMetadata, index_dtype
 
 MANIFEST = "_vqtok.json"

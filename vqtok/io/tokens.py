@@ -37,9 +37,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from vqtok.atomic import atomic_bytes
+from vqtok.disk import atomic_bytes, file_sha256
 from vqtok.errors import TokenFileError
-from vqtok.io.digest import file_sha256
 from vqtok.io.header_json import header_json
 from vqtok.io.sniff import file_kind
 from vqtok.io.token_meta import (

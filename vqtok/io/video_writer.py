@@ -18,7 +18,7 @@ from types import TracebackType
 import av
 import numpy as np
 
-from vqtok.atomic import temp_path
+from vqtok.disk import temp_path
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.frames import as_fps
 

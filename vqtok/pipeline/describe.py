@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from vqtok.disk import file_sha256
 from vqtok.errors import CheckpointError, VqtokError
 from vqtok.io.checkpoint import list_models, parameter_count, read_info, weights_sha256
-from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import CONFIG_FILE, resolve_model
 from vqtok.io.remap import is_remap_file, load_used_sets
 from vqtok.io.shards import describe_dataset, looks_like_dataset

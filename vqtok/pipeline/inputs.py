@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from vqtok.atomic import remove_stale
+from vqtok.disk import remove_stale
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.io.manifests import is_manifest, read_manifest_rows
 from vqtok.io.remote import is_url, local_path, remote_fs, wrap_os_error

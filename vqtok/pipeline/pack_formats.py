@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from vqtok.atomic import remove_stale, temp_path
 from vqtok.data.flatten import Flattening
 from vqtok.data.formats import layout_module
 from vqtok.data.records import CLIPS_FILE, ClipRecord, write_records
+from vqtok.disk import file_sha256, remove_stale, temp_path
 from vqtok.errors import VqtokError
-from vqtok.io.digest import file_sha256
 from vqtok.io.shards import DATASET_VERSION, looks_like_dataset, manifest_path, write_manifest
 from vqtok.io.token_meta import TokenMetadata
 from vqtok.pipeline.pack import PackProgress, PackReport, ProgressFn, _Clip, _load

@@ -5,7 +5,7 @@ A run (``vqtok encode``, ``vqtok decode``) is a list of `Job` s, one per input f
 - `plan_inputs` expands files and directories (recursively, keeping only known extensions inside
   directories), mirrors each input's name into the output directory and marks outputs that are
   already complete so a rerun skips them (resume), and removes the temporary files a killed
-  earlier run left in the output folders (`vqtok.atomic.remove_stale`);
+  earlier run left in the output folders (`vqtok.disk.remove_stale`);
 - `shard` splits a job list between the processes of a distributed run (``--shard i/n``, or the
   ``RANK`` / ``WORLD_SIZE`` variables torchrun sets) deterministically and balanced by input size,
   so every file is done by exactly one process;
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vqtok.atomic import remove_stale
+from vqtok.disk import remove_stale
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.io.sources import ClipSource
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vqtok.api import Tokenizer
-from vqtok.atomic import remove_stale
+from vqtok.disk import remove_stale
 from vqtok.errors import ConfigError
 from vqtok.io.video import VideoReader, as_fps
 from vqtok.io.video_writer import VideoWriter

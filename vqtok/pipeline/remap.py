@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
+from vqtok.disk import file_sha256
 from vqtok.errors import RemapError, TokenFileError
-from vqtok.io.digest import file_sha256
 from vqtok.io.remap import load_used_sets
 from vqtok.io.tokens import RemapInfo, TokenMetadata
 from vqtok.quantizers.remap import UsedSets

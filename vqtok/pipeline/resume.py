@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vqtok.disk import file_sha256
 from vqtok.errors import TokenFileError
 from vqtok.io.checkpoint import weights_sha256
-from vqtok.io.digest import file_sha256
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
 

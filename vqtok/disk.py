@@ -1,4 +1,6 @@
-"""Atomic file writes: a file vqtok writes appears whole under its name, or not at all.
+"""Files on disk: written atomically (a file vqtok writes appears whole under its name, or not
+at all) and hashed (`file_sha256`, the hash index files, manifests, model cards and remap
+checks record).
 
 Every writer (index files and sidecars, videos, remap files) writes to a temporary file beside
 its target and renames it over the target once complete (`atomic_bytes`, or `temp_path` for a
@@ -14,6 +16,7 @@ process id, NAME an index file, sidecar, remap file or video) are removed once u
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -23,7 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["LEGACY_AGE", "atomic_bytes", "remove_stale", "temp_path"]
+__all__ = ["LEGACY_AGE", "atomic_bytes", "file_sha256", "remove_stale", "temp_path"]
 
 LEGACY_AGE = 600.0
 """Seconds since its last change after which a temporary file without a process id is stale."""
@@ -110,3 +113,16 @@ def _running(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
