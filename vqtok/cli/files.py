@@ -26,7 +26,7 @@ from vqtok.cli.ray_encode import (
     check_ray_flags,
     encode_on_ray,
 )
-from vqtok.cli.runs import exit_for, one_by_one, print_summary, run_jobs
+from vqtok.cli.runs import JobReport, exit_for, one_by_one, print_summary, run_jobs
 from vqtok.cli.support import (
     ChunkOpt,
     DebugOpt,
@@ -175,15 +175,11 @@ def encode(
                              shard=shard_option(shard))
         with download_bar(not err.is_terminal) as on_download:
             tokenizer = run.load(device, compute, on_download)  # None: every output complete
-        outcomes = run_jobs(
-            run.jobs,
-            lambda bar: run.results(tokenizer, bar.advance,
-                                    bar.start),
-            quiet or as_json,
-            debug,
-        )
-    print_summary(outcomes, _describe_encoded, as_json)
-    exit_for(outcomes)
+        with JobReport(run.jobs, quiet or as_json, debug) as report:
+            for job, result in run.results(tokenizer, report.bar.advance, report.bar.start):
+                report.record(job, result)
+    print_summary(report.outcomes, _describe_encoded, as_json)
+    exit_for(report.outcomes)
 
 
 def _index_format(output: str, given: Format | None) -> Format:
@@ -245,16 +241,13 @@ def decode(
                           remap=remap, force=force, chunk=chunk, memory=memory,
                           overwrite=overwrite,
                           shard=shard_option(shard))
-        outcomes = run_jobs(
-            run.jobs,
-            lambda bar: run.results(
-                lambda name: load_tokenizer(str(name), model_dir, device, compute), bar.advance,
-                bar.start),
-            quiet or as_json,
-            debug,
-        )
-    print_summary(outcomes, _describe_decoded, as_json)
-    exit_for(outcomes)
+        with download_bar(not err.is_terminal) as on_download, \
+                JobReport(run.jobs, quiet or as_json, debug) as report:
+            for job, result in run.results(device, compute, on_download, report.bar.advance,
+                                           report.bar.start):
+                report.record(job, result)
+    print_summary(report.outcomes, _describe_decoded, as_json)
+    exit_for(report.outcomes)
 
 
 def _describe_decoded(result: Any) -> str:

@@ -1,7 +1,8 @@
 """Batch runs of the file commands: one outcome per input, the progress bar, the summary.
 
-`run_jobs` runs the library's per-file results, printing each failure as one line as it happens
-(the other inputs go on); `print_summary` renders the outcomes (a table, or JSON with
+`JobReport` accounts for the library's per-file results as the command iterates them, printing
+each failure as one line as it happens (the other inputs go on; `run_jobs` drives a callable's
+results through one); `print_summary` renders the outcomes (a table, or JSON with
 ``--json``) and `exit_for` gives the exit status: 1 when any input failed.
 """
 
@@ -63,41 +64,76 @@ def one_by_one(jobs: Sequence[Job], work: Callable[[Job, ProgressFn], Any]) -> R
     return results
 
 
+class JobReport:
+    """The command line's account of a run, kept while the command iterates the library's
+    results: each failure printed as one line as it happens, the progress bar, one `Outcome`
+    per job.
+
+    Use as ``with JobReport(run.jobs, quiet, debug) as report:``, then
+    ``report.record(job, result)`` for each (job, result or exception) the run yields, with
+    ``report.bar``'s ``advance`` and ``start`` as its progress callbacks; ``report.outcomes``
+    after the block.
+    """
+
+    def __init__(self, jobs: Sequence[Job], quiet: bool, debug: bool) -> None:
+        self.jobs = list(jobs)
+        self.quiet = quiet
+        self.debug = debug
+        self._done: dict[Job, Outcome] = {}
+        for job in self.jobs:
+            if job.error is not None:  # failed while planning (e.g. an output name collision)
+                err.print(f"error: {job.source}: {job.error}", markup=False)
+                self._done[job] = Outcome(job, "failed", error=job.error)
+            elif job.done:
+                self._done[job] = Outcome(job, "skipped")
+            elif job.note is not None and not quiet:
+                err.print(f"note: {job.target}: {job.note}; replacing it", markup=False)
+        # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
+        pending = sum(job.size for job in self.jobs if job not in self._done)
+        self.bar = RunProgress(err, len(self.jobs), disable=quiet or not err.is_terminal,
+                               pending_bytes=pending)
+
+    def __enter__(self) -> JobReport:
+        self.bar.__enter__()
+        self.bar.skip(len(self._done))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def record(self, job: Job, result: Any) -> None:
+        """Account for one job's result, or the exception that stopped it (re-raised with
+        ``debug``)."""
+        self.bar.finish()
+        if isinstance(result, BaseException):
+            if self.debug:
+                raise result
+            err.print(fail_line(result, job.source), markup=False)
+            # the table and JSON rows name the input already: keep just the reason
+            self._done[job] = Outcome(job, "failed", error=reason_of(result))
+            return
+        warnings = tuple(getattr(result, "warnings", ()))
+        if not self.quiet:
+            for w in warnings:
+                err.print(f"warning: {job.source}: {w}", markup=False)
+        self._done[job] = Outcome(job, "ok", result, warnings=warnings)
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """One `Outcome` per job, in job order."""
+        return [self._done[job] for job in self.jobs]
+
+
 def run_jobs(jobs: Sequence[Job], results: Results, quiet: bool, debug: bool) -> list[Outcome]:
-    """Run every job (done ones are skipped), printing each failure as it happens.
+    """Run every job (done ones are skipped) through a `JobReport`.
 
     Returns:
         one `Outcome` per job, in job order.
     """
-    done: dict[Job, Outcome] = {}
-    for job in jobs:
-        if job.error is not None:  # failed while planning (e.g. an output name collision)
-            err.print(f"error: {job.source}: {job.error}", markup=False)
-            done[job] = Outcome(job, "failed", error=job.error)
-        elif job.done:
-            done[job] = Outcome(job, "skipped")
-        elif job.note is not None and not quiet:
-            err.print(f"note: {job.target}: {job.note}; replacing it", markup=False)
-    # no bar when stderr is a file or pipe: logs get the error lines, not a final bar frame
-    pending = sum(job.size for job in jobs if job not in done)
-    with RunProgress(err, len(jobs), disable=quiet or not err.is_terminal,
-                     pending_bytes=pending) as bar:
-        bar.skip(len(done))
-        for job, result in results(bar):
-            bar.finish()
-            if isinstance(result, BaseException):
-                if debug:
-                    raise result
-                err.print(fail_line(result, job.source), markup=False)
-                # the table and JSON rows name the input already: keep just the reason
-                done[job] = Outcome(job, "failed", error=reason_of(result))
-                continue
-            warnings = tuple(getattr(result, "warnings", ()))
-            if not quiet:
-                for w in warnings:
-                    err.print(f"warning: {job.source}: {w}", markup=False)
-            done[job] = Outcome(job, "ok", result, warnings=warnings)
-    return [done[job] for job in jobs]
+    with JobReport(jobs, quiet, debug) as report:
+        for job, result in results(report.bar):
+            report.record(job, result)
+    return report.outcomes
 
 
 def print_summary(outcomes: list[Outcome], describe: Callable[[Any], str], as_json: bool) -> None:

@@ -324,17 +324,21 @@ class DecodeRun:
 
     def results(
         self,
-        load_model: Callable[[str | Path], Tokenizer],
+        device: str = "auto",
+        dtype: str | None = None,
+        on_download: DownloadFn | None = None,
         progress: ProgressFn | None = None,
         on_start: Callable[[list[Job]], None] | None = None,
     ) -> Iterator[tuple[Job, Any]]:
         """Decode the files not done, in job order: (job, `DecodeResult` or the exception that
-        stopped that file). ``load_model(name)`` is called once per model."""
+        stopped that file). Each model is loaded once, when a file first needs it, on
+        ``device`` in ``dtype`` (as `vqtok.load`)."""
         models: dict[str | Path, Tokenizer] = {}
 
         def model_for(name: str | Path) -> Tokenizer:
             if name not in models:
-                models[name] = load_model(name)
+                models[name] = load(name, device=device_for_rank(device), dtype=dtype,
+                                    extra_dirs=self.model_dirs, on_download=on_download)
             return models[name]
 
         for job in self.jobs:
@@ -380,10 +384,5 @@ def decode_files(
         job: None if job.error is None else ConfigError(job.error, str(job.source))
         for job in run.jobs
     }
-
-    def load_model(name: str | Path) -> Tokenizer:
-        return load(name, device=device_for_rank(device), dtype=dtype,
-                    extra_dirs=run.model_dirs)
-
-    outcomes.update(run.results(load_model, progress))
+    outcomes.update(run.results(device, dtype, progress=progress))
     return [(job, outcomes[job]) for job in run.jobs]
