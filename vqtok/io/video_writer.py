@@ -22,7 +22,7 @@ from vqtok.disk import temp_path
 from vqtok.errors import ConfigError, VideoError
 from vqtok.io.frames import as_fps
 
-__all__ = ["VIDEO_SUFFIXES", "VideoWriter", "default_codec", "write_video"]
+__all__ = ["VIDEO_SUFFIXES", "VideoWriter", "default_codec", "read_comment", "write_video"]
 
 # Output container by file extension; the writer refuses anything else rather than guessing.
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -39,7 +39,7 @@ class VideoWriter:
         codec: encoder name; default `default_codec()` (libx264, else mpeg4).
         crf: libx264 constant rate factor (0 lossless ... 51 worst; 18 is visually lossless).
         threads: encoder threads; 0 lets FFmpeg choose.
-        comment: stored as the container's ``comment`` tag (`vqtok.io.video.read_comment`).
+        comment: stored as the container's ``comment`` tag (`read_comment`).
 
     Attributes:
         encoded_size: (H, W) stored in the file (the given size rounded up to even).
@@ -189,3 +189,14 @@ def write_video(
 def default_codec() -> str:
     """``"libx264"`` when this PyAV build can encode H.264 with it, else ``"mpeg4"``."""
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def read_comment(path: str | Path) -> str | None:
+    """The container's ``comment`` tag (what `VideoWriter` stores from ``comment=``); None
+    when the file has none or cannot be opened as a video."""
+    try:
+        with av.open(str(path), "r") as container:
+            tags = {key.lower(): value for key, value in container.metadata.items()}
+    except (av.FFmpegError, OSError):
+        return None
+    return tags.get("comment")

@@ -29,8 +29,8 @@ from vqtok.families.memory import MemoryPlan
 from vqtok.io.pixels import video_to_frames
 from vqtok.io.token_meta import vocabulary_of
 from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_tokens
-from vqtok.io.video import as_fps, read_comment
-from vqtok.io.video_writer import VideoWriter
+from vqtok.io.video import as_fps
+from vqtok.io.video_writer import VideoWriter, read_comment
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
 from vqtok.pipeline.remap import load_remap_for
 
