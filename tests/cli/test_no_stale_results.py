@@ -29,7 +29,7 @@ from tests.tiny import save_tiny_model
 from tests.train.test_train import tiny_run
 from vqtok.disk import LEGACY_AGE, remove_stale, temp_path
 from vqtok.io.checkpoint import load_pretrained
-from vqtok.pipeline.decode import DecodeRecord
+from vqtok.pipeline.resume import DecodeRecord
 from vqtok.train.config import RunConfig
 from vqtok.train.loop import train
 

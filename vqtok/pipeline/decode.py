@@ -1,20 +1,21 @@
-"""Decoding one file: an index file -> a video (`decode_file`; indices in memory, such as a
-dataset row's: `decode_indices`), or frames in memory.
+"""Decoding: index files -> videos. `DecodeRun` plans and runs many files (``vqtok decode``;
+`decode_files` in one call), `decode_file` one index file (indices in memory, such as a
+dataset row's: `decode_indices`), `decode_frames` frames in memory.
 
-This is what ``vqtok decode`` runs for each file. The index file must have been made by the
+Planning mirrors `vqtok.pipeline.files.EncodeRun`: a video is kept on a rerun only when it
+was made from the same index file with the same model weights and frame rate
+(`vqtok.pipeline.resume.DecodeRecord`), and each file is decoded with the model it names (or
+``model``), each model loaded once. The index file must have been made by the
 model given (`check_model_matches`); remapped indices go back to full
 codebook ids with the remap file they name. Frames stream out chunk by chunk, so memory is
-bounded by the chunk length, and the padding added at encode time is trimmed off. The video
-records what it was made from (`DecodeRecord`, in its ``comment`` tag), so that a resumed run
-keeps it only when the index file, the model and the frame rate are still the same.
+bounded by the chunk length, and the padding added at encode time is trimmed off.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,72 +24,42 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqtok.api import Tokenizer
-from vqtok.errors import TokenFileError
+from vqtok.api import Tokenizer, load
+from vqtok.errors import ConfigError, TokenFileError, VqtokError
 from vqtok.families.memory import MemoryPlan
+from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.hub import DownloadFn
+from vqtok.io.model_dirs import resolve_model
 from vqtok.io.pixels import video_to_frames
+from vqtok.io.remap import is_remap_file
 from vqtok.io.token_meta import vocabulary_of
-from vqtok.io.tokens import TokenMetadata, fps_to_text, index_sha256, load_tokens
+from vqtok.io.tokens import (
+    TokenMetadata,
+    fps_to_text,
+    index_sha256,
+    load_metadata,
+    load_tokens,
+    sidecar_path,
+)
 from vqtok.io.video import as_fps
-from vqtok.io.video_writer import VideoWriter, read_comment
+from vqtok.io.video_writer import VideoWriter
 from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
+from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_run_output
+from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
 from vqtok.pipeline.remap import load_remap_for
+from vqtok.pipeline.resume import DecodeRecord
+from vqtok.runtime import device_for_rank
 
 __all__ = [
     "DecodeRecord",
     "DecodeResult",
+    "DecodeRun",
     "check_model_matches",
     "decode_file",
+    "decode_files",
     "decode_frames",
     "decode_indices",
 ]
-
-RECORD_FORMAT = "vqtok-decode/1"  # one per file kind: README, "File formats and their versions"
-
-
-@dataclass(frozen=True)
-class DecodeRecord:
-    """What a decoded video was made from, stored as JSON in its ``comment`` tag.
-
-    Attributes:
-        index_sha256: `vqtok.io.tokens.index_sha256` of the index file (indices + sidecar).
-        model_sha256: SHA-256 of the decoding model's weights (None: unsaved weights).
-        fps: the video's frame rate, ``"num/den"``.
-    """
-
-    index_sha256: str
-    model_sha256: str | None
-    fps: str
-
-    def to_text(self) -> str:
-        return json.dumps({"format": RECORD_FORMAT, **asdict(self)}, sort_keys=True)
-
-    @classmethod
-    def read(cls, video: str | Path) -> DecodeRecord | None:
-        """The record of a video `decode_file` wrote; None for any other file."""
-        try:
-            data = json.loads(read_comment(video) or "")
-            if data.pop("format") != RECORD_FORMAT:
-                return None
-            record = cls(**data)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
-        types_ok = isinstance(record.index_sha256, str) and isinstance(record.fps, str)
-        return record if types_ok else None
-
-    def differences(self, made: DecodeRecord) -> list[str]:
-        """How the video ``made`` differs from what this record asks for, one phrase each."""
-        out = []
-        if made.index_sha256 != self.index_sha256:
-            out.append(f"from other indices ({made.index_sha256[:12]}..., this run: "
-                       f"{self.index_sha256[:12]}...)")
-        if made.model_sha256 != self.model_sha256:
-            out.append(f"with other model weights ({(made.model_sha256 or 'unknown')[:12]}..., "
-                       f"this run: {(self.model_sha256 or 'unknown')[:12]}...)")
-        if made.fps != self.fps:
-            out.append(f"at {made.fps} fps (this run: {self.fps})")
-        return out
-
 
 @dataclass(frozen=True)
 class DecodeResult:
@@ -262,3 +233,156 @@ def decode_indices(
     seconds = time.perf_counter() - start
     return DecodeResult(Path(source), Path(target), writer.frames_written, rate, (height, width),
                         seconds)
+
+
+def is_index_file(path: Path) -> bool:
+    """What a directory walk of ``decode`` takes: an ``.npy`` with its sidecar, or a
+    ``.safetensors`` index file (not a remap file)."""
+    if path.suffix == ".safetensors":
+        return not is_remap_file(path)
+    return sidecar_path(path).is_file()
+
+
+@dataclass(frozen=True)
+class DecodeRun:
+    """The planned decode of a set of index files into videos.
+
+    Attributes:
+        jobs: one per index file: its video, ``done`` when a video made from the same index
+            file, model weights and frame rate exists (``note``: why another is replaced).
+        model: decode every file with this model; None: with the model each file names.
+        model_dirs: more directories to look model names up in.
+        fps: the videos' frame rate; None: each file's encoded rate.
+        remap: the remap file of remapped indices.
+        force: decode despite a model hash mismatch.
+        chunk: frames per streaming step.
+        memory: when to decode in spatial tiles (`vqtok.families.memory`).
+    """
+
+    jobs: list[Job]
+    model: str | Path | None = None
+    model_dirs: tuple[Path, ...] = ()
+    fps: Fraction | None = None
+    remap: Path | None = None
+    force: bool = False
+    chunk: int = DEFAULT_CHUNK
+    memory: MemoryPlan = MemoryPlan()
+
+    @classmethod
+    def plan(
+        cls,
+        codes: Sequence[str | Path],
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        shard: tuple[int, int] | None = None,
+        **settings: Any,
+    ) -> DecodeRun:
+        """Plan the videos (``.mp4``) of ``codes`` (index files or directories) under
+        ``output``; ``settings`` are the attributes above. Arguments as `EncodeRun.plan`."""
+        check_run_output(output, codes, VIDEO_SUFFIXES, "a video")
+        jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
+                           select=is_index_file, overwrite=True)
+        settings["model_dirs"] = tuple(Path(d) for d in settings.get("model_dirs", ()))
+        if settings.get("fps") is not None:
+            settings["fps"] = as_fps(settings["fps"])
+        run = cls(shard_jobs(jobs, shard), **settings)
+        return run if overwrite else run._resumed()
+
+    def _resumed(self) -> DecodeRun:
+        weights: dict[str | Path, str] = {}
+        jobs = []
+        for job in self.jobs:
+            if job.error is None and job.target.exists():
+                wanted = self._record(job.path, weights)
+                made = DecodeRecord.read(job.target)
+                if wanted is not None and made is None:
+                    job = replace(job, note="made without a record of its index file")
+                elif wanted is not None and made is not None:
+                    differences = wanted.differences(made)
+                    note = "made " + "; ".join(differences) if differences else None
+                    job = replace(job, done=not differences, note=note)
+            jobs.append(job)
+        return replace(self, jobs=jobs)
+
+    def _record(self, source: Path, weights: dict[str | Path, str]) -> DecodeRecord | None:
+        """What decoding ``source`` now would record; None when it cannot be told (decoding
+        will report why)."""
+        try:
+            meta, sha = self._described(source)
+            name = self.model or meta.model
+            if name not in weights:
+                weights[name] = weights_sha256(resolve_model(name, self.model_dirs))
+            rate = as_fps(self.fps if self.fps is not None else meta.encoded.fps)
+            return DecodeRecord(sha, weights[name], fps_to_text(rate))
+        except (VqtokError, OSError):
+            return None
+
+    def _described(self, source: Path) -> tuple[TokenMetadata, str]:
+        """The sidecar of ``source`` and the SHA-256 a video made from it records."""
+        return load_metadata(source), index_sha256(source)
+
+    def results(
+        self,
+        device: str = "auto",
+        dtype: str | None = None,
+        on_download: DownloadFn | None = None,
+        progress: ProgressFn | None = None,
+        on_start: Callable[[list[Job]], None] | None = None,
+    ) -> Iterator[tuple[Job, Any]]:
+        """Decode the files not done, in job order: (job, `DecodeResult` or the exception that
+        stopped that file). Each model is loaded once, when a file first needs it, on
+        ``device`` in ``dtype`` (as `vqtok.load`)."""
+        models: dict[str | Path, Tokenizer] = {}
+
+        def model_for(name: str | Path) -> Tokenizer:
+            if name not in models:
+                models[name] = load(name, device=device_for_rank(device), dtype=dtype,
+                                    extra_dirs=self.model_dirs, on_download=on_download)
+            return models[name]
+
+        for job in self.jobs:
+            if job.done:
+                continue
+            if on_start is not None:
+                on_start([job])
+            try:
+                yield job, self._decode(job, model_for, progress)
+            except Exception as e:  # that file's failure; the others go on
+                yield job, e
+
+    def _decode(self, job: Job, model_for: Callable[[str | Path], Tokenizer],
+                progress: ProgressFn | None) -> DecodeResult:
+        """Decode one job's index file with the model it names (or ``model``)."""
+        tokenizer = model_for(self.model or load_metadata(job.path).model)
+        return decode_file(job.path, job.target, tokenizer, fps=self.fps, remap=self.remap,
+                           force=self.force, chunk=self.chunk, memory=self.memory,
+                           progress=progress)
+
+
+def decode_files(
+    codes: Sequence[str | Path],
+    output: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: ProgressFn | None = None,
+    **settings: Any,
+) -> list[tuple[Job, DecodeResult | Exception | None]]:
+    """Decode index files and directories into videos, as ``vqtok decode`` does.
+
+    Args: ``settings`` as the attributes of `DecodeRun`; the rest as `encode_files`.
+
+    Returns:
+        one (job, outcome) per index file, in order: a `DecodeResult`; None for a video kept
+        from an earlier run; or the exception that stopped that file.
+    """
+    run = DecodeRun.plan(codes, output, overwrite=overwrite, shard=shard, **settings)
+    outcomes: dict[Job, DecodeResult | Exception | None] = {
+        job: None if job.error is None else ConfigError(job.error, str(job.source))
+        for job in run.jobs
+    }
+    outcomes.update(run.results(device, dtype, progress=progress))
+    return [(job, outcomes[job]) for job in run.jobs]

@@ -1,6 +1,6 @@
 """``vqtok decode DATASET --key KEY -o clip.mp4``: one row of a packed token dataset -> a video.
 
-`RowDecodeRun` is `vqtok.pipeline.files.DecodeRun` with its one job's indices taken from a
+`RowDecodeRun` is `vqtok.pipeline.decode.DecodeRun` with its one job's indices taken from a
 dataset row (`vqtok.data.read_row`: any layout, the flattening undone) instead of an index
 file; decoding is `vqtok.pipeline.decode.decode_indices`, so the model check, the remap, the
 trimming and the record in the video are those of ``vqtok decode`` on the packed file. The
@@ -26,9 +26,8 @@ from vqtok.io.shards import looks_like_dataset
 from vqtok.io.token_meta import TokenMetadata
 from vqtok.io.video import as_fps
 from vqtok.io.video_writer import VIDEO_SUFFIXES
-from vqtok.pipeline.decode import DecodeResult, decode_indices
+from vqtok.pipeline.decode import DecodeResult, DecodeRun, decode_indices
 from vqtok.pipeline.encode import ProgressFn
-from vqtok.pipeline.files import DecodeRun
 from vqtok.pipeline.plan import Job
 
 __all__ = ["RowDecodeRun", "plan_decode", "row_sha256"]

@@ -13,48 +13,35 @@ plan or draws progress (the CLI)::
     for job, result in run.results(tokenizer):  # EncodeResult, or the exception of that file
         ...
 
-`DecodeRun` and `decode_files` are the same for index files -> videos: a video is kept on a
-rerun only when it was made from the same index file (its hash) with the same model weights and
-frame rate (`vqtok.pipeline.decode.DecodeRecord`), and each file is decoded with the model it
-names (or ``model``), each model loaded once.
+`DecodeRun` and `decode_files`, the same for index files -> videos, are in
+`vqtok.pipeline.decode` (re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from vqtok.api import DEFAULT_MODEL, Tokenizer, load
-from vqtok.errors import ConfigError, OptionError, VqtokError
-from vqtok.families.memory import MemoryPlan
-from vqtok.io.checkpoint import weights_sha256
+from vqtok.errors import ConfigError, OptionError
 from vqtok.io.hub import DownloadFn
-from vqtok.io.model_dirs import resolve_model
-from vqtok.io.remap import is_remap_file, require_remap_file
+from vqtok.io.remap import require_remap_file
 from vqtok.io.tokens import (
-    TokenMetadata,
-    fps_to_text,
     index_path,
-    index_sha256,
-    load_metadata,
-    sidecar_path,
 )
-from vqtok.io.video import as_fps
 from vqtok.pipeline.batching import encode_jobs
-from vqtok.pipeline.decode import DecodeRecord, DecodeResult, decode_file
+from vqtok.pipeline.decode import DecodeRun, decode_files
 from vqtok.pipeline.encode import (
-    DEFAULT_CHUNK,
     EncodeOptions,
     EncodeResult,
     ProgressFn,
     encode_each,
 )
 from vqtok.pipeline.inputs import needs_sources, plan_clips
-from vqtok.pipeline.outputs import INDEX_SUFFIXES, VIDEO_SUFFIXES, check_run_output
-from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
+from vqtok.pipeline.outputs import INDEX_SUFFIXES, check_run_output
+from vqtok.pipeline.plan import Job, plan_inputs, shard_jobs
 from vqtok.pipeline.remap import RemapPlan
 from vqtok.pipeline.resume import Resume
 from vqtok.runtime import device_for_rank
@@ -232,157 +219,4 @@ def encode_files(
         for job in run.jobs
     }
     outcomes.update(run.results(run.load(device, dtype), progress))
-    return [(job, outcomes[job]) for job in run.jobs]
-
-
-def is_index_file(path: Path) -> bool:
-    """What a directory walk of ``decode`` takes: an ``.npy`` with its sidecar, or a
-    ``.safetensors`` index file (not a remap file)."""
-    if path.suffix == ".safetensors":
-        return not is_remap_file(path)
-    return sidecar_path(path).is_file()
-
-
-@dataclass(frozen=True)
-class DecodeRun:
-    """The planned decode of a set of index files into videos.
-
-    Attributes:
-        jobs: one per index file: its video, ``done`` when a video made from the same index
-            file, model weights and frame rate exists (``note``: why another is replaced).
-        model: decode every file with this model; None: with the model each file names.
-        model_dirs: more directories to look model names up in.
-        fps: the videos' frame rate; None: each file's encoded rate.
-        remap: the remap file of remapped indices.
-        force: decode despite a model hash mismatch.
-        chunk: frames per streaming step.
-        memory: when to decode in spatial tiles (`vqtok.families.memory`).
-    """
-
-    jobs: list[Job]
-    model: str | Path | None = None
-    model_dirs: tuple[Path, ...] = ()
-    fps: Fraction | None = None
-    remap: Path | None = None
-    force: bool = False
-    chunk: int = DEFAULT_CHUNK
-    memory: MemoryPlan = MemoryPlan()
-
-    @classmethod
-    def plan(
-        cls,
-        codes: Sequence[str | Path],
-        output: str | Path,
-        *,
-        overwrite: bool = False,
-        shard: tuple[int, int] | None = None,
-        **settings: Any,
-    ) -> DecodeRun:
-        """Plan the videos (``.mp4``) of ``codes`` (index files or directories) under
-        ``output``; ``settings`` are the attributes above. Arguments as `EncodeRun.plan`."""
-        check_run_output(output, codes, VIDEO_SUFFIXES, "a video")
-        jobs = plan_inputs(codes, output, ".mp4", extensions=INDEX_EXTENSIONS,
-                           select=is_index_file, overwrite=True)
-        settings["model_dirs"] = tuple(Path(d) for d in settings.get("model_dirs", ()))
-        if settings.get("fps") is not None:
-            settings["fps"] = as_fps(settings["fps"])
-        run = cls(shard_jobs(jobs, shard), **settings)
-        return run if overwrite else run._resumed()
-
-    def _resumed(self) -> DecodeRun:
-        weights: dict[str | Path, str] = {}
-        jobs = []
-        for job in self.jobs:
-            if job.error is None and job.target.exists():
-                wanted = self._record(job.path, weights)
-                made = DecodeRecord.read(job.target)
-                if wanted is not None and made is None:
-                    job = replace(job, note="made without a record of its index file")
-                elif wanted is not None and made is not None:
-                    differences = wanted.differences(made)
-                    note = "made " + "; ".join(differences) if differences else None
-                    job = replace(job, done=not differences, note=note)
-            jobs.append(job)
-        return replace(self, jobs=jobs)
-
-    def _record(self, source: Path, weights: dict[str | Path, str]) -> DecodeRecord | None:
-        """What decoding ``source`` now would record; None when it cannot be told (decoding
-        will report why)."""
-        try:
-            meta, sha = self._described(source)
-            name = self.model or meta.model
-            if name not in weights:
-                weights[name] = weights_sha256(resolve_model(name, self.model_dirs))
-            rate = as_fps(self.fps if self.fps is not None else meta.encoded.fps)
-            return DecodeRecord(sha, weights[name], fps_to_text(rate))
-        except (VqtokError, OSError):
-            return None
-
-    def _described(self, source: Path) -> tuple[TokenMetadata, str]:
-        """The sidecar of ``source`` and the SHA-256 a video made from it records."""
-        return load_metadata(source), index_sha256(source)
-
-    def results(
-        self,
-        device: str = "auto",
-        dtype: str | None = None,
-        on_download: DownloadFn | None = None,
-        progress: ProgressFn | None = None,
-        on_start: Callable[[list[Job]], None] | None = None,
-    ) -> Iterator[tuple[Job, Any]]:
-        """Decode the files not done, in job order: (job, `DecodeResult` or the exception that
-        stopped that file). Each model is loaded once, when a file first needs it, on
-        ``device`` in ``dtype`` (as `vqtok.load`)."""
-        models: dict[str | Path, Tokenizer] = {}
-
-        def model_for(name: str | Path) -> Tokenizer:
-            if name not in models:
-                models[name] = load(name, device=device_for_rank(device), dtype=dtype,
-                                    extra_dirs=self.model_dirs, on_download=on_download)
-            return models[name]
-
-        for job in self.jobs:
-            if job.done:
-                continue
-            if on_start is not None:
-                on_start([job])
-            try:
-                yield job, self._decode(job, model_for, progress)
-            except Exception as e:  # that file's failure; the others go on
-                yield job, e
-
-    def _decode(self, job: Job, model_for: Callable[[str | Path], Tokenizer],
-                progress: ProgressFn | None) -> DecodeResult:
-        """Decode one job's index file with the model it names (or ``model``)."""
-        tokenizer = model_for(self.model or load_metadata(job.path).model)
-        return decode_file(job.path, job.target, tokenizer, fps=self.fps, remap=self.remap,
-                           force=self.force, chunk=self.chunk, memory=self.memory,
-                           progress=progress)
-
-
-def decode_files(
-    codes: Sequence[str | Path],
-    output: str | Path,
-    *,
-    device: str = "auto",
-    dtype: str | None = None,
-    overwrite: bool = False,
-    shard: tuple[int, int] | None = None,
-    progress: ProgressFn | None = None,
-    **settings: Any,
-) -> list[tuple[Job, DecodeResult | Exception | None]]:
-    """Decode index files and directories into videos, as ``vqtok decode`` does.
-
-    Args: ``settings`` as the attributes of `DecodeRun`; the rest as `encode_files`.
-
-    Returns:
-        one (job, outcome) per index file, in order: a `DecodeResult`; None for a video kept
-        from an earlier run; or the exception that stopped that file.
-    """
-    run = DecodeRun.plan(codes, output, overwrite=overwrite, shard=shard, **settings)
-    outcomes: dict[Job, DecodeResult | Exception | None] = {
-        job: None if job.error is None else ConfigError(job.error, str(job.source))
-        for job in run.jobs
-    }
-    outcomes.update(run.results(device, dtype, progress=progress))
     return [(job, outcomes[job]) for job in run.jobs]

@@ -1,15 +1,21 @@
-"""Resuming an encode run: which existing index files are this run's output and can be kept.
+"""Resuming a run: which existing outputs are this run's and can be kept.
 
+Encode (`Resume`):
 An index file is kept (the input skipped) only if it is complete (`vqtok.io.tokens.load_tokens`
 reads it) and was made the way this run would make it: the same model weights (SHA-256), the
 same remap file (SHA-256, or none) and the same `EncodeSettings` (``--size``,
 ``--short-side``, ``--fps``, ``--max-frames``, ...). Any other existing file is encoded again
 and the run says why (`Resume.check`). Settings that cannot change an index (``--chunk``,
 ``--batch``, ``--device``) are not compared; neither is ``--dtype``.
+
+Decode (`DecodeRecord`): a video records what it was made from in its ``comment`` tag, and a
+rerun keeps it only when the index file (its hash), the model weights and the frame rate are
+still the same.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +25,9 @@ from vqtok.errors import TokenFileError
 from vqtok.io.checkpoint import weights_sha256
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
+from vqtok.io.video_writer import read_comment
 
-__all__ = ["Resume"]
+__all__ = ["DecodeRecord", "Resume"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +109,50 @@ def _show(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "x".join(str(v) for v in value)
     return str(value)
+
+
+RECORD_FORMAT = "vqtok-decode/1"  # one per file kind: README, "File formats and their versions"
+
+
+@dataclass(frozen=True)
+class DecodeRecord:
+    """What a decoded video was made from, stored as JSON in its ``comment`` tag.
+
+    Attributes:
+        index_sha256: `vqtok.io.tokens.index_sha256` of the index file (indices + sidecar).
+        model_sha256: SHA-256 of the decoding model's weights (None: unsaved weights).
+        fps: the video's frame rate, ``"num/den"``.
+    """
+
+    index_sha256: str
+    model_sha256: str | None
+    fps: str
+
+    def to_text(self) -> str:
+        return json.dumps({"format": RECORD_FORMAT, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def read(cls, video: str | Path) -> DecodeRecord | None:
+        """The record of a video `decode_file` wrote; None for any other file."""
+        try:
+            data = json.loads(read_comment(video) or "")
+            if data.pop("format") != RECORD_FORMAT:
+                return None
+            record = cls(**data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        types_ok = isinstance(record.index_sha256, str) and isinstance(record.fps, str)
+        return record if types_ok else None
+
+    def differences(self, made: DecodeRecord) -> list[str]:
+        """How the video ``made`` differs from what this record asks for, one phrase each."""
+        out = []
+        if made.index_sha256 != self.index_sha256:
+            out.append(f"from other indices ({made.index_sha256[:12]}..., this run: "
+                       f"{self.index_sha256[:12]}...)")
+        if made.model_sha256 != self.model_sha256:
+            out.append(f"with other model weights ({(made.model_sha256 or 'unknown')[:12]}..., "
+                       f"this run: {(self.model_sha256 or 'unknown')[:12]}...)")
+        if made.fps != self.fps:
+            out.append(f"at {made.fps} fps (this run: {self.fps})")
+        return out
