@@ -9,13 +9,11 @@ Three lines do what ``vqtok encode`` / ``vqtok decode`` do::
 ``tok.encode(video, remap="used.safetensors")`` gives compact ids of a remap file's used codes
 (per level for residual / multi-codebook models); ``tok.unmap(ids, remap)`` turns them back.
 
-`Tokenizer` wraps any `TokenizerModel` family. It checks its input (shape, float, values in
-[-1, 1]), pads clips to a length and a frame size the model accepts (repeating the last frame,
-the bottom row and the right column) and trims decoded clips back, runs under
-``torch.inference_mode()``, and with ``dtype=bfloat16/float16`` runs the convolutions under
-autocast while the quantizer's distances and indices stay float32. Long videos go through
-``encode_stream`` / ``decode_stream`` in bounded memory. The CLI (`vqtok.cli.app`) is a thin
-skin over this module; `vqtok.io.videotensor` reads a video file into the tensor `encode` takes.
+`Tokenizer` wraps any `TokenizerModel` family: it checks its input (`vqtok.clips`), pads clips
+to what the model takes and trims decoded clips back, runs under ``torch.inference_mode()``
+(with ``dtype=bfloat16/float16``, the convolutions under autocast; the quantizer's distances
+stay float32), and streams long videos in bounded memory (`EncodeStream`, ``decode_stream``).
+`vqtok.io.videotensor` reads a video file into the tensor `encode` takes.
 """
 
 from __future__ import annotations
@@ -30,8 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtok.clips import check_video, crop_padding
-from vqtok.encode_stream import EncodeStream
+from vqtok.clips import check_video, crop_padding, pad_frames, pad_size, padded_length
 from vqtok.errors import ConfigError, VqtokError
 from vqtok.families.base import TokenizerModel
 from vqtok.families.tiling import Tiling
@@ -125,8 +122,6 @@ class Tokenizer:
         return (f"Tokenizer(name={self.name!r}, family={self.model.family!r}, "
                 f"device={str(self.device)!r}, dtype={self.dtype})")
 
-    # ------------------------------------------------------------ description
-
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -167,13 +162,7 @@ class Tokenizer:
 
     def padded_frames(self, frames: int) -> int:
         """The clip length ``frames`` is padded to (1 + k*tau; per window for windowed models)."""
-        if frames < 1:
-            raise VqtokError(f"a clip needs at least 1 frame, got {frames}")
-        tau, window = self.temporal_factor, self.model.window
-        if window is None:
-            return 1 + -(-(frames - 1) // tau) * tau
-        full, rest = divmod(frames, window)
-        return full * window + (1 + -(-(rest - 1) // tau) * tau if rest else 0)
+        return padded_length(frames, self.temporal_factor, self.model.window)
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) a frame is padded to: each rounded up to a multiple of ``spatial_factor``."""
@@ -183,8 +172,6 @@ class Tokenizer:
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(t, h, w) of the indices of a clip of ``frames`` frames (after padding)."""
         return self.model.latent_shape(self.padded_frames(frames), *self.padded_size(height, width))
-
-    # ------------------------------------------------------------ one-shot
 
     def encode(
         self, video: Tensor, remap: RemapLike | None = None, levels: int | None = None,
@@ -223,7 +210,8 @@ class Tokenizer:
             # a k-level search, not the first k columns of an L-level one (a beam-searched
             # code's prefix is not the best k-level code)
             levels = None if levels is None else self.check_levels(levels)
-            return self.model.encode(self._pad(video), allowed, levels)
+            return self.model.encode(pad_frames(video, self.padded_frames(video.shape[2])),
+                                     allowed, levels)
 
     def check_levels(self, levels: int) -> int:
         """``levels`` if the model can keep that many residual levels, else a `ConfigError`."""
@@ -291,8 +279,6 @@ class Tokenizer:
             video = video[:, :, :frames]
         return crop_padding(video, size)
 
-    # ------------------------------------------------------------ streaming
-
     def encode_stream(
         self, chunks: Iterable[Tensor], remap: RemapLike | None = None, levels: int | None = None,
         beam: int | None = None, tiling: Tiling | None = None,
@@ -334,8 +320,6 @@ class Tokenizer:
             emitted += video.shape[2]
             yield crop_padding(video, size)
 
-    # ------------------------------------------------------------ internals
-
     def _used_sets(self, remap: RemapLike) -> UsedSets:
         if isinstance(remap, UsedSets):
             used, path = remap, None
@@ -357,20 +341,7 @@ class Tokenizer:
         if video.ndim == 4:
             video = video.unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
         video = video.to(self.device, torch.float32)
-        height, width = video.shape[3:]
-        pad_h, pad_w = (p - s for p, s in zip(self.padded_size(height, width), (height, width),
-                                                strict=True))
-        if pad_h or pad_w:
-            # replicate pads the last dims of a (N, C, D, H, W) tensor: right, then bottom
-            video = torch.nn.functional.pad(video, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
-        return video
-
-    def _pad(self, video: Tensor) -> Tensor:
-        frames = video.shape[2]
-        extra = self.padded_frames(frames) - frames
-        if extra:
-            video = torch.cat([video, video[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)
-        return video
+        return pad_size(video, self.padded_size(*video.shape[3:]))
 
     @contextlib.contextmanager
     def _running(self, beam: int | None = None) -> Iterator[None]:
@@ -386,3 +357,43 @@ class Tokenizer:
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
             yield
+
+
+class EncodeStream(Iterator[Tensor]):
+    """Iterator of index chunks from `Tokenizer.encode_stream`: feeds the chunks through the
+    model's streaming encoder, pads the video's end as `Tokenizer.encode` does, and runs each
+    step under the tokenizer's settings and the stream's own beam (so streams interleave).
+
+    Attributes:
+        frames: real frames read so far.
+        padding: frames appended after the last real one (set once the input is exhausted).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, chunks: Iterable[Tensor],
+                 allowed: list[Tensor] | None, levels: int | None, beam: int | None,
+                 tiling: Tiling | None) -> None:
+        self.tokenizer, self.frames, self.padding = tokenizer, 0, 0
+        self.beam = None if beam is None else tokenizer.check_beam(beam)
+        levels = None if levels is None else tokenizer.check_levels(levels)
+        tiled = {} if tiling is None else {"tiling": tokenizer.check_tiling(tiling)}
+        self._inner = tokenizer.model.encode_stream(self._padded(iter(chunks)), allowed, levels,
+                                                    **tiled)
+
+    def _padded(self, chunks: Iterator[Tensor]) -> Iterator[Tensor]:
+        last = None
+        for chunk in map(self.tokenizer._prepare, chunks):
+            if chunk.shape[2]:
+                self.frames += chunk.shape[2]
+                last = chunk[:, :, -1:]
+                yield chunk
+        if last is None:
+            raise VqtokError("the video has no frames")
+        self.padding = self.tokenizer.padded_frames(self.frames) - self.frames
+        if self.padding:
+            yield last.expand(-1, -1, self.padding, -1, -1)
+
+    def __next__(self) -> Tensor:
+        # enter inference/autocast per step: a generator holding the context across ``yield``
+        # would leak it into the caller's code between chunks
+        with self.tokenizer._running(self.beam):
+            return next(self._inner)
