@@ -30,6 +30,19 @@ class VqtokError(Exception):
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+def check_version(
+    found: object, supported: int, what: str, error: type[VqtokError], path: str | Path | None,
+    advice: str = "",
+) -> None:
+    """Refuse a file whose format version this vqtok does not read (one message for every file
+    kind): ``error("<what> <found> is not supported (this vqtok reads version N)[; advice]")``.
+    """
+    if found != supported:
+        tail = f"; {advice}" if advice else ""
+        raise error(f"{what} {found!r} is not supported (this vqtok reads version {supported})"
+                    f"{tail}", path)
+
+
 class ConfigError(VqtokError):
     """An invalid configuration: unknown key, wrong type, impossible combination."""
 

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from vqtok import __version__
 from vqtok.disk import file_sha256
-from vqtok.errors import CheckpointError, ConfigError
+from vqtok.errors import CheckpointError, ConfigError, check_version
 from vqtok.families.base import FAMILIES, TokenizerModel, family_class
 from vqtok.io.model_dirs import CONFIG_FILE, WEIGHTS_FILE, resolve_model, search_dirs
 
@@ -168,12 +168,8 @@ def read_info(directory: str | Path) -> ModelInfo:
         parts = [f"missing key(s) {', '.join(missing)}"] if missing else []
         parts += [f"unknown key(s) {', '.join(unknown)}"] if unknown else []
         raise CheckpointError(f"{CONFIG_FILE}: {'; '.join(parts)}", directory)
-    if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{CONFIG_FILE}: format_version {meta['format_version']!r} is not supported "
-            f"(this vqtok reads {FORMAT_VERSION}); upgrade vqtok or re-convert the model",
-            directory,
-        )
+    check_version(meta["format_version"], FORMAT_VERSION, f"{CONFIG_FILE}: format_version",
+                  CheckpointError, directory, "upgrade vqtok or re-convert the model")
     if meta["family"] not in FAMILIES:
         raise CheckpointError(
             f"{CONFIG_FILE}: unknown family {meta['family']!r}; known: {', '.join(FAMILIES)}",

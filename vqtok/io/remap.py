@@ -31,7 +31,7 @@ import safetensors.numpy
 from torch import Tensor
 
 from vqtok.disk import atomic_bytes
-from vqtok.errors import RemapError
+from vqtok.errors import RemapError, check_version
 from vqtok.io.header_json import header_json
 from vqtok.quantizers.remap import UsedSets, validate_used
 
@@ -215,12 +215,8 @@ def _read_header(metadata: dict[str, str], where: str) -> dict[str, int]:
         raise RemapError(f"the {METADATA_KEY!r} metadata must hold exactly {keys}", where)
     if not all(isinstance(header[k], int) and not isinstance(header[k], bool) for k in keys):
         raise RemapError(f"the {METADATA_KEY!r} metadata values must be integers", where)
-    if header["format_version"] != FORMAT_VERSION:
-        raise RemapError(
-            f"remap file format version {header['format_version']} is not supported (this "
-            f"vqtok reads version {FORMAT_VERSION})",
-            where,
-        )
+    check_version(header["format_version"], FORMAT_VERSION, "remap file format version",
+                  RemapError, where)
     if header["num_levels"] < 1 or header["codebook_size"] < 1:
         raise RemapError("num_levels and codebook_size must be >= 1", where)
     return header

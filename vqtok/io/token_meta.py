@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vqtok import __version__
-from vqtok.errors import TokenFileError
+from vqtok.errors import TokenFileError, check_version
 
 __all__ = [
     "FORMAT_VERSION",
@@ -197,12 +197,8 @@ class TokenMetadata:
         if "format_version" not in data:
             raise TokenFileError("no format_version: this is not a vqtok index sidecar", path)
         version = data["format_version"]
-        if version != FORMAT_VERSION:
-            raise TokenFileError(
-                f"index file format version {version!r} is not supported (this vqtok "
-                f"{__version__} reads version {FORMAT_VERSION}); use the vqtok that wrote it",
-                path,
-            )
+        check_version(version, FORMAT_VERSION, "index file format version", TokenFileError,
+                      path, f"use the vqtok that wrote it (this is vqtok {__version__})")
         meta = _parse_dataclass(cls, data, "", path)
         meta.validate(path)
         return meta

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vqtok.errors import CheckpointError
+from vqtok.errors import CheckpointError, check_version
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import load_pretrained, save_pretrained
 from vqtok.train.config import RunConfig
@@ -105,8 +105,8 @@ def load_checkpoint(
         extra = load_file(str(extra_file)) if extra_file.exists() else {}
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume: {e}", path) from e
-    if state.get("version") != STATE_VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {state.get('version')!r}", path)
+    check_version(state.get("version"), STATE_VERSION, "training checkpoint version",
+                  CheckpointError, path)
     if state.get("config", {}).get("model") != config.model.to_dict():
         raise CheckpointError("was trained with a different model config; cannot resume", path)
     saved = load_pretrained(path / "model")
