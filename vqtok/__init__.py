@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from vqtok.families.tiling import Tiling
     from vqtok.io.checkpoint import load_pretrained, save_pretrained
     from vqtok.io.videotensor import read_video, write_video
-    from vqtok.pipeline.encode import EncodeOptions
+    from vqtok.pipeline.decode import DecodeResult, DecodeRun, decode_files
+    from vqtok.pipeline.encode import EncodeOptions, EncodeResult
     from vqtok.pipeline.files import EncodeRun, encode_files
+    from vqtok.pipeline.plan import Job
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,11 @@ _LAZY = {
     "load_pretrained": "vqtok.io.checkpoint",
     "save_pretrained": "vqtok.io.checkpoint",
     "EncodeOptions": "vqtok.pipeline.encode",
+    "EncodeResult": "vqtok.pipeline.encode",
+    "DecodeRun": "vqtok.pipeline.decode",
+    "DecodeResult": "vqtok.pipeline.decode",
+    "decode_files": "vqtok.pipeline.decode",
+    "Job": "vqtok.pipeline.plan",
     "EncodeRun": "vqtok.pipeline.files",
     "encode_files": "vqtok.pipeline.files",
 }
@@ -61,10 +68,15 @@ __all__ = [
     "VideoError",
     "VqtokError",
     "__version__",
+    "DecodeResult",
+    "DecodeRun",
     "EncodeOptions",
+    "EncodeResult",
     "EncodeRun",
+    "Job",
     "Tiling",
     "Tokenizer",
+    "decode_files",
     "encode_files",
     "load",
     "load_pretrained",
