@@ -96,3 +96,32 @@ def test_beam_option_is_recorded_resumed_and_refused_where_it_means_nothing(
     assert not (root / "v.npy").exists()
     with pytest.raises(vqtok.ConfigError, match="beam width"):
         tok.set_beam_width(0)
+
+
+def test_the_models_own_beam_is_recorded_and_a_change_of_it_is_not_kept(
+    setup: tuple[Path, Path]
+) -> None:
+    root, clip = setup
+    models = root / "beam-models"
+    config = json.loads((root / "models" / "rvq" / "config.json").read_text())
+    for width in (1, 3):  # the same weights, the search set in config.json
+        directory = models / "rvq"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "model.safetensors").write_bytes(
+            (root / "models" / "rvq" / "model.safetensors").read_bytes())
+        config["config"]["quantizer_options"]["beam_width"] = width
+        (directory / "config.json").write_text(json.dumps(config))
+        runner = CliRunner(env={"VQTOK_MODELS": str(models)})
+        result = runner.invoke(app, ["encode", str(clip), "-o", str(root / "own.npy"), "-m",
+                                     "rvq", "--device", "cpu"])
+        assert result.exit_code == 0, result.stderr
+        indices, meta = load_tokens(root / "own.npy")
+        assert meta.settings.beam == (None if width == 1 else width)
+        if width == 3:  # made greedily before: encoded again, with the model's beam
+            assert "replaced" in result.stdout or "replacing" in result.stderr
+            tok = vqtok.load(root / "models" / "rvq", device="cpu").set_beam_width(3)
+            assert np.array_equal(indices, tok.encode(vqtok.read_video(clip))[0].numpy())
+    same = CliRunner(env={"VQTOK_MODELS": str(models)}).invoke(
+        app, ["encode", str(clip), "-o", str(root / "own.npy"), "-m", "rvq", "--device", "cpu",
+              "--beam", "3"])
+    assert same.exit_code == 0 and "skipped" in same.stdout  # --beam 3 is the search it records

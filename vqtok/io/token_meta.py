@@ -93,8 +93,9 @@ class EncodeSettings:
         max_frames: ``--max-frames``.
         levels: ``--levels`` k: the file keeps the first k residual levels (its trailing axis
             has k entries); None: all of the model's levels.
-        beam: ``--beam`` W: the residual levels were searched with a beam of W paths; None:
-            the model's own search (its ``beam_width``, greedy when unset).
+        beam: the residual levels were searched with a beam of W paths: ``--beam`` W, or the
+            model's own ``beam_width`` when above 1 (files of earlier vqtok versions record
+            only ``--beam``); None: greedy.
     """
 
     size: tuple[int, int] | None = None

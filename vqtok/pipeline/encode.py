@@ -5,16 +5,14 @@ This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the
 callback (`ProgressFn`: frames done since the last call, frames expected), so the CLI draws it.
 `encode_each` runs many files one at a time, `vqtok.pipeline.batching` several together.
 
-Memory is bounded by the chunk length, not by the video's length: frames are read
-by a background thread (`prefetch`, a bounded queue, so FFmpeg decoding overlaps the model) in
-windows of ``chunk`` frames, and flow through the tokenizer's streaming ``encode_stream`` /
-``decode_stream``, which carry the causal convolutions' state from chunk to chunk. Only the
-index grid (tau * f^2 times smaller than the pixels) is kept whole. Large frames are worked in
-spatial tiles when an untiled pass would exceed the memory budget (`vqtok.families.memory`).
+Memory is bounded by the chunk length, not by the video's length: frames are read by a
+background thread (`prefetch`, a bounded queue, so decoding overlaps the model) in windows of
+``chunk`` frames through the tokenizer's streaming ``encode_stream``, which carries the causal
+convolutions' state from chunk to chunk; only the index grid is kept whole. Large frames are
+worked in spatial tiles when an untiled pass would exceed the budget (`vqtok.families.memory`).
 
-The causal temporal convention: a clip of 1 + k*tau frames gives 1 + k latent frames. Other
-lengths are padded by repeating the last frame (for window-based families, the last window is
-padded to 1 + k*tau); the index file records the real frame count, and decode trims to it.
+A clip of 1 + k*tau frames gives 1 + k latent frames; other lengths are padded by repeating the
+last frame (`vqtok.clips.padded_length`); the index file records the real frame count.
 """
 
 from __future__ import annotations
@@ -90,15 +88,18 @@ class EncodeOptions:
     beam: int | None = None
     memory: MemoryPlan = MemoryPlan()
 
-    def settings(self) -> EncodeSettings:
-        """What an index file records of these options (a resumed run compares them)."""
+    def settings(self, model_beam: int = 1) -> EncodeSettings:
+        """What an index file records of these options (a resumed run compares them); its
+        ``beam`` is the search used: ``--beam``, else ``model_beam`` (the model's own beam
+        width) when above 1, so a change of the model's search is seen on resume."""
+        beam = self.beam if self.beam is not None or model_beam == 1 else model_beam
         return EncodeSettings(
             size=None if self.size is None else (int(self.size[0]), int(self.size[1])),
             short_side=self.short_side,
             fps=None if self.fps is None else _fraction(as_fps(self.fps)),
             max_frames=self.max_frames,
             levels=self.levels,
-            beam=self.beam,
+            beam=beam,
         )
 
 
@@ -337,7 +338,7 @@ def build_metadata(
         ),
         windows=windows,
         remap=None if plan is None else plan.info,
-        settings=options.settings(),
+        settings=options.settings(model.quantizer.beam_width),
     )
 
 

@@ -116,8 +116,7 @@ class EncodeRun:
         """Jobs whose output exists, is complete and was made this way marked done."""
         if not any(job.error is None and job.target.exists() for job in self.jobs):
             return self
-        resume = Resume.for_run(self.model or DEFAULT_MODEL, list(self.model_dirs),
-                                self.options.remap, self.options.settings())
+        resume = Resume.for_run(self.model or DEFAULT_MODEL, list(self.model_dirs), self.options)
         jobs = []
         for job in self.jobs:
             if job.error is None:

@@ -155,8 +155,7 @@ def encode_dataset(
         # fail once, before any work, for options this model cannot take (as a local run)
         EncodeRun([], model, tuple(Path(d) for d in model_dirs), options).check(
             load(model, device="cpu", extra_dirs=tuple(model_dirs)))
-    resume = Resume.for_run(model or DEFAULT_MODEL, [Path(d) for d in model_dirs],
-                            options.remap, options.settings())
+    resume = Resume.for_run(model or DEFAULT_MODEL, [Path(d) for d in model_dirs], options)
     sink = DatasetSink(output, shard_size_mb)
     done = sink.open(resume.differences, overwrite)
     for clip in clips:

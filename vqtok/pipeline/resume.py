@@ -22,10 +22,11 @@ from typing import Any
 
 from vqtok.disk import file_sha256
 from vqtok.errors import TokenFileError
-from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.checkpoint import read_info, weights_sha256
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
 from vqtok.io.video_writer import read_comment
+from vqtok.pipeline.encode import EncodeOptions
 
 __all__ = ["DecodeRecord", "Resume"]
 
@@ -45,20 +46,19 @@ class Resume:
     settings: EncodeSettings
 
     @classmethod
-    def for_run(
-        cls,
-        model: str | Path,
-        extra_dirs: list[Path],
-        remap: Path | None,
-        settings: EncodeSettings,
-    ) -> Resume:
-        """Hash the model's weights and the remap file (no model is loaded).
+    def for_run(cls, model: str | Path, extra_dirs: list[Path], options: EncodeOptions) -> Resume:
+        """Hash the model's weights and the remap file, and read the search its config.json
+        sets (``beam_width``; no model is loaded).
 
         Raises:
             CheckpointError: the model cannot be found. OSError: the remap file cannot be read.
         """
-        model_sha = weights_sha256(resolve_model(model, extra_dirs))
-        return cls(model_sha, None if remap is None else file_sha256(remap), settings)
+        directory = resolve_model(model, extra_dirs)
+        quantizer = read_info(directory).config.get("quantizer_options")
+        width = quantizer.get("beam_width", 1) if isinstance(quantizer, dict) else 1
+        settings = options.settings(width if isinstance(width, int) else 1)
+        remap = None if options.remap is None else file_sha256(options.remap)
+        return cls(weights_sha256(directory), remap, settings)
 
     def check(self, path: Path) -> tuple[bool, str | None]:
         """Whether ``path`` can be kept, and if an existing file will be replaced, why.
