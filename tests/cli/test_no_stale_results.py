@@ -125,9 +125,10 @@ def test_variable_frame_rate_keeps_its_duration_through_encode_and_decode(setup,
                  ).returncode == 0
     with av.open(str(tmp_path / "c.mp4")) as container:
         stream = container.streams.video[0]
+        rate = stream.average_rate  # read while open: PyAV >= 18.1.1 refuses a closed stream's
         frames = sum(1 for _ in container.decode(stream))
-        seconds = frames / stream.average_rate
-    assert abs(seconds - sum(VFR_GAPS_MS) / 1000) < 1 / stream.average_rate
+    seconds = frames / rate
+    assert abs(seconds - sum(VFR_GAPS_MS) / 1000) < 1 / rate
 
 
 def test_sigterm_stops_decode_cleanly_and_a_rerun_removes_old_temporaries(setup, tmp_path):
