@@ -92,7 +92,7 @@ class EncodeOptions:
         """What an index file records of these options (a resumed run compares them); its
         ``beam`` is the search used: ``--beam``, else ``model_beam`` (the model's own beam
         width) when above 1, so a change of the model's search is seen on resume."""
-        beam = self.beam if self.beam is not None or model_beam == 1 else model_beam
+        beam = self.beam if self.beam is not None else (model_beam if model_beam > 1 else None)
         return EncodeSettings(
             size=None if self.size is None else (int(self.size[0]), int(self.size[1])),
             short_side=self.short_side,

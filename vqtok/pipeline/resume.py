@@ -4,7 +4,8 @@ Encode (`Resume`):
 An index file is kept (the input skipped) only if it is complete (`vqtok.io.tokens.load_tokens`
 reads it) and was made the way this run would make it: the same model weights (SHA-256), the
 same remap file (SHA-256, or none) and the same `EncodeSettings` (``--size``,
-``--short-side``, ``--fps``, ``--max-frames``, ...). Any other existing file is encoded again
+``--short-side``, ``--fps``, ``--max-frames``, the search: ``--beam`` or the model's own
+``beam_width``, ...). Any other existing file is encoded again
 and the run says why (`Resume.check`). Settings that cannot change an index (``--chunk``,
 ``--batch``, ``--device``) are not compared; neither is ``--dtype``.
 
