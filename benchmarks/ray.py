@@ -5,7 +5,7 @@ the same clips, in one run (run by hand, not in CI; results are printed, not rec
         [--size 128x128] [--workers 1,2] [--address ADDR]
 
 Generates ``--clips`` synthetic clips, encodes them with the local engine
-(`vqtok.pipeline.files.encode_files`, this process, all cores) and then with the Ray engine
+(`vqtok.pipeline.encode.encode_files`, this process, all cores) and then with the Ray engine
 (`vqtok.pipeline.ray_run.encode_dataset` into a fresh dataset per run) for each worker count,
 on a local Ray cluster of this machine's cores (or ``--address``), each actor reserving
 cores / workers CPUs. A Ray row's time includes starting its actors, loading the model once
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from vqtok.io.datasets import TokenDataset  # noqa: E402
 from vqtok.io.tokens import load_tokens  # noqa: E402
 from vqtok.io.video_writer import VideoWriter  # noqa: E402
-from vqtok.pipeline.files import encode_files  # noqa: E402
+from vqtok.pipeline.encode import encode_files  # noqa: E402
 from vqtok.pipeline.ray_engine import require_ray  # noqa: E402
 from vqtok.pipeline.ray_run import RayOptions, encode_dataset  # noqa: E402
 

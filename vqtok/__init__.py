@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from vqtok.io.checkpoint import load_pretrained, save_pretrained
     from vqtok.io.videotensor import read_video, write_video
     from vqtok.pipeline.decode import DecodeResult, DecodeRun, decode_files
-    from vqtok.pipeline.encode import EncodeOptions, EncodeResult
-    from vqtok.pipeline.files import EncodeRun, encode_files
+    from vqtok.pipeline.encode import EncodeOptions, EncodeResult, EncodeRun, encode_files
     from vqtok.pipeline.plan import Job
 
 __version__ = "0.1.0"
@@ -46,8 +45,8 @@ _LAZY = {
     "DecodeResult": "vqtok.pipeline.decode",
     "decode_files": "vqtok.pipeline.decode",
     "Job": "vqtok.pipeline.plan",
-    "EncodeRun": "vqtok.pipeline.files",
-    "encode_files": "vqtok.pipeline.files",
+    "EncodeRun": "vqtok.pipeline.encode",
+    "encode_files": "vqtok.pipeline.encode",
 }
 
 

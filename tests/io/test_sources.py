@@ -25,7 +25,7 @@ from vqtok.io.pixels import frames_to_video
 from vqtok.io.sources import ClipSource
 from vqtok.io.tokens import load_tokens
 from vqtok.io.video import VideoReader
-from vqtok.pipeline.files import encode_files
+from vqtok.pipeline.encode import encode_files
 from vqtok.pipeline.inputs import expand_inputs
 
 

@@ -25,8 +25,9 @@ from vqtok.io.video import probe, read_frames
 from vqtok.metrics import psnr
 from vqtok.pipeline.decode import decode_file, decode_frames
 from vqtok.pipeline.describe import describe_models, describe_path
-from vqtok.pipeline.encode import EncodeOptions, encode_file, encode_indices, prefetch
+from vqtok.pipeline.encode import EncodeOptions, encode_file, encode_indices
 from vqtok.pipeline.plan import Job, parse_shard, plan_inputs, shard, shard_from_env
+from vqtok.pipeline.prefetch import prefetch
 from vqtok.pipeline.reconstruct import reconstruct_file
 from vqtok.pipeline.remap_build import build_remap
 

@@ -31,7 +31,7 @@ from vqtok.cli.app import app  # noqa: E402
 from vqtok.io.datasets import TokenDataset  # noqa: E402
 from vqtok.io.shards import MANIFEST  # noqa: E402
 from vqtok.io.tokens import load_tokens  # noqa: E402
-from vqtok.pipeline.files import encode_files  # noqa: E402
+from vqtok.pipeline.encode import encode_files  # noqa: E402
 from vqtok.pipeline.ray_run import RayOptions, encode_dataset  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster; `make test-fast` skips them

@@ -1,6 +1,6 @@
 """The commands that run over files: ``vqtok encode``, ``decode`` and ``reconstruct``.
 
-Each parses its options, calls the library (`vqtok.pipeline.files.EncodeRun`,
+Each parses its options, calls the library (`vqtok.pipeline.encode.EncodeRun`,
 `vqtok.pipeline.decode.decode_file`, `vqtok.pipeline.reconstruct.reconstruct_file`) and renders
 the outcome: a summary on stdout (a table, or JSON with ``--json``), the progress bar and
 messages on stderr; exit status 0 when everything worked, 1 when an input failed (after the
@@ -157,7 +157,7 @@ def encode(
 ) -> None:
     """Encode videos into index files (.npy + .json sidecar, or .safetensors); with --engine
     ray, on a Ray cluster into a token dataset."""
-    from vqtok.pipeline.files import EncodeRun
+    from vqtok.pipeline.encode import EncodeRun
 
     check_ray_flags(engine, address, workers, gpus_per_worker, shard, format)
     fmt = _index_format(output, format)

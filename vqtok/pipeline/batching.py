@@ -28,16 +28,10 @@ from vqtok.errors import VqtokError
 from vqtok.io.pixels import frames_to_video
 from vqtok.io.tokens import TokenMetadata, save_tokens
 from vqtok.io.video import VideoReader
-from vqtok.pipeline.encode import (
-    EncodeOptions,
-    EncodeResult,
-    ProgressFn,
-    encode_each,
-    finish_indices,
-    open_reader,
-    prefetch,
-)
+from vqtok.pipeline.encode import encode_each, finish_indices, open_reader
+from vqtok.pipeline.options import EncodeOptions, EncodeResult, ProgressFn
 from vqtok.pipeline.plan import Job
+from vqtok.pipeline.prefetch import prefetch
 from vqtok.pipeline.remap import RemapPlan
 
 Outcome = EncodeResult | Exception

@@ -2,7 +2,7 @@
 `decode_files` in one call), `decode_file` one index file (indices in memory, such as a
 dataset row's: `decode_indices`), `decode_frames` frames in memory.
 
-Planning mirrors `vqtok.pipeline.files.EncodeRun`: a video is kept on a rerun only when it
+Planning mirrors `vqtok.pipeline.encode.EncodeRun`: a video is kept on a rerun only when it
 was made from the same index file with the same model weights and frame rate
 (`vqtok.pipeline.resume.DecodeRecord`), and each file is decoded with the model it names (or
 ``model``), each model loaded once. The index file must have been made by the
@@ -43,7 +43,7 @@ from vqtok.io.tokens import (
 )
 from vqtok.io.video import as_fps
 from vqtok.io.video_writer import VideoWriter
-from vqtok.pipeline.encode import DEFAULT_CHUNK, ProgressFn
+from vqtok.pipeline.options import DEFAULT_CHUNK, ProgressFn
 from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_run_output
 from vqtok.pipeline.plan import INDEX_EXTENSIONS, Job, plan_inputs, shard_jobs
 from vqtok.pipeline.remap import load_remap_for

@@ -27,7 +27,7 @@ from vqtok.io.token_meta import TokenMetadata
 from vqtok.io.video import as_fps
 from vqtok.io.video_writer import VIDEO_SUFFIXES
 from vqtok.pipeline.decode import DecodeResult, DecodeRun, decode_indices
-from vqtok.pipeline.encode import ProgressFn
+from vqtok.pipeline.options import ProgressFn
 from vqtok.pipeline.plan import Job
 
 __all__ = ["RowDecodeRun", "plan_decode", "row_sha256"]

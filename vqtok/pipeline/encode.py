@@ -1,166 +1,65 @@
-"""Encoding one file: a video file -> an index file (`encode_file`), or indices in memory.
+"""Encoding video files into index files: one file (`encode_file`; `encode_indices` keeps the
+indices in memory) and a run of many (`EncodeRun`, `encode_files`: what ``vqtok encode`` does).
 
-This is what ``vqtok encode`` runs for each file (`vqtok.pipeline.decode` is the way back,
-`vqtok.pipeline.reconstruct` the round trip); they print nothing and report progress through a
-callback (`ProgressFn`: frames done since the last call, frames expected), so the CLI draws it.
-`encode_each` runs many files one at a time, `vqtok.pipeline.batching` several together.
+A run plans the outputs of its inputs (files and directories mirrored into an output directory,
+URLs, tar shards, manifests), takes this process's share (``shard``), keeps outputs complete and
+made the same way (resume), loads the model only when something is left, checks ``levels``,
+``beam`` and the remap file against it once, and encodes each file (several of one size
+together: `vqtok.pipeline.batching`). `EncodeRun` is that in steps, for the CLI::
 
-Memory is bounded by the chunk length, not by the video's length: frames are read by a
-background thread (`prefetch`, a bounded queue, so decoding overlaps the model) in windows of
-``chunk`` frames through the tokenizer's streaming ``encode_stream``, which carries the causal
-convolutions' state from chunk to chunk; only the index grid is kept whole. Large frames are
-worked in spatial tiles when an untiled pass would exceed the budget (`vqtok.families.memory`).
+    run = EncodeRun.plan(["clips/"], "codes/", options=EncodeOptions(format="npy"))
+    tokenizer = run.load(device="auto")         # None when every output is complete
+    for job, result in run.results(tokenizer):  # EncodeResult, or the exception of that file
+        ...
 
-A clip of 1 + k*tau frames gives 1 + k latent frames; other lengths are padded by repeating the
-last frame (`vqtok.clips.padded_length`); the index file records the real frame count.
+Nothing here prints; progress goes to a callback (`ProgressFn`). Memory is bounded by the chunk
+length: frames are read by a background thread (`vqtok.pipeline.prefetch`) in windows of
+``chunk`` frames through the tokenizer's streaming ``encode_stream``; only the index grid is
+kept whole, and large frames are worked in spatial tiles (`vqtok.families.memory`). Lengths
+other than 1 + k*tau are padded by repeating the last frame (`vqtok.clips.padded_length`); the
+index file records the real frame count. `vqtok.pipeline.decode` is the way back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
-from fractions import Fraction
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from queue import Empty, Full, Queue
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vqtok.api import Tokenizer
-from vqtok.errors import ConfigError, VideoError
-from vqtok.families.memory import MemoryPlan
+from vqtok.api import DEFAULT_MODEL, Tokenizer, load
+from vqtok.errors import ConfigError, OptionError, VideoError
+from vqtok.io.hub import DownloadFn
 from vqtok.io.pixels import frames_to_video
+from vqtok.io.remap import require_remap_file
 from vqtok.io.sources import ClipSource
-from vqtok.io.token_meta import vocabulary_of
-from vqtok.io.tokens import (
-    EncodedInfo,
-    EncodeSettings,
-    SourceInfo,
-    TokenFormat,
-    TokenMetadata,
-    save_tokens,
+from vqtok.io.tokens import TokenMetadata, index_path, save_tokens
+from vqtok.io.video import Source, VideoReader
+from vqtok.pipeline.inputs import needs_sources, plan_clips
+from vqtok.pipeline.options import (
+    EncodeOptions,
+    EncodeResult,
+    ProgressFn,
+    ReadFacts,
+    build_metadata,
+    check_frame_size,
 )
-from vqtok.io.video import Source, VideoInfo, VideoReader, as_fps
-from vqtok.pipeline.plan import Job
+from vqtok.pipeline.outputs import INDEX_SUFFIXES, check_run_output
+from vqtok.pipeline.plan import Job, plan_inputs, shard_jobs
+from vqtok.pipeline.prefetch import prefetch
 from vqtok.pipeline.remap import RemapPlan
+from vqtok.pipeline.resume import Resume
+from vqtok.runtime import device_for_rank
 
-T = TypeVar("T")
-ProgressFn = Callable[[int, int], None]
-"""Called as frames are processed: (frames since the previous call, frames expected in all)."""
-
-DEFAULT_CHUNK = 16
-
-
-@dataclass(frozen=True)
-class EncodeOptions:
-    """How frames are read and indices stored.
-
-    Attributes:
-        size: (H, W) to resize every frame to (the tokenizer pads it to the spatial factor).
-        short_side: resize so the shorter side is this many pixels, keeping the aspect ratio.
-        fps: resample to this frame rate; None keeps every frame.
-        max_frames: encode at most this many frames.
-        chunk: frames per streaming step; bounds memory.
-        format: ``"npy"`` (+ ``.json`` sidecar) or ``"safetensors"``.
-        remap: a remap file (``vqtok remap build``: ``.npy`` for one codebook, ``.safetensors``
-            with one used set per codebook / level); indices are stored as compact ids.
-        strict: a damaged input (truncated, corrupt packets) is an error, not a warning.
-        levels: residual models: keep the first k levels (``--levels``); None keeps all.
-        beam: residual models: search the levels with a beam of this many paths (``--beam``;
-            1 is greedy); None keeps the model's own search.
-        memory: ``--tile`` / ``--max-memory``: when to work in spatial tiles (same indices).
-    """
-
-    size: tuple[int, int] | None = None
-    short_side: int | None = None
-    fps: Fraction | int | float | str | None = None
-    max_frames: int | None = None
-    chunk: int = DEFAULT_CHUNK
-    format: TokenFormat = "npy"
-    remap: Path | None = None
-    strict: bool = False
-    levels: int | None = None
-    beam: int | None = None
-    memory: MemoryPlan = MemoryPlan()
-
-    def settings(self, model_beam: int = 1) -> EncodeSettings:
-        """What an index file records of these options (a resumed run compares them); its
-        ``beam`` is the search used: ``--beam``, else ``model_beam`` (the model's own beam
-        width) when above 1, so a change of the model's search is seen on resume."""
-        beam = self.beam if self.beam is not None else (model_beam if model_beam > 1 else None)
-        return EncodeSettings(
-            size=None if self.size is None else (int(self.size[0]), int(self.size[1])),
-            short_side=self.short_side,
-            fps=None if self.fps is None else _fraction(as_fps(self.fps)),
-            max_frames=self.max_frames,
-            levels=self.levels,
-            beam=beam,
-        )
-
-
-@dataclass(frozen=True)
-class EncodeResult:
-    """What `encode_file` did: the index file, its metadata, frames, time, input warnings."""
-
-    source: Path | ClipSource
-    target: Path
-    meta: TokenMetadata
-    seconds: float
-    warnings: tuple[str, ...] = ()
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
-    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
-
-    An exception in the thread is raised here, in the consumer; stopping early (``close()``)
-    stops the thread and closes the underlying iterator.
-    """
-    queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(Full):
-                queue.put(entry, timeout=0.05)
-                return True
-        return False
-
-    def work() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                if not put((False, item)):
-                    return
-            put((True, None))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            put((True, e))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=work, name="vqtok-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            with contextlib.suppress(Empty):
-                end, value = queue.get(timeout=0.1)
-                if end and value is not None:
-                    raise value
-                if end:
-                    return
-                yield value
-                continue
-            if not thread.is_alive() and queue.empty():
-                return
-    finally:
-        stop.set()
-        thread.join()
+__all__ = [
+    "EncodeOptions", "EncodeResult", "EncodeRun", "encode_each", "encode_file", "encode_files",
+    "encode_indices", "encode_windows",
+]
 
 
 def _video_chunks(
@@ -191,21 +90,6 @@ def open_reader(source: Source, model: Any, options: EncodeOptions) -> VideoRead
     return reader
 
 
-def check_frame_size(size: tuple[int, int], model: Any, source: Source) -> None:
-    """Refuse frames of (H, W) ``size`` smaller than one latent cell of ``model``.
-
-    Raises:
-        ConfigError: naming the size, the model's spatial factor and ``--size``.
-    """
-    factor = model.spatial_factor
-    if min(size) < factor:
-        raise ConfigError(
-            f"frames of {size[1]}x{size[0]} are smaller than the model's spatial "
-            f"factor {factor}; use a larger --size",
-            str(source),
-        )
-
-
 def encode_indices(
     source: Source,
     tokenizer: Tokenizer,
@@ -232,28 +116,6 @@ def encode_indices(
         return encode_windows(windows, reader, tokenizer, options, progress, plan)
     finally:
         windows.close()
-
-
-class ReadFacts(Protocol):
-    """How a video's frames were read: what `encode_windows` records in the metadata. A
-    `VideoReader` has it all; frames decoded elsewhere (a Ray task) carry the same facts."""
-
-    @property
-    def path(self) -> Path | ClipSource: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def info(self) -> VideoInfo: ...
-    @property
-    def size(self) -> tuple[int, int]: ...
-    @property
-    def fps(self) -> Fraction: ...
-    @property
-    def warnings(self) -> list[str]: ...
-    @property
-    def notes(self) -> list[str]: ...
-    @property
-    def expected_frames(self) -> int: ...
 
 
 def encode_windows(
@@ -302,48 +164,9 @@ def finish_indices(
         raise VideoError(f"damaged input (--strict): {reader.warnings[0]}", source)
     if plan is not None:
         indices = plan.to_compact(indices, source)
-    meta = build_metadata(tokenizer, reader, frames, tuple(indices.shape[:3]), options, plan)
+    meta = build_metadata(tokenizer, reader, frames, tuple(indices.shape[:3]), options, plan,
+                          tokenizer.weights_sha256)
     return indices.numpy(), meta, (*reader.warnings, *reader.notes)
-
-
-def build_metadata(
-    tokenizer: Tokenizer,
-    reader: ReadFacts,
-    frames: int,
-    grid: tuple[int, ...],
-    options: EncodeOptions,
-    plan: RemapPlan | None,
-) -> TokenMetadata:
-    """The index-file metadata of ``frames`` real frames read by ``reader``, encoded to
-    a (t, h, w) ``grid``."""
-    model, info = tokenizer.model, reader.info
-    total = tokenizer.padded_frames(frames)
-    windows = None
-    if model.window is not None:
-        windows = tuple((a, min(model.window, total - a)) for a in range(0, total, model.window))
-    resize = "size" if options.size else "short_side" if options.short_side else "none"
-    padded = tokenizer.padded_size(*reader.size)
-    return TokenMetadata(
-        model=tokenizer.name,
-        model_sha256=tokenizer.weights_sha256,
-        family=model.family,
-        **vocabulary_of(model.quantizer),
-        grid=(grid[0], grid[1], grid[2]),
-        source=SourceInfo(
-            reader.name, info.frames, _fraction(info.fps), (info.height, info.width)
-        ),
-        encoded=EncodedInfo(
-            frames, reader.size, resize, total - frames, _fraction(reader.fps),
-            (padded[0] - reader.size[0], padded[1] - reader.size[1]),
-        ),
-        windows=windows,
-        remap=None if plan is None else plan.info,
-        settings=options.settings(model.quantizer.beam_width),
-    )
-
-
-def _fraction(value: Fraction) -> str:
-    return f"{value.numerator}/{value.denominator}"
 
 
 def encode_file(
@@ -398,3 +221,177 @@ def encode_each(
             yield job, encode_file(job.source, job.target, tokenizer, options, progress)
         except Exception as e:  # every failure is that video's outcome
             yield job, e
+
+
+@dataclass(frozen=True)
+class EncodeRun:
+    """The planned encode of a set of files.
+
+    Attributes:
+        jobs: one per input file: its index file, ``done`` when a complete output made the
+            same way exists (or ``error`` when planning failed, e.g. two inputs, one output).
+        model: the model name, directory or Hub repository (None: the default model).
+        model_dirs: more directories to look model names up in.
+        options: how frames are read and indices stored.
+        batch: how many videos of the same size to encode together.
+    """
+
+    jobs: list[Job]
+    model: str | Path | None = None
+    model_dirs: tuple[Path, ...] = ()
+    options: EncodeOptions = EncodeOptions()
+    batch: int = 1
+
+    @classmethod
+    def plan(
+        cls,
+        inputs: Sequence[str | Path],
+        output: str | Path,
+        *,
+        model: str | Path | None = None,
+        model_dirs: Iterable[str | Path] = (),
+        options: EncodeOptions = EncodeOptions(),
+        batch: int = 1,
+        overwrite: bool = False,
+        shard: tuple[int, int] | None = None,
+    ) -> EncodeRun:
+        """Plan the outputs of ``inputs`` under ``output`` (an index file for one input, or a
+        directory; the suffix follows ``options.format``). Inputs are files and directories,
+        or URLs, WebDataset ``.tar`` shards and clip manifests (`vqtok.pipeline.inputs`:
+        each clip's output is ``output/<key>``).
+
+        Args:
+            shard: (i, n): only share i of n of the files, balanced by size
+                (`vqtok.pipeline.plan.shard`); None: all of them.
+            overwrite: encode again outputs that are complete; otherwise they are kept when
+                made by this model with these options, and replaced (with a ``note``) if not.
+
+        Raises:
+            ConfigError: no input; OptionError: an impossible output (`check_run_output`);
+            RemapError: no remap file at ``options.remap``; CheckpointError: the model
+                cannot be found (resuming compares its weights' SHA-256).
+        """
+        if batch < 1:
+            raise OptionError("--batch", f"batch must be >= 1, got {batch}")
+        check_run_output(output, inputs, INDEX_SUFFIXES, "an index file", other_names=True)
+        if options.remap is not None:
+            require_remap_file(options.remap)
+        suffix = f".{options.format}"
+        if needs_sources(inputs, output):  # URLs, tar shards, manifests
+            planned = plan_clips(inputs, output, suffix)
+        else:
+            planned = plan_inputs(inputs, output, suffix, overwrite=True)
+        jobs = shard_jobs(planned, shard)
+        jobs = [replace(job, target=index_path(job.target, options.format)) for job in jobs]
+        run = cls(jobs, model, tuple(Path(d) for d in model_dirs), options, batch)
+        return run if overwrite else run._resumed()
+
+    def _resumed(self) -> EncodeRun:
+        """Jobs whose output exists, is complete and was made this way marked done."""
+        if not any(job.error is None and job.target.exists() for job in self.jobs):
+            return self
+        resume = Resume.for_run(self.model or DEFAULT_MODEL, list(self.model_dirs), self.options)
+        jobs = []
+        for job in self.jobs:
+            if job.error is None:
+                keep, note = resume.check(job.target)
+                job = replace(job, done=keep, note=note)
+            jobs.append(job)
+        return replace(self, jobs=jobs)
+
+    @property
+    def pending(self) -> bool:
+        """Whether any file is left to encode."""
+        return any(not job.done for job in self.jobs)
+
+    def load(
+        self,
+        device: str = "auto",
+        dtype: str | None = None,
+        on_download: DownloadFn | None = None,
+    ) -> Tokenizer | None:
+        """The model, checked once against ``levels`` and the remap file; None (nothing is
+        loaded) when every output is complete.
+
+        Raises:
+            CheckpointError: the model cannot be loaded; OptionError: ``levels`` the model
+                cannot keep; RemapError: a remap file that does not fit the model.
+        """
+        if not self.pending:
+            return None
+        tokenizer = load(self.model, device=device_for_rank(device), dtype=dtype,
+                         extra_dirs=self.model_dirs, on_download=on_download)
+        self.check(tokenizer)
+        return tokenizer
+
+    def check(self, tokenizer: Tokenizer) -> None:
+        """Fail once, before any file, for options the model cannot take."""
+        if self.options.levels is not None:
+            try:
+                tokenizer.check_levels(self.options.levels)
+            except ConfigError as e:
+                raise OptionError("--levels", e.message) from None
+        if self.options.beam is not None:
+            try:
+                tokenizer.check_beam(self.options.beam)
+            except ConfigError as e:
+                raise OptionError("--beam", e.message) from None
+        if self.options.remap is not None:
+            RemapPlan.open(self.options.remap, tokenizer.model)
+
+    def results(
+        self,
+        tokenizer: Tokenizer | None,
+        progress: ProgressFn | None = None,
+        on_start: Callable[[list[Job]], None] | None = None,
+    ) -> Iterator[tuple[Job, Any]]:
+        """Encode the files not done, in job order: (job, `EncodeResult` or the exception that
+        stopped that file). Jobs done or failed while planning are not yielded."""
+        todo = [job for job in self.jobs if not job.done]
+        if not todo:
+            return
+        if tokenizer is None:
+            raise ConfigError("files are left to encode but no model was given")
+        if self.batch == 1:
+            yield from encode_each(todo, tokenizer, self.options, progress, on_start)
+        else:  # imported here: batching is built on this module's per-file steps
+            from vqtok.pipeline.batching import encode_jobs
+
+            yield from encode_jobs(todo, tokenizer, self.options, self.batch, progress, on_start)
+
+
+def encode_files(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    model: str | Path | None = None,
+    model_dirs: Iterable[str | Path] = (),
+    device: str = "auto",
+    dtype: str | None = None,
+    options: EncodeOptions = EncodeOptions(),
+    batch: int = 1,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[tuple[Job, EncodeResult | Exception | None]]:
+    """Encode video files and directories into index files, as ``vqtok encode`` does.
+
+    Args: as `EncodeRun.plan` and `EncodeRun.load`; ``progress`` is called with (frames read,
+    frames expected) of the videos in flight.
+
+    Returns:
+        one (job, outcome) per input file, in order: an `EncodeResult`; None for an output kept
+        from an earlier run; or the exception that stopped that file (a `VqtokError` for a bad
+        input; the other files are still encoded).
+
+    Raises:
+        VqtokError: what fails the whole run (no input, the model, ``levels``, the remap file).
+    """
+    run = EncodeRun.plan(inputs, output, model=model, model_dirs=model_dirs, options=options,
+                         batch=batch, overwrite=overwrite, shard=shard)
+    outcomes: dict[Job, EncodeResult | Exception | None] = {
+        job: None if job.error is None else ConfigError(job.error, str(job.source))
+        for job in run.jobs
+    }
+    outcomes.update(run.results(run.load(device, dtype), progress))
+    return [(job, outcomes[job]) for job in run.jobs]

@@ -48,14 +48,9 @@ from vqtok.errors import MissingDependencyError, VqtokError
 from vqtok.io.frames import VideoInfo
 from vqtok.io.sources import ClipSource, as_seconds
 from vqtok.io.tokens import TokenMetadata, index_dtype
-from vqtok.pipeline.encode import (
-    EncodeOptions,
-    check_frame_size,
-    encode_indices,
-    encode_windows,
-    open_reader,
-)
+from vqtok.pipeline.encode import encode_indices, encode_windows, open_reader
 from vqtok.pipeline.inputs import Clip
+from vqtok.pipeline.options import EncodeOptions, check_frame_size
 
 __all__ = ["EncodeClips", "clip_rows", "decode_clips", "indices_of", "require_ray"]
 
@@ -107,7 +102,7 @@ def indices_of(row: dict[str, Any]) -> np.ndarray:
 @dataclass
 class DecodedClip:
     """A clip decoded in a CPU task: its frames and the facts `encode_windows` records
-    (`vqtok.pipeline.encode.ReadFacts`)."""
+    (`vqtok.pipeline.options.ReadFacts`)."""
 
     path: ClipSource
     name: str

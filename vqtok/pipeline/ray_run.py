@@ -31,8 +31,7 @@ from vqtok.errors import ConfigError, VqtokError
 from vqtok.io.dataset_sink import DatasetSink, SinkReport
 from vqtok.io.remote import local_path
 from vqtok.io.token_meta import TokenMetadata
-from vqtok.pipeline.encode import EncodeOptions
-from vqtok.pipeline.files import EncodeRun
+from vqtok.pipeline.encode import EncodeOptions, EncodeRun
 from vqtok.pipeline.inputs import Clip, expand_inputs
 from vqtok.pipeline.outputs import check_folder_output
 from vqtok.pipeline.ray_engine import (

@@ -25,8 +25,10 @@ from vqtok.io.video import VideoReader, as_fps
 from vqtok.io.video_writer import VideoWriter
 from vqtok.metrics import psnr_per_frame, ssim_per_frame
 from vqtok.pipeline.decode import decode_frames
-from vqtok.pipeline.encode import EncodeOptions, ProgressFn, encode_indices, open_reader, prefetch
+from vqtok.pipeline.encode import encode_indices, open_reader
+from vqtok.pipeline.options import EncodeOptions, ProgressFn
 from vqtok.pipeline.outputs import VIDEO_SUFFIXES, check_file_output
+from vqtok.pipeline.prefetch import prefetch
 
 SSIM_WINDOW = 11  # the Gaussian window of vqtok.metrics.ssim_per_frame
 

@@ -27,7 +27,7 @@ from vqtok.io.checkpoint import read_info, weights_sha256
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.tokens import EncodeSettings, TokenMetadata, load_tokens
 from vqtok.io.video_writer import read_comment
-from vqtok.pipeline.encode import EncodeOptions
+from vqtok.pipeline.options import EncodeOptions
 
 __all__ = ["DecodeRecord", "Resume"]
 
