@@ -84,3 +84,16 @@ def test_temporal_loss_sees_flicker_and_not_a_constant_error():
     moving = (ref + flicker).requires_grad_()
     temporal_loss(ref, moving).backward()
     assert moving.grad is not None and moving.grad.abs().sum() > 0
+
+
+def test_temporal_loss_at_group_boundaries_only():
+    ref = torch.rand(1, 3, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    at_boundary = torch.zeros_like(ref)
+    at_boundary[:, :, 5:] = 0.3  # one jump, frame 4 -> 5: the boundary into the third group
+    # pairs 0->1 and 4->5 are the boundaries of 4-frame causal groups; one of them is off
+    assert float(temporal_loss(ref, ref + at_boundary, 4)) == pytest.approx(0.3 / 2, rel=1e-5)
+    inside = torch.zeros_like(ref)
+    inside[:, :, 3:] = 0.3  # a jump 2 -> 3, inside the group 1..4
+    assert float(temporal_loss(ref, ref + inside, 4)) == pytest.approx(0.0, abs=1e-6)
+    assert float(temporal_loss(ref, ref + inside)) == pytest.approx(0.3 / 8, rel=1e-5)
+    assert float(temporal_loss(ref[:, :, :1], ref[:, :, :1] + 1, 4)) == 0.0

@@ -212,8 +212,8 @@ def linear_rvq_run(steps: int) -> RunConfig:
     model = {**TINY_MODEL, "quantizer": "ema_rvq", "latent_dim": 6, "shortcut": "linear",
              "quantizer_options": {"num_levels": 3, "codebook_sizes": 8}}
     options = {**tiny_run(steps).to_dict()["train"], "ssim_weight": 0.5,
-               "seam_weight": 1.0, "temporal_weight": 1.0, "kmeans_init_batches": 4,
-               "fit_shortcut_batches": 4,
+               "seam_weight": 1.0, "temporal_weight": 1.0, "boundary_weight": 1.0,
+               "kmeans_init_batches": 4, "fit_shortcut_batches": 4,
                "quantizer_dropout": 0.5, "weight_ema": 0.9, "eval_every": 2,
                "dead_code_every": 2}  # a multiple of save_every: resume is exact
     return RunConfig.from_dict({"name": "lin", "model": model, "train": options})
@@ -229,7 +229,7 @@ def test_linear_recipe_starts_fitted_and_keeps_its_best_model(footage_dir, tmp_p
     assert {r["levels"] for r in steps} - {0} <= {1, 2}  # dropout runs a prefix of 3 levels
     assert all(0 <= r["ssim_loss"] <= 2 for r in steps)
     assert all(r["seam_loss"] > 0 for r in steps)
-    assert all(r["temporal_loss"] > 0 for r in steps)
+    assert all(r["temporal_loss"] > 0 and r["boundary_loss"] > 0 for r in steps)
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     evals = [r["eval_psnr"] for r in read_metrics(tmp_path / "run") if "eval_psnr" in r]
     assert best["eval_psnr"] == max(evals)
@@ -313,3 +313,16 @@ def test_grey_clips_have_equal_channels_and_other_clips_are_unchanged():
     half = ClipSampler(sources, ClipSpec(5, 16, grey=0.5), batch_size=64, seed=2).sample_batch(0)
     greyed = sum(bool(torch.equal(c[0], c[2])) for c in half)
     assert 16 <= greyed <= 48
+
+
+def test_stride_zero_holds_one_frame_and_negative_strides_are_refused():
+    frames = np.random.default_rng(4).integers(0, 255, (30, 20, 24, 3), dtype=np.uint8)
+    sources = [Footage("v", frames)]
+    held = ClipSampler(sources, ClipSpec(5, 16, (0,)), batch_size=3, seed=5).sample_batch(0)
+    assert held.shape == (3, 3, 5, 16, 16)
+    assert all(torch.equal(held[:, :, t], held[:, :, 0]) for t in range(1, 5))
+    moving = ClipSampler(sources, ClipSpec(5, 16, (1,)), batch_size=3, seed=5).sample_batch(0)
+    assert not torch.equal(moving[:, :, 1], moving[:, :, 0])
+    assert TrainConfig(temporal_strides=(0, 1)).temporal_strides == (0, 1)
+    with pytest.raises(ConfigError, match="temporal_strides"):
+        TrainConfig(temporal_strides=(1, -1))

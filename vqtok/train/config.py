@@ -26,7 +26,8 @@ class TrainConfig:
     Data:
         clip_frames: frames per training clip (1 + k * temporal_factor).
         crop_size: side of the random square crop, pixels.
-        temporal_strides: strides drawn per clip (1 = consecutive frames).
+        temporal_strides: strides drawn per clip (1 = consecutive frames; 0 = one frame held:
+            a still clip, where any change in the output is flicker).
         flip: random horizontal flips.
         short_side: footage is decoded so that its short side has this many pixels.
         holdout_frames: the last frames of every video, never trained on, for evaluation.
@@ -51,9 +52,10 @@ class TrainConfig:
         neighbour differences across the tokenizer's block boundaries (`seam_loss`: it
         penalises a block grid, which pixel losses barely see); temporal_weight: L1 between
         the reconstruction's and the clip's frame-to-frame changes (`temporal_loss`: flicker
-        and doubled moving edges); quantizer_weight multiplies the
-        quantizer's own loss (commitment / codebook / entropy / KL); entropy_warmup_steps
-        ramps an LFQ entropy weight linearly from 0.
+        and doubled moving edges); boundary_weight: the same L1 on the changes across the
+        model's temporal group boundaries only (the tokenizer's flicker); quantizer_weight
+        multiplies the quantizer's own loss (commitment / codebook / entropy / KL);
+        entropy_warmup_steps ramps an LFQ entropy weight linearly from 0.
     Quantizer machinery:
         gumbel_temperature (start, end) annealed exponentially over gumbel_anneal_steps;
         init_codebook_from_data (after the first step, every code of a learned codebook is
@@ -102,6 +104,7 @@ class TrainConfig:
     ssim_weight: float = 0.0
     seam_weight: float = 0.0
     temporal_weight: float = 0.0
+    boundary_weight: float = 0.0
     quantizer_weight: float = 1.0
     entropy_warmup_steps: int = 0
     gumbel_temperature: tuple[float, ...] = (1.0, 0.5)
@@ -133,8 +136,8 @@ class TrainConfig:
             raise ConfigError(f"train.image_crop_size must be >= 0, got {self.image_crop_size}")
         if self.image_every < 0:
             raise ConfigError(f"train.image_every must be >= 0, got {self.image_every}")
-        if not self.temporal_strides or min(self.temporal_strides) < 1:
-            raise ConfigError(f"train.temporal_strides must be >= 1, got {self.temporal_strides}")
+        if not self.temporal_strides or min(self.temporal_strides) < 0:
+            raise ConfigError(f"train.temporal_strides must be >= 0, got {self.temporal_strides}")
         if len(self.gumbel_temperature) != 2 or min(self.gumbel_temperature) <= 0:
             raise ConfigError("train.gumbel_temperature must be [start, end], both > 0")
         if not 0.0 <= self.quantizer_dropout <= 1.0:

@@ -39,7 +39,8 @@ class ClipSpec:
     Attributes:
         frames: F, frames per clip (1 + k * tau for the model).
         size: side of the square crop, pixels.
-        strides: temporal strides to draw from (2 = every other frame).
+        strides: temporal strides to draw from (2 = every other frame; 0 = one frame held for
+            the whole clip, a still scene, where any change in the output is flicker).
         flip: random horizontal flips.
         grey: probability that a clip is made grey (its luma in every channel), so that the
             model learns to give grey footage back without colour.
@@ -148,7 +149,7 @@ def _crop_video_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tenso
     t, h, w, _ = item.frames.shape
     strides = [s for s in spec.strides if (spec.frames - 1) * s < t] or [1]
     stride = strides[int(torch.randint(len(strides), (1,), generator=g))]
-    span = (spec.frames - 1) * stride + 1
+    span = (spec.frames - 1) * stride + 1  # 1 for a held frame (stride 0)
     if span > t or h < spec.size or w < spec.size:
         raise ConfigError(
             f"{item.name}: {t} frames of {h}x{w} cannot give a {spec.frames}-frame "
@@ -157,7 +158,8 @@ def _crop_video_clip(item: Footage, spec: ClipSpec, g: torch.Generator) -> Tenso
     t0 = int(torch.randint(t - span + 1, (1,), generator=g))
     y0 = int(torch.randint(h - spec.size + 1, (1,), generator=g))
     x0 = int(torch.randint(w - spec.size + 1, (1,), generator=g))
-    clip = item.frames[t0 : t0 + span : stride, y0 : y0 + spec.size, x0 : x0 + spec.size]
+    rows = np.arange(spec.frames) * stride + t0  # (F,) frame numbers; all t0 when held
+    clip = item.frames[rows, y0 : y0 + spec.size, x0 : x0 + spec.size]
     return frames_to_clip(clip)
 
 

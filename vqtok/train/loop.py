@@ -151,8 +151,10 @@ def _step(
     seam_term = (seam_loss(batch, recon, model.config.spatial_factor) if cfg.seam_weight
                  else torch.zeros(()))
     time_term = temporal_loss(batch, recon) if cfg.temporal_weight else torch.zeros(())
+    edge_term = (temporal_loss(batch, recon, model.config.temporal_factor)
+                 if cfg.boundary_weight else torch.zeros(()))
     loss = (loss + cfg.ssim_weight * ssim_term + cfg.seam_weight * seam_term
-            + cfg.temporal_weight * time_term)
+            + cfg.temporal_weight * time_term + cfg.boundary_weight * edge_term)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = (
@@ -169,6 +171,7 @@ def _step(
         ssim_loss=ssim_term.item(),
         seam_loss=seam_term.item(),
         temporal_loss=time_term.item(),
+        boundary_loss=edge_term.item(),
         q_loss=out.loss.item(),
         grad_norm=float(grad_norm),
         psnr=float(10 * torch.log10(4 / mse.detach())),
