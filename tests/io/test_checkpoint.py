@@ -198,6 +198,13 @@ def test_unknown_top_level_key_is_named(saved: Path) -> None:
         load_pretrained(saved)
 
 
+@pytest.mark.parametrize("value", ["ab" * 32, ["ab" * 31], ["AB" * 32], [3]])
+def test_decodes_indices_of_must_list_sha256_digests(saved: Path, value: Any) -> None:
+    rewrite_config(saved, lambda m: m.update(decodes_indices_of=value))
+    with pytest.raises(CheckpointError, match="decodes_indices_of"):
+        load_pretrained(saved)
+
+
 def test_wrong_format_version(saved: Path) -> None:
     rewrite_config(saved, lambda m: m.update(format_version=2))
     with pytest.raises(CheckpointError, match="format_version 2"):

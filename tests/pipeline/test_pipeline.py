@@ -239,6 +239,12 @@ def test_decode_refuses_other_weights_unless_forced(tmp_path: Path, clip: Path, 
         decode_file(tmp_path / "a.npy", tmp_path / "a.mp4", changed)
     assert not (tmp_path / "a.mp4").exists()
     decode_file(tmp_path / "a.npy", tmp_path / "a.mp4", changed, force=True)
+    # a model that declares it gives the same indices (a decoder-only finish) needs no force
+    assert fsq.path is not None and fsq.weights_sha256 is not None
+    save_pretrained(other, tmp_path / "finish", decodes_indices_of=[fsq.weights_sha256])
+    finish = api.load(tmp_path / "finish", device="cpu")
+    decode_file(tmp_path / "a.npy", tmp_path / "c.mp4", finish)
+    assert probe(tmp_path / "c.mp4").frames == probe(tmp_path / "a.mp4").frames
     # a different vocabulary is refused even with --force
     ema = api.load(models / "tiny-ema_vq", device="cpu")
     with pytest.raises(TokenFileError, match="cannot decode"):

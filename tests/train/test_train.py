@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tests.clips import make_clip
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import VideoTokenizer
-from vqtok.io.checkpoint import load_pretrained
+from vqtok.io.checkpoint import load_pretrained, read_info, weights_sha256
 from vqtok.train.config import RunConfig, TrainConfig
 from vqtok.train.dataset import ClipSampler, ClipSpec, Footage, load_footage, split_holdout
 from vqtok.train.loop import learning_rate, train
@@ -286,6 +286,11 @@ def test_decoder_only_finish_keeps_the_encoder_and_codebooks(footage_dir, tmp_pa
     assert any("codebooks" in k for k in frozen)  # the EMA codebooks and their statistics
     decoder = [k for k in before if k.startswith("decoder.") and "shortcut" not in k]
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    # every model it writes says its index files are the source's (decode takes them)
+    for written in (result.model_dir, tmp_path / "dec" / "best", tmp_path / "dec" / "checkpoint"
+                    / "model"):
+        assert read_info(written).decodes_indices_of == (weights_sha256(source),)
+    assert read_info(source).decodes_indices_of == ()
     with pytest.raises(ConfigError, match="init-from"):
         train(finish, [footage_dir], tmp_path / "fresh", device="cpu")
 

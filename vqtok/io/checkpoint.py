@@ -46,6 +46,7 @@ from vqtok.io.model_dirs import CONFIG_FILE, WEIGHTS_FILE, resolve_model, search
 __all__ = [
     "FORMAT_VERSION",
     "ModelInfo",
+    "index_lineage",
     "list_models",
     "load_pretrained",
     "parameter_count",
@@ -59,7 +60,7 @@ CARD_FILE = "README.md"
 
 
 _REQUIRED_KEYS = {"format_version", "family", "config"}
-_OPTIONAL_KEYS = {"name", "input", "vqtok_version"}
+_OPTIONAL_KEYS = {"name", "input", "vqtok_version", "decodes_indices_of"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class ModelInfo:
         path: the model directory.
         config: the family's config dict, as stored.
         input: the input convention (value range, channels, temporal convention).
+        decodes_indices_of: SHA-256s of other models' weights whose index files hold exactly
+            this model's indices (a decoder-only finish keeps the encoder and codebooks of
+            the model it started from), so `decode` takes them without ``--force``.
     """
 
     name: str
@@ -79,6 +83,7 @@ class ModelInfo:
     path: Path
     config: dict[str, Any]
     input: dict[str, Any]
+    decodes_indices_of: tuple[str, ...] = ()
 
 
 def input_convention(model: TokenizerModel) -> dict[str, Any]:
@@ -92,7 +97,11 @@ def input_convention(model: TokenizerModel) -> dict[str, Any]:
 
 
 def save_pretrained(
-    model: TokenizerModel, directory: str | Path, name: str | None = None, card: str | None = None
+    model: TokenizerModel,
+    directory: str | Path,
+    name: str | None = None,
+    card: str | None = None,
+    decodes_indices_of: Sequence[str] = (),
 ) -> Path:
     """Write ``model`` as a model directory, atomically.
 
@@ -105,6 +114,7 @@ def save_pretrained(
         directory: the model directory to create or replace.
         name: the model's name; default the directory's name.
         card: text of a ``README.md`` model card to write beside the weights.
+        decodes_indices_of: `ModelInfo.decodes_indices_of` (written only when not empty).
 
     Returns:
         The model directory's path.
@@ -119,6 +129,7 @@ def save_pretrained(
         "config": model.config.to_dict(),
         "input": input_convention(model),
         "vqtok_version": __version__,
+        **({"decodes_indices_of": list(decodes_indices_of)} if decodes_indices_of else {}),
     }
     # clone: safetensors refuses tensors that share storage (views, tied buffers)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -178,7 +189,26 @@ def read_info(directory: str | Path) -> ModelInfo:
     if not isinstance(meta["config"], dict):
         raise CheckpointError(f"{CONFIG_FILE}: 'config' must be an object", directory)
     name = meta.get("name") or directory.resolve().name
-    return ModelInfo(str(name), meta["family"], directory, meta["config"], meta.get("input") or {})
+    lineage = meta.get("decodes_indices_of", [])
+    if not isinstance(lineage, list) or not all(_is_sha256(h) for h in lineage):
+        raise CheckpointError(
+            f"{CONFIG_FILE}: 'decodes_indices_of' must be a list of hex SHA-256 digests", directory
+        )
+    return ModelInfo(str(name), meta["family"], directory, meta["config"], meta.get("input") or {},
+                     tuple(lineage))
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def index_lineage(dir_or_name: str | Path) -> tuple[str, ...]:
+    """The weight SHA-256s whose index files a decoder-only finish of this model decodes:
+    this model's own and those it already decodes (`ModelInfo.decodes_indices_of`)."""
+    return (weights_sha256(dir_or_name), *read_info(resolve_model(dir_or_name)).decodes_indices_of)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

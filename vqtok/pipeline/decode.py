@@ -27,7 +27,7 @@ from torch import Tensor
 from vqtok.api import Tokenizer, load
 from vqtok.errors import ConfigError, TokenFileError, VqtokError
 from vqtok.families.memory import MemoryPlan
-from vqtok.io.checkpoint import weights_sha256
+from vqtok.io.checkpoint import read_info, weights_sha256
 from vqtok.io.hub import DownloadFn
 from vqtok.io.model_dirs import resolve_model
 from vqtok.io.pixels import video_to_frames
@@ -74,12 +74,19 @@ class DecodeResult:
 
 
 def check_model_matches(
-    meta: TokenMetadata, model: Any, weights_sha256: str | None, force: bool, path: str | Path
+    meta: TokenMetadata,
+    model: Any,
+    weights_sha256: str | None,
+    force: bool,
+    path: str | Path,
+    decodes_indices_of: Sequence[str] = (),
 ) -> None:
     """Refuse a model that cannot decode ``meta``'s indices.
 
     A different vocabulary (family, kind, size, codebooks, levels, bit order) is always refused;
-    different weights (SHA-256 of ``model.safetensors``) are refused unless ``force``.
+    different weights (SHA-256 of ``model.safetensors``) are refused unless ``force`` or the
+    recorded hash is one of ``decodes_indices_of`` (the models whose indices are this model's,
+    `vqtok.io.checkpoint.ModelInfo`).
 
     Raises:
         TokenFileError: naming what differs and what to do.
@@ -96,7 +103,8 @@ def check_model_matches(
             cli_message=f"the model cannot decode these indices ({'; '.join(differ)} in the "
             f"file vs the model); pass the model it was encoded with (--model {meta.model})",
         )
-    if meta.model_sha256 and weights_sha256 and meta.model_sha256 != weights_sha256 and not force:
+    same = meta.model_sha256 in (weights_sha256, *decodes_indices_of)
+    if meta.model_sha256 and weights_sha256 and not same and not force:
         raise TokenFileError(
             f"was encoded with model {meta.model!r} (weights sha256 {meta.model_sha256[:12]}...) "
             f"but the model given has weights {weights_sha256[:12]}...; use the right model, "
@@ -210,7 +218,8 @@ def decode_indices(
     Returns and raises as `decode_file`.
     """
     start = time.perf_counter()
-    check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source)
+    lineage = read_info(tokenizer.path).decodes_indices_of if tokenizer.path else ()
+    check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source, lineage)
     used = load_remap_for(meta, remap, source)
     full = torch.from_numpy(indices)
     if used is not None:

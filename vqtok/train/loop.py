@@ -32,7 +32,7 @@ from torch import Tensor
 
 from vqtok.errors import ConfigError
 from vqtok.families.vqtok import VideoTokenizer
-from vqtok.io.checkpoint import load_pretrained, parameter_count, save_pretrained
+from vqtok.io.checkpoint import index_lineage, load_pretrained, parameter_count, save_pretrained
 from vqtok.metrics import seam_loss, ssim_loss, temporal_loss
 from vqtok.runtime import resolve_device
 from vqtok.train.config import RunConfig, TrainConfig
@@ -283,6 +283,8 @@ def _start(
     if resume:
         start, elapsed = state.resume()
     else:
+        if cfg.trainable == "decoder" and init_from is not None:  # its indices are init_from's
+            state.same_indices = index_lineage(init_from)
         setup = _initialise(model, sampler, cfg, init_from is not None, new_quantizer)
         if state.ema is not None:
             state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
@@ -377,6 +379,7 @@ def _ship(state: RunState, done: int, seconds: float, last_eval: dict[str, float
             model.cpu(),
             state.run / "model",
             name=state.config.name,
+            decodes_indices_of=state.same_indices,
             card=model_card(state.config, done, seconds, last_eval, parameter_count(model)),
         )
 

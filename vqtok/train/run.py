@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.families.vqtok import VideoTokenizer
-from vqtok.io.checkpoint import save_pretrained
+from vqtok.io.checkpoint import read_info, save_pretrained
 from vqtok.train.config import RunConfig
 from vqtok.train.eval import evaluate
 from vqtok.train.state import load_checkpoint, save_checkpoint
@@ -40,6 +40,9 @@ class RunState:
         )
         self.ema = WeightEMA(self.model, self.cfg.weight_ema) if self.cfg.weight_ema else None
         self.best_psnr = -math.inf
+        # a decoder-only run gives the indices of the model it started from (and of its own
+        # lineage): every model it writes lists their weight hashes, so decode takes them
+        self.same_indices: tuple[str, ...] = ()
 
     def frozen_parts(self) -> list[nn.Module]:
         """The modules a decoder-only run (``train.trainable == "decoder"``) keeps fixed."""
@@ -57,9 +60,8 @@ class RunState:
 
     def save(self, done: int, elapsed: float) -> None:
         extra = self.ema.state() if self.ema is not None else None
-        save_checkpoint(
-            self.run / "checkpoint", self.model, self.opt, self.config, done, elapsed, extra
-        )
+        save_checkpoint(self.run / "checkpoint", self.model, self.opt, self.config, done,
+                        elapsed, extra, self.same_indices)
 
     def resume(self) -> tuple[int, float]:
         start, elapsed, extra = load_checkpoint(
@@ -67,6 +69,7 @@ class RunState:
         )
         if self.ema is not None:
             self.ema.load(extra)
+        self.same_indices = read_info(self.run / "checkpoint" / "model").decodes_indices_of
         best = self.run / "best.json"
         if best.exists():
             self.best_psnr = float(json.loads(best.read_text()).get("eval_psnr", -math.inf))
@@ -82,7 +85,8 @@ class RunState:
             result = evaluate(self.model, clips, self.dev)
             if result and result["eval_psnr"] > self.best_psnr:
                 self.best_psnr = result["eval_psnr"]
-                save_pretrained(self.model, self.run / "best", name=self.config.name)
+                save_pretrained(self.model, self.run / "best", name=self.config.name,
+                                decodes_indices_of=self.same_indices)
                 record = json.dumps({"step": done, **result}) + "\n"
                 (self.run / "best.json").write_text(record)
         return result

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,19 @@ def save_checkpoint(
     step: int,
     elapsed: float,
     extra: dict[str, torch.Tensor] | None = None,
+    decodes_indices_of: Sequence[str] = (),
 ) -> Path:
     """Write the checkpoint for ``step`` to ``directory``, replacing an older one atomically.
 
-    ``extra``: more training state (the weight average), saved as ``extra.safetensors``.
+    ``extra``: more training state (the weight average), saved as ``extra.safetensors``;
+    ``decodes_indices_of``: written into the model's ``config.json`` (`save_pretrained`).
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=target.parent))
     try:
-        save_pretrained(model, tmp / "model", name=config.name)
+        save_pretrained(model, tmp / "model", name=config.name,
+                        decodes_indices_of=decodes_indices_of)
         tensors, rest = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         if extra:
