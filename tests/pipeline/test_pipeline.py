@@ -245,6 +245,8 @@ def test_decode_refuses_other_weights_unless_forced(tmp_path: Path, clip: Path, 
     finish = api.load(tmp_path / "finish", device="cpu")
     decode_file(tmp_path / "a.npy", tmp_path / "c.mp4", finish)
     assert probe(tmp_path / "c.mp4").frames == probe(tmp_path / "a.mp4").frames
+    assert describe_path(tmp_path / "finish")["decodes_indices_of"] == [fsq.weights_sha256]
+    assert "decodes_indices_of" not in describe_path(tmp_path / "other")
     # a different vocabulary is refused even with --force
     ema = api.load(models / "tiny-ema_vq", device="cpu")
     with pytest.raises(TokenFileError, match="cannot decode"):

@@ -98,6 +98,8 @@ def describe_model(directory: str | Path) -> dict[str, Any]:
         "family": info.family,
         "parameters": parameter_count(directory),
         "weights_sha256": weights_sha256(directory),
+        **({"decodes_indices_of": list(info.decodes_indices_of)} if info.decodes_indices_of
+           else {}),
         "config": info.config,
         "input": info.input,
     }
