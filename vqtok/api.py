@@ -46,7 +46,7 @@ __all__ = [
     "load",
 ]
 
-DEFAULT_MODEL = "vqtok-ema-video"
+DEFAULT_MODEL = "vqtok-ema-video-2"
 
 RemapLike = str | os.PathLike[str] | UsedSets
 """A remap file (``.npy``: one codebook; ``.safetensors``: one used set per level) or its sets."""
@@ -65,7 +65,7 @@ def load(
             ``"owner/name@revision"`` holding ``config.json`` + ``model.safetensors`` (fetched
             into the Hugging Face cache; ``HF_HUB_OFFLINE=1`` uses only cached files); or a
             name looked up in the repository's ``models/``, then ``extra_dirs``, then
-            ``$VQTOK_MODELS``; None means `DEFAULT_MODEL` (``"vqtok-ema-video"``).
+            ``$VQTOK_MODELS``; None means `DEFAULT_MODEL` (``"vqtok-ema-video-2"``).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: None / ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (CUDA only) autocast.
         extra_dirs: more directories to search for names (the CLI's ``--model-dir``).
