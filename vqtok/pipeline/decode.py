@@ -218,7 +218,8 @@ def decode_indices(
     Returns and raises as `decode_file`.
     """
     start = time.perf_counter()
-    lineage = read_info(tokenizer.path).decodes_indices_of if tokenizer.path else ()
+    lineage = (read_info(tokenizer.path).decodes_indices_of  # read only when the hashes differ
+               if tokenizer.path and meta.model_sha256 != tokenizer.weights_sha256 else ())
     check_model_matches(meta, tokenizer.model, tokenizer.weights_sha256, force, source, lineage)
     used = load_remap_for(meta, remap, source)
     full = torch.from_numpy(indices)
