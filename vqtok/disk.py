@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["LEGACY_AGE", "atomic_bytes", "file_sha256", "remove_stale", "temp_path"]
+__all__ = ["LEGACY_AGE", "atomic_bytes", "file_sha256", "is_sha256", "remove_stale", "temp_path"]
 
 LEGACY_AGE = 600.0
 """Seconds since its last change after which a temporary file without a process id is stale."""
@@ -126,3 +126,11 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_sha256(value: object) -> bool:
+    """Whether ``value`` is a digest as `file_sha256` writes it: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+
+
+_HEX = frozenset("0123456789abcdef")

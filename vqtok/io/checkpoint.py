@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vqtok import __version__
-from vqtok.disk import file_sha256
+from vqtok.disk import file_sha256, is_sha256
 from vqtok.errors import CheckpointError, ConfigError, check_version
 from vqtok.families.base import FAMILIES, TokenizerModel, family_class
 from vqtok.io.model_dirs import CONFIG_FILE, WEIGHTS_FILE, resolve_model, search_dirs
@@ -190,19 +190,12 @@ def read_info(directory: str | Path) -> ModelInfo:
         raise CheckpointError(f"{CONFIG_FILE}: 'config' must be an object", directory)
     name = meta.get("name") or directory.resolve().name
     lineage = meta.get("decodes_indices_of", [])
-    if not isinstance(lineage, list) or not all(_is_sha256(h) for h in lineage):
+    if not isinstance(lineage, list) or not all(is_sha256(h) for h in lineage):
         raise CheckpointError(
             f"{CONFIG_FILE}: 'decodes_indices_of' must be a list of hex SHA-256 digests", directory
         )
     return ModelInfo(str(name), meta["family"], directory, meta["config"], meta.get("input") or {},
                      tuple(lineage))
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
-
-
-_HEX = frozenset("0123456789abcdef")
 
 
 def index_lineage(dir_or_name: str | Path) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vqtok import __version__
+from vqtok.disk import is_sha256
 from vqtok.errors import TokenFileError, check_version
 
 __all__ = [
@@ -218,7 +219,8 @@ class TokenMetadata:
                 ("num_codebooks >= 1", self.num_codebooks >= 1),
                 ("settings.levels in 1..num_codebooks", 0 < self.kept_levels <= self.num_codebooks),
                 ("grid entries >= 1", min(self.grid) >= 1),
-                ("model_sha256 of 64 hex digits", _is_sha256(self.model_sha256)),
+                ("model_sha256 of 64 hex digits",
+                 self.model_sha256 is None or is_sha256(self.model_sha256)),
                 ("bit_order 'msb', 'lsb' or null", self.bit_order in (None, "msb", "lsb")),
                 ("levels >= 2 whose product is codebook_size", levels is None or _fsq_ok(self)),
                 (
@@ -236,7 +238,7 @@ class TokenMetadata:
                 ("encoded.padding >= 0", self.encoded.padding >= 0),
                 ("encoded.spatial_padding >= 0", min(self.encoded.spatial_padding) >= 0),
                 (f"encoded.resize in {RESIZE_MODES}", self.encoded.resize in RESIZE_MODES),
-                ("remap.sha256 of 64 hex digits", remap is None or _is_sha256(remap.sha256)),
+                ("remap.sha256 of 64 hex digits", remap is None or is_sha256(remap.sha256)),
                 ("remap.size >= 1", remap is None or remap.size >= 1),
                 (
                     "remap.sizes: one size >= 1 per codebook, the largest equal to remap.size",
@@ -262,10 +264,6 @@ def vocabulary_of(quantizer: Any) -> dict[str, Any]:
         "bit_order": quantizer.bit_order,
         "levels": None if levels is None else tuple(int(v) for v in levels),
     }
-
-
-def _is_sha256(text: str | None) -> bool:
-    return text is None or (len(text) == 64 and all(c in "0123456789abcdef" for c in text))
 
 
 def _remap_sizes_ok(meta: TokenMetadata) -> bool:

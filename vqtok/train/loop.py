@@ -284,7 +284,7 @@ def _start(
         start, elapsed = state.resume()
     else:
         if cfg.trainable == "decoder" and init_from is not None:  # its indices are init_from's
-            state.same_indices = index_lineage(init_from)
+            state.decodes_indices_of = index_lineage(init_from)
         setup = _initialise(model, sampler, cfg, init_from is not None, new_quantizer)
         if state.ema is not None:
             state.ema = WeightEMA(model, cfg.weight_ema)  # average from the initialised weights
@@ -379,7 +379,7 @@ def _ship(state: RunState, done: int, seconds: float, last_eval: dict[str, float
             model.cpu(),
             state.run / "model",
             name=state.config.name,
-            decodes_indices_of=state.same_indices,
+            decodes_indices_of=state.decodes_indices_of,
             card=model_card(state.config, done, seconds, last_eval, parameter_count(model)),
         )
 

@@ -42,7 +42,7 @@ class RunState:
         self.best_psnr = -math.inf
         # a decoder-only run gives the indices of the model it started from (and of its own
         # lineage): every model it writes lists their weight hashes, so decode takes them
-        self.same_indices: tuple[str, ...] = ()
+        self.decodes_indices_of: tuple[str, ...] = ()
 
     def frozen_parts(self) -> list[nn.Module]:
         """The modules a decoder-only run (``train.trainable == "decoder"``) keeps fixed."""
@@ -61,7 +61,7 @@ class RunState:
     def save(self, done: int, elapsed: float) -> None:
         extra = self.ema.state() if self.ema is not None else None
         save_checkpoint(self.run / "checkpoint", self.model, self.opt, self.config, done,
-                        elapsed, extra, self.same_indices)
+                        elapsed, extra, self.decodes_indices_of)
 
     def resume(self) -> tuple[int, float]:
         start, elapsed, extra = load_checkpoint(
@@ -69,7 +69,7 @@ class RunState:
         )
         if self.ema is not None:
             self.ema.load(extra)
-        self.same_indices = read_info(self.run / "checkpoint" / "model").decodes_indices_of
+        self.decodes_indices_of = read_info(self.run / "checkpoint" / "model").decodes_indices_of
         best = self.run / "best.json"
         if best.exists():
             self.best_psnr = float(json.loads(best.read_text()).get("eval_psnr", -math.inf))
@@ -86,7 +86,7 @@ class RunState:
             if result and result["eval_psnr"] > self.best_psnr:
                 self.best_psnr = result["eval_psnr"]
                 save_pretrained(self.model, self.run / "best", name=self.config.name,
-                                decodes_indices_of=self.same_indices)
+                                decodes_indices_of=self.decodes_indices_of)
                 record = json.dumps({"step": done, **result}) + "\n"
                 (self.run / "best.json").write_text(record)
         return result
