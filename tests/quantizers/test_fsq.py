@@ -185,6 +185,35 @@ def test_autocast_cannot_change_an_index():
     torch.testing.assert_close(back, expected.codes, rtol=0, atol=1e-6)
 
 
+def test_init_from_samples_spreads_every_channel_over_its_levels():
+    # correlated 12-dim latents with most variance in 3 directions, far from the origin
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 12, generator=g)
+    z = torch.randn(6000, 3, generator=g) * torch.tensor([4.0, 2.0, 1.0]) @ basis
+    z = z + 5.0 + 0.05 * torch.randn(6000, 12, generator=g)
+    q = FiniteScalarQuantizer(12, [8, 5, 3])
+    before = ((q(z).codes - z) ** 2).mean()
+    q.init_from_samples(z)
+    out = q(z)
+    digits = q.indices_to_digits(out.indices)  # (M, 3)
+    for channel, level in enumerate([8, 5, 3]):
+        counts = torch.bincount(digits[:, channel], minlength=level)
+        assert (counts > 0).all(), (channel, counts)
+    # the widest direction went to the 8-level channel: it alone explains most of the variance
+    spread = q.project_in.weight.norm(dim=1)  # per channel: gain / std, smallest for widest
+    assert spread[0] < spread[1] < spread[2]
+    after = ((out.codes - z) ** 2).mean()
+    assert after < 0.1 * before and after < 0.2 * z.var(0).sum() / 12
+
+
+def test_init_from_samples_with_more_code_channels_than_input_dims():
+    q = FiniteScalarQuantizer(2, [3, 3], num_codebooks=2)  # 4 code channels from 2 dims
+    z = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    q.init_from_samples(z)
+    assert torch.isfinite(q.project_in.weight).all()
+    assert ((q(z).codes - z) ** 2).mean() < z.var(0).mean()
+
+
 def test_bad_configuration_and_inputs_raise_typed_errors():
     for levels in ([], [1, 4], [2.5], "88"):
         with pytest.raises(ConfigError):

@@ -117,6 +117,9 @@ def test_optional_hooks_have_defaults_that_say_what_is_not_supported(kind):
     samples = torch.randn(16, 2)
     if kind in ("vq", "rvq", "ema_rvq", "residual_lfq"):
         q.init_from_samples(samples, 2, torch.Generator().manual_seed(0))
+    elif kind == "fsq":  # dim == code channels: no projections to fit
+        with pytest.raises(ConfigError, match="nothing to fit"):
+            q.init_from_samples(samples)
     else:
         with pytest.raises(ConfigError, match="has no k-means initialisation"):
             q.init_from_samples(samples)

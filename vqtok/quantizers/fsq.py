@@ -208,6 +208,50 @@ class FiniteScalarQuantizer(Quantizer):
         out = fsq_linear(codes.reshape(flat.shape[0], -1), self.project_out)
         return layout.from_tokens(out)
 
+    @torch.no_grad()
+    def init_from_samples(
+        self, samples: Tensor, iters: int = 10, generator: torch.Generator | None = None
+    ) -> None:
+        """Fit both projections to ``samples`` (M, D) latents in closed form, so every code
+        channel starts out spread over all its levels.
+
+        ``project_in`` takes the principal directions of the centred latents (the widest to the
+        channel with the most levels), each scaled by the gain that maximises the entropy of
+        its digits on the samples; ``project_out`` is the least-squares fit of the latents from
+        the resulting codes. ``iters`` and ``generator`` are unused (nothing iterates or draws);
+        they keep the signature `vqtok.train.data_init.init_codebooks` calls.
+
+        Raises:
+            ConfigError: without projections (D == code channels) there is nothing to fit.
+        """
+        if not isinstance(self.project_in, nn.Linear) or not isinstance(
+            self.project_out, nn.Linear
+        ):
+            raise ConfigError("quantizer 'fsq' without projections has nothing to fit to samples")
+        z = samples.detach().float()
+        mean = z.mean(0)
+        _, _, vh = torch.linalg.svd(z - mean, full_matrices=False)
+        channels = self.codebook_dim * self.num_codebooks
+        # the k-th widest direction goes to the channel with the k-th most levels
+        levels = self._levels.repeat(self.num_codebooks)  # (L*d,)
+        order = sorted(range(channels), key=lambda c: -int(levels[c]))
+        directions = torch.zeros(channels, z.shape[1])
+        found = min(channels, vh.shape[0])  # fewer when D < L*d: the rest stay zero
+        directions[order[:found]] = vh[:found].cpu()
+        coords = (z - mean).cpu() @ directions.T  # (M, L*d)
+        scale = coords.std(0).clamp_min(1e-6)
+        gains = torch.tensor([best_gain(coords[:, c] / scale[c], int(levels[c]))
+                              for c in range(channels)])
+        weight = directions * (gains / scale)[:, None]
+        self.project_in.weight.copy_(weight)
+        self.project_in.bias.copy_(-(weight @ mean.cpu()))
+        codes = quantize(fsq_linear(z, self.project_in).reshape(-1, self.num_codebooks,
+                                                                 self.codebook_dim), self._levels)
+        design = torch.cat([codes.reshape(z.shape[0], -1), torch.ones_like(z[:, :1])], dim=1)
+        fit = torch.linalg.lstsq(design.cpu(), z.cpu()).solution  # (L*d + 1, D)
+        self.project_out.weight.copy_(fit[:-1].T)
+        self.project_out.bias.copy_(fit[-1])
+
     @property
     def implicit_codebook(self) -> Tensor:
         """(prod(levels), len(levels)) float32: row i holds the normalised code of index i."""
@@ -216,3 +260,21 @@ class FiniteScalarQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, levels={self.levels}, num_codebooks={self.num_codebooks}"
+
+
+def best_gain(x: Tensor, level: int, candidates: int = 64) -> float:
+    """The gain g in [0.05, 5] whose digits ``round(bound(g * x))`` have the most entropy.
+
+    Args:
+        x: (M,) float32 standardised coordinates (zero mean, unit std).
+        level: L, the channel's number of levels.
+    """
+    levels = torch.tensor([level], dtype=torch.int32)
+    best, best_entropy = 1.0, -1.0
+    for g in torch.logspace(math.log10(0.05), math.log10(5.0), candidates).tolist():
+        digits = bound(g * x[:, None], levels).round().long().flatten()
+        p = torch.bincount(digits - digits.min()).float() / digits.numel()
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        if entropy > best_entropy:
+            best, best_entropy = g, entropy
+    return best
