@@ -26,6 +26,7 @@ from vqtok.errors import CheckpointError, ConfigError, OptionError
 from vqtok.families.base import TokenizerModel
 from vqtok.io.checkpoint import save_pretrained
 from vqtok.io.hub import DownloadFn
+from vqtok.io.sniff import file_kind
 
 M = TypeVar("M", bound=TokenizerModel)
 C = TypeVar("C")
@@ -124,6 +125,20 @@ class Converter:
         if not sources:
             raise OptionError("SOURCE", "give the checkpoint file(s) or directory to convert")
         return self.run(list(sources), Path(out_dir), options)
+
+
+def check_source_file(path: Path, what: str, accepted: tuple[str, ...], expected: str,
+                      unknown_ok: bool) -> None:
+    """Refuse ``path`` unless it is a file whose sniffed kind starts with one of ``accepted``
+    (an unrecognised kind passes when ``unknown_ok``): a `CheckpointError` that says what the
+    file is instead and what was ``expected``, before anything parses it."""
+    if not path.is_file():
+        raise CheckpointError(f"no such {what} file", path)
+    kind = file_kind(path)
+    if (kind is None and unknown_ok) or (kind is not None and kind.startswith(accepted)):
+        return
+    found = "this is not " + accepted[0] if kind is None else f"this is {kind}"
+    raise CheckpointError(f"{found}, not {expected}", path)
 
 
 def names(keys: Sequence[str], limit: int = 8) -> str:

@@ -20,22 +20,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vqtok.convert.common import (
-    Conversion,
-    Converter,
-    ConvertOptions,
-    check_accounting,
-    inferred_config,
-    meta_model,
-    model_card,
-    names,
-    required_tensor,
-    write_model,
-)
+from vqtok.convert import common
+from vqtok.convert.common import Conversion, ConvertOptions
 from vqtok.errors import CheckpointError
 from vqtok.families.cosmos import VARIANTS, CosmosConfig, CosmosTokenizer
 from vqtok.io.hub import DownloadFn, HubRef, fetch_files, hub_origin, parse_hub_ref
-from vqtok.io.sniff import file_kind
 from vqtok.pipeline.outputs import check_folder_output
 from vqtok.quantizers.fsq import FiniteScalarQuantizer
 
@@ -68,7 +57,8 @@ def cosmos_variant(directory: Path | HubRef, variant: str | None) -> str:
         if found and found != {variant}:
             raise CheckpointError(
                 f"--variant {variant} contradicts the {where}, which names "
-                f"{names(list(found))}; fix --variant{'' if hub else ' or rename the directory'}",
+                f"{common.names(list(found))}; fix --variant"
+                + ("" if hub else " or rename the directory"),
                 str(directory),
             )
         return variant
@@ -106,18 +96,12 @@ def _cosmos_files(
 
 
 def _check_torchscript_file(path: Path) -> None:
-    """A file given as a Cosmos source must be a TorchScript archive (a zip): say what it is
-    otherwise, before the variant is asked for or the file is parsed."""
-    if not path.is_file():
-        raise CheckpointError("no such TorchScript file", path)
-    kind = file_kind(path)
-    if kind is not None and kind.startswith("a zip archive"):
-        return  # what TorchScript is stored as; `_load_jit` reads it
-    what = "this is not a zip archive" if kind is None else f"this is {kind}"
-    raise CheckpointError(
-        f"{what}, not a TorchScript archive; expected Cosmos's encoder.jit and decoder.jit "
-        "(or autoencoder.jit), or the folder that holds them",
-        path,
+    """A file given as a Cosmos source must be a TorchScript archive (a zip, what TorchScript
+    is stored as): say what it is otherwise, before the variant is asked for or it is parsed."""
+    common.check_source_file(
+        path, "TorchScript", ("a zip archive",),
+        "a TorchScript archive; expected Cosmos's encoder.jit and decoder.jit (or autoencoder.jit),"
+        " or the folder that holds them", unknown_ok=False,
     )
 
 
@@ -181,7 +165,7 @@ def _check_constants(tensors: dict[str, Tensor], config: CosmosConfig, path: Pat
 def infer_cosmos_config(
     tensors: dict[str, Tensor], variant: str, legacy: bool, path: Path
 ) -> CosmosConfig:
-    need = required_tensor(tensors.get, path)
+    need = common.required_tensor(tensors.get, path)
     conv_in = need("encoder.conv_in.0.conv3d.weight")
     channels, patch = conv_in.shape[0], round((conv_in.shape[1] / 3) ** (1 / 3))
     mult: list[int] = []
@@ -201,7 +185,7 @@ def infer_cosmos_config(
             f"{code_dim} code channels for levels {list(levels)})",
             path,
         )
-    return inferred_config(
+    return common.inferred_config(
         CosmosConfig, path, variant=variant, channels=channels,
         channel_mult=tuple(w // channels for w in mult), num_res_blocks=blocks, z_channels=z,
         levels=levels, patch_size=patch, legacy_mode=legacy,
@@ -250,18 +234,18 @@ def convert_cosmos(
         part = _load_jit(f)
         clash = sorted(k for k in set(part) & set(tensors) if not torch.equal(part[k], tensors[k]))
         if clash:
-            raise CheckpointError(f"the files disagree on {names(clash)}", f)
+            raise CheckpointError(f"the files disagree on {common.names(clash)}", f)
         tensors.update(part)
     config = infer_cosmos_config(tensors, chosen, legacy_mode, files[0])
     constants = _check_constants(tensors, config, files[0])
-    model = meta_model(CosmosTokenizer, config)
+    model = common.meta_model(CosmosTokenizer, config)
     # parameter names are the release's (see vqtok.families.cosmos_layers)
     weights = {k: tensors[k] for k in model.state_dict() if k in tensors}
     missing = sorted(set(model.state_dict()) - set(weights))
     unexpected = sorted(set(tensors) - set(weights) - set(constants))
-    check_accounting(files[0], missing, unexpected)
+    common.check_accounting(files[0], missing, unexpected)
     ignored = {k: "derived constant, checked against its required value" for k in constants}
-    card = model_card(
+    card = common.model_card(
         f"NVIDIA Cosmos-0.1-Tokenizer-{chosen} (FSQ 64K, causal)",
         "cosmos-dv",
         COSMOS_LICENSE,
@@ -269,7 +253,9 @@ def convert_cosmos(
         f"variant {chosen}" + (" (legacy_mode)" if legacy_mode else ""),
         hub_origin(root, files[0]) if isinstance(root, HubRef) else None,
     )
-    return write_model(model, weights, dtype, out_dir, name, card, files, ignored, len(weights))
+    return common.write_model(
+        model, weights, dtype, out_dir, name, card, files, ignored, len(weights)
+    )
 
 
 def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> Conversion:
@@ -281,4 +267,4 @@ def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> 
                           options.name, options.command, options.on_download)
 
 
-CONVERTER = Converter("cosmos", _convert, options=("variant", "legacy_mode"))
+CONVERTER = common.Converter("cosmos", _convert, options=("variant", "legacy_mode"))

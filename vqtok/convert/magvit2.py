@@ -28,23 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtok.convert.common import (
-    Conversion,
-    Converter,
-    ConvertOptions,
-    check_accounting,
-    inferred_config,
-    meta_model,
-    model_card,
-    names,
-    required_tensor,
-    write_model,
-)
+from vqtok.convert import common
+from vqtok.convert.common import Conversion, ConvertOptions
 from vqtok.errors import CheckpointError, OptionError
 from vqtok.families.layers import CausalConv3d
 from vqtok.families.magvit2 import Magvit2Config, Magvit2Tokenizer
 from vqtok.io.hub import DownloadFn, fetch_files, hub_origin, parse_hub_ref
-from vqtok.io.sniff import file_kind
 from vqtok.pipeline.outputs import check_folder_output
 
 __all__ = ["CONVERTER", "convert_open_magvit2", "infer_magvit2_config", "magvit2_release_names"]
@@ -67,15 +56,11 @@ def magvit2_release_names(model: Magvit2Tokenizer) -> dict[str, str]:
 
 def _load_ckpt(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with each failure turned into one clear error."""
-    if not path.is_file():
-        raise CheckpointError("no such checkpoint file", path)
-    kind = file_kind(path)
-    if kind is not None and not kind.startswith(("a zip archive", "a Python pickle")):
-        raise CheckpointError(
-            f"this is {kind}, not a PyTorch checkpoint; expected Open-MAGVIT2's Lightning "
-            ".ckpt (e.g. video_128_262144.ckpt)",
-            path,
-        )
+    common.check_source_file(
+        path, "checkpoint", ("a zip archive", "a Python pickle"),
+        "a PyTorch checkpoint; expected Open-MAGVIT2's Lightning .ckpt (e.g. "
+        "video_128_262144.ckpt)", unknown_ok=True,
+    )
     try:
         obj = torch.load(
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
@@ -107,7 +92,7 @@ def _unpickler_reason(error: Exception) -> str:
 
 
 def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Magvit2Config:
-    need = required_tensor(get, path)
+    need = common.required_tensor(get, path)
     ch = need("encoder.conv_in.conv_1.weight").shape[0]
     ch_mult: list[int] = []
     blocks = 0
@@ -117,7 +102,7 @@ def infer_magvit2_config(get: Callable[[str], Tensor | None], path: Path) -> Mag
     while get(f"encoder.down.0.block.{blocks}.norm1.weight") is not None:
         blocks += 1
     z = need("encoder.conv_out.conv_1.weight").shape[0]
-    return inferred_config(
+    return common.inferred_config(
         Magvit2Config, path, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=blocks, z_channels=z
     )
 
@@ -143,7 +128,9 @@ def _magvit2_state(obj: dict[str, Any], path: Path) -> tuple[dict[str, Tensor], 
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     others = sorted(set(state) - set(tensors))
     if others:
-        raise CheckpointError(f"state_dict entries that are not tensors: {names(others)}", path)
+        raise CheckpointError(
+            f"state_dict entries that are not tensors: {common.names(others)}", path
+        )
     top = {f"[top-level] {k}": "training state" for k in obj if k != "state_dict"}
     return tensors, top if "state_dict" in obj else {}
 
@@ -188,7 +175,7 @@ def convert_open_magvit2(
     def source_key(release_key: str) -> str:
         return "model_ema." + release_key.replace(".", "") if ema else release_key
 
-    model = meta_model(
+    model = common.meta_model(
         Magvit2Tokenizer, infer_magvit2_config(lambda k: tensors.get(source_key(k)), path)
     )
     release_names = magvit2_release_names(model)
@@ -201,8 +188,8 @@ def convert_open_magvit2(
         reason = _magvit2_ignored(key, ema, raw)
         if reason is not None:
             ignored[key] = reason
-    check_accounting(path, missing, sorted(set(tensors) - used - set(ignored)))
-    card = model_card(
+    common.check_accounting(path, missing, sorted(set(tensors) - used - set(ignored)))
+    card = common.model_card(
         "Open-MAGVIT2 video tokenizer (TencentARC, LFQ 2^18)",
         "open-magvit2-video",
         MAGVIT2_LICENSE,
@@ -210,7 +197,9 @@ def convert_open_magvit2(
         "EMA weights (model_ema.*)" if ema else "raw weights (no model_ema.* in the file)",
         origin,
     )
-    return write_model(model, weights, dtype, out_dir, name, card, [path], ignored, len(used))
+    return common.write_model(
+        model, weights, dtype, out_dir, name, card, [path], ignored, len(used)
+    )
 
 
 def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> Conversion:
@@ -221,4 +210,4 @@ def _convert(sources: Sequence[str], out_dir: Path, options: ConvertOptions) -> 
                                 options.command, options.on_download)
 
 
-CONVERTER = Converter("open-magvit2", _convert)
+CONVERTER = common.Converter("open-magvit2", _convert)
