@@ -9,7 +9,10 @@ what stands between a codebook and that target, in the latent space of a trained
   all levels and the share of each level's K' codes the held-out latents use;
 - ``layouts``: residual k-means codebooks of other shapes (levels x codes, the same or fewer
   bits) fitted to the training latents, greedy and beam-searched;
-- the shipped codebooks on the training latents, for comparison with the held-out use.
+- the shipped codebooks on the training latents, for comparison with the held-out use;
+- ``--health``: any model (FSQ, LFQ, residual): per level, the share of its codes that the
+  training-distribution positions use and their perplexity (issue 30's health figure), then
+  stop.
 
 Training latents come from random 256^2 crops of the footage (``make footage``) with the
 last ``--holdout-frames`` of every video left out, as `vqtok train` does. The latent MSE is a
@@ -17,6 +20,7 @@ proxy for the pixels: on vqtok-ema, levels 1..4 give 0.152 / 0.086 / 0.058 / 0.0
 23.6 / 25.95 / 27.2 / 28.04 dB.
 
     .venv/bin/python benchmarks/code_use.py [--model vqtok-ema] [--layouts 256x5 32x8 16x10]
+    .venv/bin/python benchmarks/code_use.py --model models/vqtok-fsq --health
 """
 
 from __future__ import annotations
@@ -127,9 +131,26 @@ def parse_layout(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+@torch.no_grad()
+def health(tok: vqtok.Tokenizer, train: Tensor) -> list[dict[str, float]]:
+    """Per level of ``tok``'s quantizer on ``train`` (N, D) latents: share of codes used and
+    perplexity (exp of the entropy of their use)."""
+    indices = tok.model.quantizer(train, channel_last=True).indices  # (N,) or (N, L)
+    levels = indices.reshape(len(train), -1)
+    size = tok.model.quantizer.codebook_size
+    out = []
+    for level in range(levels.shape[1]):
+        p = torch.bincount(levels[:, level], minlength=size).double() / len(train)
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        out.append({"used": float((p > 0).double().mean()), "perplexity": float(entropy.exp()),
+                    "codes": size, "positions": len(train)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="a residual-quantizer model (default model)")
+    parser.add_argument("--model", default=None,
+                        help="a model (a residual quantizer unless --health; default model)")
     parser.add_argument("--footage", type=Path, default=ROOT / ".data" / "footage")
     parser.add_argument("--batches", type=int, default=24, help="training batches of 4 clips")
     parser.add_argument("--holdout-frames", type=int, default=25)
@@ -139,9 +160,20 @@ def main() -> None:
     )
     parser.add_argument("--beams", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--health", action="store_true",
+                        help="only per-level code use on the training positions (any model)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tok = vqtok.load(args.model, device="cpu")
+    if args.health:
+        train = training_latents(tok, args.footage, args.batches, args.holdout_frames)
+        rows = health(tok, train)
+        for level, r in enumerate(rows):
+            print(f"{tok.name} level {level}: {r['used']:.1%} of {r['codes']:,} codes used, "
+                  f"perplexity {r['perplexity']:,.0f}, over {r['positions']:,} positions")
+        if args.json:
+            args.json.write_text(json.dumps({"model": tok.name, "health": rows}, indent=1) + "\n")
+        return
     q = tok.model.quantizer
     shipped = [q.level_weight(i).detach().float() for i in range(q.num_levels)]
     train = training_latents(tok, args.footage, args.batches, args.holdout_frames)
