@@ -65,7 +65,8 @@ class TrainConfig:
         dead_code_every (steps between re-seeding codes unused since the last time; 0 = off),
         dead_code_threshold; kmeans_init_batches (> 0: before training, residual k-means of
         the latents of that many batches becomes the codebooks, replacing
-        init_codebook_from_data); fit_shortcut_batches (a "linear" shortcut's principal
+        init_codebook_from_data; residual_lfq and fsq fit their maps to them instead);
+        fit_shortcut_batches (a "linear" shortcut's principal
         components are fitted on that many batches before training, unless fine-tuning);
         quantizer_dropout (probability that a step runs only the first k < L residual levels,
         k uniform, so that every prefix of the levels decodes well).
