@@ -37,7 +37,7 @@ from torch import Tensor
 import vqtok
 from vqtok.quantizers.beam import beam_codes
 from vqtok.quantizers.search import nearest_codes
-from vqtok.quantizers.usage import kmeans_init, lloyd
+from vqtok.quantizers.usage import CodeUsage, kmeans_init, lloyd
 from vqtok.train.dataset import ClipSampler, ClipSpec, load_footage, split_holdout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,13 +137,13 @@ def health(tok: vqtok.Tokenizer, train: Tensor) -> list[dict[str, float]]:
     perplexity (exp of the entropy of their use)."""
     indices = tok.model.quantizer(train, channel_last=True).indices  # (N,) or (N, L)
     levels = indices.reshape(len(train), -1)
-    size = tok.model.quantizer.codebook_size
     out = []
     for level in range(levels.shape[1]):
-        p = torch.bincount(levels[:, level], minlength=size).double() / len(train)
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        out.append({"used": float((p > 0).double().mean()), "perplexity": float(entropy.exp()),
-                    "codes": size, "positions": len(train)})
+        usage = CodeUsage(tok.model.quantizer.codebook_size)
+        usage.update(levels[:, level])
+        m = usage.metrics()
+        out.append({"used": m["usage"], "perplexity": m["perplexity"],
+                    "codes": usage.codebook_size, "positions": int(m["tokens"])})
     return out
 
 

@@ -228,27 +228,29 @@ class FiniteScalarQuantizer(Quantizer):
             self.project_out, nn.Linear
         ):
             raise ConfigError("quantizer 'fsq' without projections has nothing to fit to samples")
-        z = samples.detach().float()
+        z = samples.detach().float().cpu()  # (M, D); fitted on the CPU, copied to the device
+        levels = self._levels.cpu()
         mean = z.mean(0)
         _, _, vh = torch.linalg.svd(z - mean, full_matrices=False)
         channels = self.codebook_dim * self.num_codebooks
         # the k-th widest direction goes to the channel with the k-th most levels
-        levels = self._levels.repeat(self.num_codebooks)  # (L*d,)
-        order = sorted(range(channels), key=lambda c: -int(levels[c]))
+        channel_levels = levels.repeat(self.num_codebooks)  # (L*d,)
+        order = sorted(range(channels), key=lambda c: -int(channel_levels[c]))
         directions = torch.zeros(channels, z.shape[1])
         found = min(channels, vh.shape[0])  # fewer when D < L*d: the rest stay zero
-        directions[order[:found]] = vh[:found].cpu()
-        coords = (z - mean).cpu() @ directions.T  # (M, L*d)
+        directions[order[:found]] = vh[:found]
+        coords = (z - mean) @ directions.T  # (M, L*d)
         scale = coords.std(0).clamp_min(1e-6)
-        gains = torch.tensor([best_gain(coords[:, c] / scale[c], int(levels[c]))
+        gains = torch.tensor([best_gain(coords[:, c] / scale[c], int(channel_levels[c]))
                               for c in range(channels)])
-        weight = directions * (gains / scale)[:, None]
-        self.project_in.weight.copy_(weight)
-        self.project_in.bias.copy_(-(weight @ mean.cpu()))
-        codes = quantize(fsq_linear(z, self.project_in).reshape(-1, self.num_codebooks,
-                                                                 self.codebook_dim), self._levels)
+        weight = directions * (gains / scale)[:, None]  # (L*d, D)
+        bias = -(weight @ mean)
+        codes = quantize((z @ weight.T + bias).reshape(-1, self.num_codebooks, self.codebook_dim),
+                         levels)
         design = torch.cat([codes.reshape(z.shape[0], -1), torch.ones_like(z[:, :1])], dim=1)
-        fit = torch.linalg.lstsq(design.cpu(), z.cpu()).solution  # (L*d + 1, D)
+        fit = torch.linalg.lstsq(design, z).solution  # (L*d + 1, D)
+        self.project_in.weight.copy_(weight)
+        self.project_in.bias.copy_(bias)
         self.project_out.weight.copy_(fit[:-1].T)
         self.project_out.bias.copy_(fit[-1])
 
@@ -263,18 +265,17 @@ class FiniteScalarQuantizer(Quantizer):
 
 
 def best_gain(x: Tensor, level: int, candidates: int = 64) -> float:
-    """The gain g in [0.05, 5] whose digits ``round(bound(g * x))`` have the most entropy.
+    """The gain g in [0.05, 5] whose digits of ``g * x`` have the most entropy (perplexity).
 
     Args:
         x: (M,) float32 standardised coordinates (zero mean, unit std).
         level: L, the channel's number of levels.
     """
-    levels = torch.tensor([level], dtype=torch.int32)
-    best, best_entropy = 1.0, -1.0
+    levels = levels_tensor([level])
+    best, best_perplexity = 1.0, 0.0
     for g in torch.logspace(math.log10(0.05), math.log10(5.0), candidates).tolist():
-        digits = bound(g * x[:, None], levels).round().long().flatten()
-        p = torch.bincount(digits - digits.min()).float() / digits.numel()
-        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-        if entropy > best_entropy:
-            best, best_entropy = g, entropy
+        digits = codes_to_digits(quantize(g * x[:, None], levels), levels)  # (M, 1) in [0, L)
+        perplexity = float(codebook_metrics(digits, level)["perplexity"])
+        if perplexity > best_perplexity:
+            best, best_perplexity = g, perplexity
     return best
